@@ -1,0 +1,246 @@
+//! Sockets in: receiving listening sockets from systemd socket activation, exactly as
+//! sd_listen_fds(3) defines it.
+//!
+//! `LISTEN_PID` must be our pid (otherwise the variables were meant for another process and are
+//! ignored), `LISTEN_FDS` counts descriptors from 3, and `LISTEN_FDNAMES` names them (default
+//! "unknown"). Unlike sd_listen_fds we never unset the variables: our own environment is never
+//! mutated; children get a fresh set built by their flavor.
+
+use std::os::fd::AsFd;
+
+use anyhow::{Context, Result, bail};
+
+use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, UNKNOWN_FDNAME};
+use crate::socket::{Origin, Socket};
+use crate::sys;
+
+/// What the activation variables say, before any descriptor is looked at.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// No activation variables, or LISTEN_PID names another process.
+    None { reason: String },
+    /// `names.len()` descriptors from fd 3.
+    Fds { names: Vec<String> },
+}
+
+/// Parses the activation variables. `get` looks a variable up (our environment in production).
+pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> Result<Activation> {
+    let text = |name: &str| -> Result<Option<String>> {
+        match get(name) {
+            None => Ok(None),
+            Some(value) => match value.into_string() {
+                Ok(s) => Ok(Some(s)),
+                Err(raw) => bail!("invalid {name}={raw:?}: not valid UTF-8"),
+            },
+        }
+    };
+    let Some(pid) = text(LISTEN_PID)? else {
+        let reason = match text(LISTEN_FDS)? {
+            Some(fds) => format!("{LISTEN_FDS}={fds} is set but {LISTEN_PID} is not"),
+            None => format!("{LISTEN_FDS} is not set"),
+        };
+        return Ok(Activation::None { reason });
+    };
+    let pid: i32 = pid
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0)
+        .with_context(|| format!("invalid {LISTEN_PID}='{pid}': expected a process id"))?;
+    if pid != our_pid {
+        return Ok(Activation::None {
+            reason: format!(
+                "{LISTEN_PID}={pid} names another process (we are {our_pid}), so the sockets are not ours"
+            ),
+        });
+    }
+    let Some(count) = text(LISTEN_FDS)? else {
+        bail!("{LISTEN_PID}={pid} is our pid but {LISTEN_FDS} is not set");
+    };
+    let count: u64 = match count.trim().parse::<i64>() {
+        Ok(n) if n >= 0 => n as u64,
+        Ok(_) => bail!("invalid {LISTEN_FDS}='{count}': must not be negative"),
+        Err(_)
+            if !count.trim().is_empty()
+                && count
+                    .trim()
+                    .trim_start_matches('-')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()) =>
+        {
+            bail!("invalid {LISTEN_FDS}='{count}': number out of range")
+        }
+        Err(_) => bail!("invalid {LISTEN_FDS}='{count}': expected a number of descriptors"),
+    };
+    let limit = sys::open_file_limit().unwrap_or(1024);
+    if count + LISTEN_FDS_START as u64 > limit {
+        bail!(
+            "invalid {LISTEN_FDS}={count}: more descriptors than this process may have open (limit {limit})"
+        );
+    }
+    let names = match text(LISTEN_FDNAMES)? {
+        None => vec![UNKNOWN_FDNAME.to_string(); count as usize],
+        Some(names) => {
+            let names: Vec<String> = if count == 0 && names.is_empty() {
+                Vec::new()
+            } else {
+                names.split(':').map(str::to_string).collect()
+            };
+            if names.len() as u64 != count {
+                bail!(
+                    "{LISTEN_FDNAMES}='{}' has {} name(s) but {LISTEN_FDS}={count}",
+                    names.join(":"),
+                    names.len()
+                );
+            }
+            names
+        }
+    };
+    Ok(Activation::Fds { names })
+}
+
+/// Receives and validates the activated sockets, or explains why there are none.
+/// Each descriptor must be open and a socket; a stream socket must be listening.
+/// Our copies are close-on-exec; children get theirs explicitly.
+pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
+    let activation = parse(|name| std::env::var_os(name), sys::getpid())?;
+    let names = match activation {
+        Activation::None { reason } => return Ok(Err(reason)),
+        Activation::Fds { names } => names,
+    };
+    let count = names.len();
+    let last = LISTEN_FDS_START + count as i32 - 1;
+    // Check everything before adopting anything, so an error leaves no descriptor owned twice.
+    for i in 0..count {
+        let fd = LISTEN_FDS_START + i as i32;
+        if !sys::fd_is_open(fd) {
+            bail!(
+                "{LISTEN_FDS}={count} promises fds {LISTEN_FDS_START}-{last}, but fd {fd} is not open"
+            );
+        }
+    }
+    let mut sockets = Vec::with_capacity(count);
+    for (i, name) in names.into_iter().enumerate() {
+        let fd = sys::adopt_inherited_fd(LISTEN_FDS_START + i as i32);
+        let number = LISTEN_FDS_START + i as i32;
+        let (mode, _, _) = sys::fstat(fd.as_fd())
+            .with_context(|| format!("failed to stat activated fd {number}"))?;
+        if !sys::is_socket_mode(mode) {
+            // Not ours to close: leak it back as it was.
+            std::mem::forget(fd);
+            bail!(
+                "activated fd {number} ({name}) is not a socket but a {}",
+                file_type_name(mode)
+            );
+        }
+        sys::set_cloexec(fd.as_fd(), true)
+            .with_context(|| format!("failed to set FD_CLOEXEC on activated fd {number}"))?;
+        let socket = Socket::new(fd, name, Origin::Activated)
+            .with_context(|| format!("failed to inspect activated fd {number}"))?;
+        if matches!(socket.kind, libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
+            && !sys::socket_is_listening(socket.as_fd())
+                .with_context(|| format!("failed to query activated fd {number}"))?
+        {
+            let description = socket.to_string();
+            std::mem::forget(socket);
+            bail!(
+                "activated fd {number} is a connected or unbound socket, not a listening one: {description} (Accept=yes units are not supported)"
+            );
+        }
+        sockets.push(socket);
+    }
+    Ok(Ok(sockets))
+}
+
+fn file_type_name(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "directory",
+        libc::S_IFIFO => "pipe",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFLNK => "symbolic link",
+        _ => "file of unknown type",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    fn parse_with(vars: &[(&str, &str)], pid: i32) -> Result<Activation> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        parse(|name| map.get(name).cloned(), pid)
+    }
+
+    #[test]
+    fn not_activated_without_variables() {
+        assert!(matches!(
+            parse_with(&[], 7).unwrap(),
+            Activation::None { .. }
+        ));
+    }
+
+    #[test]
+    fn other_pid_means_not_ours() {
+        let a = parse_with(&[("LISTEN_PID", "8"), ("LISTEN_FDS", "2")], 7).unwrap();
+        assert!(matches!(a, Activation::None { reason } if reason.contains("another process")));
+    }
+
+    #[test]
+    fn names_default_to_unknown() {
+        let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "2")], 7).unwrap();
+        assert_eq!(
+            a,
+            Activation::Fds {
+                names: vec!["unknown".into(), "unknown".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn names_are_split() {
+        let a = parse_with(
+            &[
+                ("LISTEN_PID", "7"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "http:admin"),
+            ],
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Activation::Fds {
+                names: vec!["http".into(), "admin".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (fds, names, want) in [
+            ("abc", None, "expected a number"),
+            ("-1", None, "must not be negative"),
+            ("99999999999999999999999", None, "out of range"),
+            ("4000000000", None, "limit"),
+            ("2", Some("one"), "has 1 name(s) but LISTEN_FDS=2"),
+        ] {
+            let mut vars = vec![("LISTEN_PID", "7"), ("LISTEN_FDS", fds)];
+            if let Some(n) = names {
+                vars.push(("LISTEN_FDNAMES", n));
+            }
+            let err = parse_with(&vars, 7).unwrap_err().to_string();
+            assert!(err.contains(want), "LISTEN_FDS={fds}: {err}");
+        }
+        let err = parse_with(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")], 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid LISTEN_PID='x'"), "{err}");
+    }
+}

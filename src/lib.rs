@@ -1,0 +1,46 @@
+//! sockherd: hands listening sockets (from systemd socket activation, or bound from `--listen`)
+//! to preforking app servers in their own dialect, and supervises them.
+//!
+//! Exit codes of the `sockherd` binary:
+//! - 0: the server stopped cleanly when asked to
+//! - 1: sockherd itself failed (bad environment, a socket that cannot be bound, ...)
+//! - 2: invalid command line
+//! - 126: the command exists but cannot be executed
+//! - 127: the command was not found
+//! - otherwise the server's own exit status, or 128 + the signal that killed it.
+#![deny(unsafe_code)]
+
+pub mod activation;
+pub mod cli;
+pub mod command;
+pub mod flavor;
+pub mod listen;
+pub mod log;
+pub mod notify;
+pub mod protocol;
+pub mod signal;
+pub mod socket;
+pub mod supervisor;
+pub mod sys;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The binary's entry point: parse, run, and print the error chain once.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = match err.downcast_ref::<command::CommandError>() {
+                Some(command::CommandError::NotFound(_)) => 127,
+                Some(command::CommandError::NotExecutable(_)) => 126,
+                None => 1,
+            };
+            let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+            log::error(chain.join(": ")).kind("error").emit();
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Names from the protocols sockherd speaks: sd_listen_fds(3), sd_notify(3), the journal's native
+//! protocol, and each app server's own socket-inheritance variables.
+
+/// sd_listen_fds(3): the first passed descriptor.
+pub const LISTEN_FDS_START: i32 = 3;
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+pub const LISTEN_PID: &str = "LISTEN_PID";
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// Name systemd gives a socket without FileDescriptorName=.
+pub const UNKNOWN_FDNAME: &str = "unknown";
+
+/// sd_notify(3).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
+pub const READY: &str = "READY=1";
+pub const RELOADING: &str = "RELOADING=1";
+pub const STOPPING: &str = "STOPPING=1";
+pub const WATCHDOG: &str = "WATCHDOG=1";
+pub const BARRIER: &str = "BARRIER=1";
+pub const STATUS: &str = "STATUS";
+pub const MAINPID: &str = "MAINPID";
+pub const MONOTONIC_USEC: &str = "MONOTONIC_USEC";
+pub const EXTEND_TIMEOUT_USEC: &str = "EXTEND_TIMEOUT_USEC";
+
+/// systemd's journal: `JOURNAL_STREAM=<dev>:<ino>` of stderr, and the native socket.
+pub const JOURNAL_STREAM: &str = "JOURNAL_STREAM";
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// App servers' own variables.
+pub const UNICORN_FD: &str = "UNICORN_FD";
+pub const GUNICORN_FD: &str = "GUNICORN_FD";
+pub const GUNICORN_PID: &str = "GUNICORN_PID";
+pub const SERVER_STARTER_PORT: &str = "SERVER_STARTER_PORT";
+pub const SERVER_STARTER_GENERATION: &str = "SERVER_STARTER_GENERATION";
+pub const EINHORN_FD_COUNT: &str = "EINHORN_FD_COUNT";
+/// `EINHORN_FD_0`, `EINHORN_FD_1`, ...
+pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
+pub const NGINX: &str = "NGINX";
+/// `PUMA_INHERIT_0`, ...: puma's own re-exec protocol; never inherited from us.
+pub const PUMA_INHERIT_PREFIX: &str = "PUMA_INHERIT_";
+/// systemd's alternative start fd, read by some libraries (listenfd).
+pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
+
+/// Variables that describe inherited sockets. A child never inherits them from our own
+/// environment: they would describe descriptors it does not have.
+pub fn is_socket_convention_var(name: &str) -> bool {
+    matches!(
+        name,
+        LISTEN_FDS
+            | LISTEN_PID
+            | LISTEN_FDNAMES
+            | LISTEN_FDS_FIRST_FD
+            | UNICORN_FD
+            | GUNICORN_FD
+            | GUNICORN_PID
+            | SERVER_STARTER_PORT
+            | SERVER_STARTER_GENERATION
+            | EINHORN_FD_COUNT
+            | NGINX
+    ) || name.starts_with(EINHORN_FD_PREFIX)
+        || name.starts_with(PUMA_INHERIT_PREFIX)
+}

@@ -1,0 +1,93 @@
+//! A listening socket sockherd holds for its whole life and hands to every generation.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::sys::{self, LocalAddr};
+
+/// Where a socket came from. Only sockets we created ourselves may be unlinked by us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Passed by systemd (or another activator) in LISTEN_FDS.
+    Activated,
+    /// Bound by us from a `--listen` spec. `created` is the unix socket file we made, with its
+    /// device and inode, so we remove exactly that file and never one somebody replaced.
+    Bound {
+        created: Option<(PathBuf, u64, u64)>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Socket {
+    fd: OwnedFd,
+    /// FileDescriptorName=-style name: from LISTEN_FDNAMES, `name=` in a spec, or "unknown".
+    pub name: String,
+    pub addr: LocalAddr,
+    /// SO_TYPE: stream, datagram or seqpacket.
+    pub kind: i32,
+    pub origin: Origin,
+}
+
+impl Socket {
+    pub fn new(fd: OwnedFd, name: String, origin: Origin) -> std::io::Result<Socket> {
+        let addr = sys::local_addr(fd.as_fd())?;
+        let kind = sys::socket_type(fd.as_fd())?;
+        Ok(Socket {
+            fd,
+            name,
+            addr,
+            kind,
+            origin,
+        })
+    }
+
+    /// The address in the form `--listen` takes and Server::Starter's SERVER_STARTER_PORT uses:
+    /// `127.0.0.1:8080`, `[::1]:8080`, `/run/app.sock`, `@abstract`.
+    pub fn address(&self) -> String {
+        match &self.addr {
+            LocalAddr::Inet(addr) => addr.to_string(),
+            LocalAddr::Unix(path) => path.display().to_string(),
+            LocalAddr::UnixAbstract(name) => format!("@{}", String::from_utf8_lossy(name)),
+            LocalAddr::UnixUnnamed => "unix:(unnamed)".to_string(),
+            LocalAddr::Other(family) => format!("(address family {family})"),
+        }
+    }
+
+    pub fn inode(&self) -> Option<u64> {
+        sys::fstat(self.fd.as_fd()).ok().map(|(_, _, ino)| ino)
+    }
+
+    /// Removes the unix socket file we created, if it is still ours.
+    pub fn remove_created_file(&self) {
+        if let Origin::Bound {
+            created: Some((path, dev, ino)),
+        } = &self.origin
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.dev() == *dev && meta.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl fmt::Display for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            libc::SOCK_STREAM => "stream",
+            libc::SOCK_DGRAM => "datagram",
+            libc::SOCK_SEQPACKET => "seqpacket",
+            _ => "socket",
+        };
+        write!(f, "{} ({kind}, name {})", self.address(), self.name)
+    }
+}

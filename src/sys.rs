@@ -1,0 +1,696 @@
+//! Every raw system call sockherd makes, each behind a safe function.
+//!
+//! This is the only module allowed to use `unsafe`. The code that runs in a forked child between
+//! `fork` and `execve` ([`ExecImage::exec`]) lives here too, because it must do nothing but
+//! async-signal-safe system calls on memory prepared before the fork.
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+pub type Pid = libc::pid_t;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Whether `fd` is an open file descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid argument.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Takes ownership of an inherited descriptor number. The caller has checked it is open and
+/// that nothing else in this process owns it (descriptors received from our parent).
+pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
+    assert!(
+        fd_is_open(fd),
+        "adopt_inherited_fd({fd}) on a closed descriptor"
+    );
+    // SAFETY: the descriptor is open (checked above) and was handed to us at exec time; no Rust
+    // object owns it yet, because sockherd adopts each inherited number exactly once at start.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor kept alive by the borrow.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) })?;
+    Ok(())
+}
+
+/// `(st_mode, st_dev, st_ino)` of an open descriptor.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<(u32, u64, u64)> {
+    // SAFETY: `st` is a plain C struct filled by the kernel; the descriptor is borrowed.
+    let mut st: libc::stat = unsafe { zeroed() };
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok((st.st_mode, st.st_dev, st.st_ino))
+}
+
+pub fn is_socket_mode(mode: u32) -> bool {
+    mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value/len describe a valid c_int buffer; the descriptor is borrowed.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// SO_TYPE: `libc::SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`, ...
+pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+}
+
+/// SO_ACCEPTCONN: whether listen() was called on the socket.
+pub fn socket_is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0)
+}
+
+/// (Re)sets a listening socket's backlog. listen() on a listening socket only changes it.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain listen() on a borrowed descriptor.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(())
+}
+
+/// The local address of a socket, as getsockname(2) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAddr {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+    /// An abstract unix socket (`@name`); the bytes exclude the leading NUL.
+    UnixAbstract(Vec<u8>),
+    UnixUnnamed,
+    /// Another address family (netlink, vsock, ...), by number.
+    Other(i32),
+}
+
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
+    // SAFETY: sockaddr_storage is large enough for any address; the kernel writes at most `len`.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    let family = storage.ss_family as i32;
+    Ok(match family {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in =
+                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            LocalAddr::Inet(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            LocalAddr::Inet(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: the family says the storage holds a sockaddr_un.
+            let sun: &libc::sockaddr_un =
+                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let path_offset = size_of::<libc::sa_family_t>();
+            let path_len = (len as usize)
+                .saturating_sub(path_offset)
+                .min(sun.sun_path.len());
+            let bytes: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+            match bytes.first() {
+                None => LocalAddr::UnixUnnamed,
+                Some(0) => LocalAddr::UnixAbstract(bytes[1..].to_vec()),
+                Some(_) => {
+                    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                    LocalAddr::Unix(PathBuf::from(OsStr::from_bytes(&bytes[..end])))
+                }
+            }
+        }
+        other => LocalAddr::Other(other),
+    })
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE).
+pub fn open_file_limit() -> io::Result<u64> {
+    // SAFETY: `lim` is a plain struct filled by the kernel.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+pub fn getpid() -> Pid {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Makes this process a child subreaper: orphaned descendants (a worker whose master died, a
+/// master re-exec'd by USR2) are re-parented to us instead of PID 1, so we can reap and stop them.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// Reaps one exited child, if any, without blocking.
+pub fn reap_any() -> io::Result<Option<(Pid, ExitStatus)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes the status into a local c_int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        0 => Ok(None),
+        -1 => {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+        pid => Ok(Some((pid, ExitStatus::from_raw(status)))),
+    }
+}
+
+/// Sends `signal` to `pid`. A process that is already gone is not an error.
+pub fn kill(pid: Pid, signal: i32) -> io::Result<()> {
+    assert!(pid > 0, "kill({pid}) would signal a group or everyone");
+    // SAFETY: kill with a positive pid signals exactly that process.
+    match cvt(unsafe { libc::kill(pid, signal) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Sends `signal` to every process of the process group `pgid`. Returns false when the group
+/// has no process left.
+pub fn kill_group(pgid: Pid, signal: i32) -> io::Result<bool> {
+    assert!(
+        pgid > 1,
+        "kill_group({pgid}) would signal our own group or everyone"
+    );
+    // SAFETY: kill with a negative pid signals exactly that process group.
+    match cvt(unsafe { libc::kill(-pgid, signal) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the process group still has a member (a zombie counts until reaped).
+pub fn group_alive(pgid: Pid) -> bool {
+    kill_group(pgid, 0).unwrap_or(true)
+}
+
+/// A pipe whose both ends are close-on-exec and non-blocking.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors, which we own from here on.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether a readable event (or hangup) is pending, per descriptor, after waiting up to
+/// `timeout` (None: forever). A signal interrupting the wait is not an error: it returns
+/// with nothing ready, and the signal shows up on the signal pipe.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        // Round up so a deadline 0.4 ms away does not spin.
+        Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: pfds is a valid array of pollfd of the given length.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if ret == -1 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(err);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals: the handler only writes the signal number to a pipe; the main loop does the work.
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // SAFETY: only async-signal-safe calls: errno is saved and restored around write(2).
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = signal as u8;
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs handlers for `signals` that queue each delivery on a pipe, and returns the pipe's
+/// read end. Can be called once per process.
+pub fn signal_pipe(signals: &[i32]) -> io::Result<OwnedFd> {
+    let (read, write) = pipe()?;
+    let write = std::mem::ManuallyDrop::new(write); // lives as long as the process
+    if SIGNAL_PIPE
+        .compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return Err(io::Error::other("signal handlers are already installed"));
+    }
+    for &signal in signals {
+        // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART; the
+        // handler only does async-signal-safe work.
+        unsafe {
+            let mut action: libc::sigaction = zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            cvt(libc::sigaction(signal, &action, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(read)
+}
+
+/// Reads the queued signal numbers (empty when none are pending).
+pub fn read_signals(pipe: BorrowedFd<'_>) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a local buffer from a borrowed non-blocking descriptor.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend(buf[..n as usize].iter().map(|&b| b as i32));
+    }
+    out
+}
+
+/// Resets every signal's disposition to default and unblocks all signals. Used in children,
+/// which must not inherit our handlers' queue or a blocked mask.
+fn reset_signals_in_child() {
+    // SAFETY: sigaction/sigprocmask are async-signal-safe; the structs are on the stack.
+    unsafe {
+        let mut action: libc::sigaction = zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        for signal in 1..libc::SIGRTMIN() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+        let mut empty: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exec: everything the child needs, built before fork, applied with async-signal-safe calls.
+
+/// A program image ready to exec: path, argv, envp and the sockets to place at fds 3.., all
+/// allocated before fork. [`ExecImage::exec`] only moves descriptors and calls execve.
+pub struct ExecImage {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// Index in envp of LISTEN_PID, whose value is the exec'ing process's own pid.
+    listen_pid_slot: Option<usize>,
+    listen_pid_buf: Box<[u8; 48]>,
+    /// Descriptors that become 3, 4, ... in the new image, in this order.
+    sockets: Vec<RawFd>,
+    scratch: Vec<RawFd>,
+}
+
+// SAFETY: the raw pointers point into heap buffers owned by the same struct (CStrings and a
+// Box), which never move or change after construction, so the struct can cross threads.
+unsafe impl Send for ExecImage {}
+unsafe impl Sync for ExecImage {}
+
+/// The LISTEN_PID variable name, for the placeholder written at exec time.
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+impl ExecImage {
+    /// `env` entries are `KEY=VALUE`; pass `listen_pid` to add `LISTEN_PID=<pid of the new image>`.
+    /// The descriptors in `sockets` must stay open until exec (the caller keeps owning them).
+    pub fn new(
+        path: &OsStr,
+        argv: &[&OsStr],
+        env: &[Vec<u8>],
+        listen_pid: bool,
+        sockets: Vec<RawFd>,
+    ) -> io::Result<Self> {
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "argument or environment entry contains a NUL byte",
+                )
+            })
+        };
+        let path = cstring(path.as_bytes())?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut envp: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<io::Result<_>>()?;
+        let listen_pid_slot = listen_pid.then(|| {
+            envp.push(CString::new(LISTEN_PID_PREFIX).expect("no NUL"));
+            envp.len() - 1
+        });
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        let mut listen_pid_buf = Box::new([0u8; 48]);
+        listen_pid_buf[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        let scratch = vec![-1; sockets.len()];
+        Ok(ExecImage {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            listen_pid_slot,
+            listen_pid_buf,
+            sockets,
+            scratch,
+        })
+    }
+
+    /// Replaces the current process image. Returns only on failure, with the error.
+    ///
+    /// Async-signal-safe: runs in a forked child (from `Command::pre_exec`) as well as in
+    /// place for `sockherd exec`. No allocation happens here.
+    pub fn exec(&mut self) -> io::Error {
+        reset_signals_in_child();
+        let n = self.sockets.len() as RawFd;
+        let first = 3;
+        // Move every socket above all the numbers involved first, so that placing socket i at
+        // 3+i never overwrites a socket not yet placed.
+        let max_source = self.sockets.iter().copied().max().unwrap_or(0);
+        let above = (first + n).max(max_source + 1);
+        for (i, &fd) in self.sockets.iter().enumerate() {
+            // SAFETY: fcntl F_DUPFD_CLOEXEC on a descriptor the parent kept open.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+            if dup == -1 {
+                return io::Error::last_os_error();
+            }
+            self.scratch[i] = dup;
+        }
+        for (i, &dup) in self.scratch.iter().enumerate() {
+            let target = first + i as RawFd;
+            // SAFETY: dup2 onto a number we are allowed to replace (3.. are ours to assign).
+            // dup2(fd, fd) would not clear FD_CLOEXEC, hence the explicit F_SETFD below, which
+            // is also what makes `target` survive exec.
+            unsafe {
+                if libc::dup2(dup, target) == -1 || libc::fcntl(target, libc::F_SETFD, 0) == -1 {
+                    return io::Error::last_os_error();
+                }
+            }
+        }
+        // Every other descriptor above the sockets must not reach the new image: mark them all
+        // close-on-exec (not closed now: std's exec-error pipe must stay usable until execve).
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                (first + n) as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if ret == -1 {
+            // Kernels before 5.11: walk the table instead.
+            let limit = open_file_limit().unwrap_or(65536).min(1 << 20) as RawFd;
+            for fd in (first + n)..limit {
+                // SAFETY: fcntl on any integer is harmless (EBADF when not open).
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+        if let Some(slot) = self.listen_pid_slot {
+            // SAFETY: getpid is async-signal-safe.
+            let pid = unsafe { libc::getpid() };
+            write_decimal(
+                &mut self.listen_pid_buf[LISTEN_PID_PREFIX.len()..],
+                pid as u64,
+            );
+            self.envp_ptrs[slot] = self.listen_pid_buf.as_ptr().cast();
+        }
+        // SAFETY: path, argv and envp are NUL-terminated arrays of NUL-terminated strings that
+        // live in `self` for the duration of the call.
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
+}
+
+/// Writes `value` in decimal followed by a NUL into `buf`, without allocating.
+fn write_decimal(buf: &mut [u8], mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (value % 10) as u8;
+        len += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+/// The uid of the process at the other end of a unix stream socket.
+pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<(Pid, u32)> {
+    // SAFETY: ucred is a plain struct; len describes it.
+    let mut cred: libc::ucred = unsafe { zeroed() };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((cred.pid, cred.uid))
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Sends `data` with one descriptor attached (SCM_RIGHTS) on a connected or addressed datagram
+/// socket. Used for sd_notify's BARRIER=1.
+pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the iovec and control buffer are local and sized with CMSG_SPACE; the descriptor
+    // numbers are borrowed and stay open during the call.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+        let sent = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+        if sent == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Turns on SO_PASSCRED so every datagram received carries its sender's credentials.
+pub fn set_passcred(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a local c_int.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as _,
+        )
+    })?;
+    Ok(())
+}
+
+/// Receives one datagram and the sender's pid (from SCM_CREDENTIALS, when SO_PASSCRED is on).
+/// Descriptors attached to the message are closed. Returns None when nothing is pending.
+pub fn recv_with_pid(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Option<Pid>)>> {
+    // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
+    // macros within `msg_controllen`, and close any descriptor the kernel installed for us.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 64]>() as _;
+        let n = libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
+        );
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        let mut pid = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
+                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
+                pid = Some(cred.pid);
+            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS
+            {
+                let count =
+                    (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
+                    drop(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(Some(((n as usize).min(buf.len()), pid)))
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants it.
+pub fn monotonic_usec() -> u64 {
+    // SAFETY: clock_gettime fills a local timespec; CLOCK_MONOTONIC always exists on Linux.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Sets the process umask and returns the previous one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Signal names we accept and print, with their numbers.
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("TERM", libc::SIGTERM),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("WINCH", libc::SIGWINCH),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("ALRM", libc::SIGALRM),
+    ("PIPE", libc::SIGPIPE),
+];
+
+/// Forks a child in a new process group (its pid is the group id) that starts in `dir` and
+/// execs `image`. An exec failure (ENOENT, EACCES, ...) is returned here, from the parent.
+pub fn spawn(mut image: ExecImage, dir: Option<&std::path::Path>) -> io::Result<Pid> {
+    use std::os::unix::process::CommandExt;
+    // The program given to Command is never executed: the pre_exec hook execs the image and
+    // only returns (to std's error reporting) when that fails.
+    let mut command = std::process::Command::new("/");
+    command.process_group(0);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    // SAFETY: the hook only calls async-signal-safe functions on memory allocated before fork
+    // (see ExecImage::exec), and it never returns into std except with an error.
+    unsafe {
+        command.pre_exec(move || Err(image.exec()));
+    }
+    let child = command.spawn()?;
+    Ok(child.id() as Pid)
+}
