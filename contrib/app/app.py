@@ -1,0 +1,44 @@
+"""Example WSGI app used by the quick start, the tests and the unit examples.
+
+GET /            -> "release=<release> pid=<worker pid> master=<master pid>"
+GET /slow?s=N    -> the same after sleeping N seconds (a request in flight during a reload)
+GET /env         -> the socket-related environment the server saw
+GET /health      -> "ok"
+
+The release is the content of a RELEASE file in the working directory, else the directory's name.
+A file named BROKEN in the working directory makes the import fail (a broken deploy);
+APP_BOOT_SLEEP=N delays the import (a slow boot).
+"""
+import os
+import time
+
+if os.path.exists("BROKEN"):
+    raise RuntimeError("this release is broken on purpose (BROKEN file present)")
+time.sleep(float(os.environ.get("APP_BOOT_SLEEP", "0")))
+
+try:
+    with open("RELEASE") as f:
+        RELEASE = f.read().strip()
+except OSError:
+    RELEASE = os.path.basename(os.getcwd())
+
+ENV_KEYS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "UNICORN_FD", "NOTIFY_SOCKET", "PWD")
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/slow":
+        query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
+        time.sleep(float(query.get("s", "1")))
+    if path == "/health":
+        body = "ok\n"
+    elif path == "/env":
+        body = "".join("%s=%s\n" % (k, os.environ[k]) for k in ENV_KEYS if k in os.environ)
+    else:
+        body = "release=%s pid=%d master=%d\n" % (RELEASE, os.getpid(), os.getppid())
+    data = body.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+application = app

@@ -1,0 +1,7 @@
+# puma settings for running under sockherd --flavor puma: use exactly the sockets systemd or
+# sockherd passed in LISTEN_FDS, and bind nothing else (puma's default is tcp://0.0.0.0:9292).
+# `bind_to_activated_sockets 'only'` is safe here because sockherd starts a fresh puma for every
+# generation; puma's own USR2 restart with it falls back to 0.0.0.0:9292, so never send USR2.
+bind_to_activated_sockets "only"
+workers 2
+threads 1, 4
