@@ -49,9 +49,7 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
         .with_context(|| format!("invalid {LISTEN_PID}='{pid}': expected a process id"))?;
     if pid != our_pid {
         return Ok(Activation::None {
-            reason: format!(
-                "{LISTEN_PID}={pid} names another process (we are {our_pid}), so the sockets are not ours"
-            ),
+            reason: format!("{LISTEN_PID}={pid} names another process (we are {our_pid}), so the sockets are not ours"),
         });
     }
     let Some(count) = text(LISTEN_FDS)? else {
@@ -61,12 +59,7 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
         Ok(n) if n >= 0 => n as u64,
         Ok(_) => bail!("invalid {LISTEN_FDS}='{count}': must not be negative"),
         Err(_)
-            if !count.trim().is_empty()
-                && count
-                    .trim()
-                    .trim_start_matches('-')
-                    .bytes()
-                    .all(|b| b.is_ascii_digit()) =>
+            if !count.trim().is_empty() && count.trim().trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) =>
         {
             bail!("invalid {LISTEN_FDS}='{count}': number out of range")
         }
@@ -74,9 +67,7 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
     };
     let limit = sys::open_file_limit().unwrap_or(1024);
     if count + LISTEN_FDS_START as u64 > limit {
-        bail!(
-            "invalid {LISTEN_FDS}={count}: more descriptors than this process may have open (limit {limit})"
-        );
+        bail!("invalid {LISTEN_FDS}={count}: more descriptors than this process may have open (limit {limit})");
     }
     let names = match text(LISTEN_FDNAMES)? {
         None => vec![UNKNOWN_FDNAME.to_string(); count as usize],
@@ -87,11 +78,7 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
                 names.split(':').map(str::to_string).collect()
             };
             if names.len() as u64 != count {
-                bail!(
-                    "{LISTEN_FDNAMES}='{}' has {} name(s) but {LISTEN_FDS}={count}",
-                    names.join(":"),
-                    names.len()
-                );
+                bail!("{LISTEN_FDNAMES}='{}' has {} name(s) but {LISTEN_FDS}={count}", names.join(":"), names.len());
             }
             names
         }
@@ -114,24 +101,18 @@ pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
     for i in 0..count {
         let fd = LISTEN_FDS_START + i as i32;
         if !sys::fd_is_open(fd) {
-            bail!(
-                "{LISTEN_FDS}={count} promises fds {LISTEN_FDS_START}-{last}, but fd {fd} is not open"
-            );
+            bail!("{LISTEN_FDS}={count} promises fds {LISTEN_FDS_START}-{last}, but fd {fd} is not open");
         }
     }
     let mut sockets = Vec::with_capacity(count);
     for (i, name) in names.into_iter().enumerate() {
         let fd = sys::adopt_inherited_fd(LISTEN_FDS_START + i as i32);
         let number = LISTEN_FDS_START + i as i32;
-        let (mode, _, _) = sys::fstat(fd.as_fd())
-            .with_context(|| format!("failed to stat activated fd {number}"))?;
+        let (mode, _, _) = sys::fstat(fd.as_fd()).with_context(|| format!("failed to stat activated fd {number}"))?;
         if !sys::is_socket_mode(mode) {
             // Not ours to close: leak it back as it was.
             std::mem::forget(fd);
-            bail!(
-                "activated fd {number} ({name}) is not a socket but a {}",
-                file_type_name(mode)
-            );
+            bail!("activated fd {number} ({name}) is not a socket but a {}", file_type_name(mode));
         }
         sys::set_cloexec(fd.as_fd(), true)
             .with_context(|| format!("failed to set FD_CLOEXEC on activated fd {number}"))?;
@@ -171,19 +152,13 @@ mod tests {
     use std::ffi::OsString;
 
     fn parse_with(vars: &[(&str, &str)], pid: i32) -> Result<Activation> {
-        let map: HashMap<String, OsString> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
+        let map: HashMap<String, OsString> = vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
         parse(|name| map.get(name).cloned(), pid)
     }
 
     #[test]
     fn not_activated_without_variables() {
-        assert!(matches!(
-            parse_with(&[], 7).unwrap(),
-            Activation::None { .. }
-        ));
+        assert!(matches!(parse_with(&[], 7).unwrap(), Activation::None { .. }));
     }
 
     #[test]
@@ -195,31 +170,13 @@ mod tests {
     #[test]
     fn names_default_to_unknown() {
         let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "2")], 7).unwrap();
-        assert_eq!(
-            a,
-            Activation::Fds {
-                names: vec!["unknown".into(), "unknown".into()]
-            }
-        );
+        assert_eq!(a, Activation::Fds { names: vec!["unknown".into(), "unknown".into()] });
     }
 
     #[test]
     fn names_are_split() {
-        let a = parse_with(
-            &[
-                ("LISTEN_PID", "7"),
-                ("LISTEN_FDS", "2"),
-                ("LISTEN_FDNAMES", "http:admin"),
-            ],
-            7,
-        )
-        .unwrap();
-        assert_eq!(
-            a,
-            Activation::Fds {
-                names: vec!["http".into(), "admin".into()]
-            }
-        );
+        let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "http:admin")], 7).unwrap();
+        assert_eq!(a, Activation::Fds { names: vec!["http".into(), "admin".into()] });
     }
 
     #[test]
@@ -238,9 +195,7 @@ mod tests {
             let err = parse_with(&vars, 7).unwrap_err().to_string();
             assert!(err.contains(want), "LISTEN_FDS={fds}: {err}");
         }
-        let err = parse_with(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")], 7)
-            .unwrap_err()
-            .to_string();
+        let err = parse_with(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")], 7).unwrap_err().to_string();
         assert!(err.contains("invalid LISTEN_PID='x'"), "{err}");
     }
 }

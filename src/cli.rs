@@ -10,9 +10,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::activation;
 use crate::command::{self, Launch};
+use crate::control::{self, Request};
 use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
 use crate::log;
+use crate::readiness::Readiness;
 use crate::signal::Signal;
 use crate::socket::Socket;
 use crate::supervisor::{RunConfig, Supervisor};
@@ -41,6 +43,22 @@ enum Command {
     /// Hand the sockets to the server in its dialect and become it (same pid, no resident
     /// process).
     Exec(ExecArgs),
+    /// Ask a running `sockherd run` to start a new generation, and wait until it serves (exit
+    /// 0) or the reload failed and the old generation still serves (exit 1). For ExecReload=.
+    Reload(ControlArgs),
+    /// Print a running supervisor's generations, sockets and last reload as JSON.
+    Status(ControlArgs),
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The supervisor's pid (default: $MAINPID, which systemd sets for ExecReload=).
+    #[arg(long, value_name = "PID")]
+    pid: Option<i32>,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    timeout: Seconds,
 }
 
 #[derive(Args, Debug)]
@@ -69,12 +87,7 @@ struct LaunchArgs {
     chdir: Option<PathBuf>,
 
     /// The server's command line.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 
@@ -92,6 +105,22 @@ struct RunArgs {
     /// (e.g. 30, 30s, 1500ms, 2m).
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     stop_timeout: Seconds,
+
+    /// How a new generation proves it serves: notify, probe, probe:/PATH, delay:SECS,
+    /// cmd:COMMAND or exec (default: the flavor's: notify for puma and systemd, probe for
+    /// gunicorn, unicorn and nginx, delay:1 for server-starter and einhorn).
+    #[arg(long, value_name = "STRATEGY")]
+    ready: Option<Readiness>,
+
+    /// How long a new generation may take to become ready before it is killed (and, on a
+    /// reload, the old one keeps serving).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    ready_timeout: Seconds,
+
+    /// How long an old generation may drain after a reload before its process group gets
+    /// SIGKILL.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    drain_timeout: Seconds,
 
     #[command(flatten)]
     launch: LaunchArgs,
@@ -125,12 +154,8 @@ impl FromStr for Seconds {
             (t, 1.0)
         };
         match number.trim().parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => {
-                Ok(Seconds(Duration::from_secs_f64(v * scale)))
-            }
-            _ => Err(format!(
-                "invalid duration '{text}' (expected e.g. 30, 30s, 1500ms or 2m)"
-            )),
+            Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => Ok(Seconds(Duration::from_secs_f64(v * scale))),
+            _ => Err(format!("invalid duration '{text}' (expected e.g. 30, 30s, 1500ms or 2m)")),
         }
     }
 }
@@ -161,17 +186,12 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
                 Ok(_) => "LISTEN_FDS=0".to_string(),
             };
             if args.listen.is_empty() {
-                bail!(
-                    "no sockets to hand over: not socket-activated ({reason}) and no --listen given"
-                );
+                bail!("no sockets to hand over: not socket-activated ({reason}) and no --listen given");
             }
             let mut sockets = Vec::with_capacity(args.listen.len());
             for spec in &args.listen {
                 let socket = spec.bind()?;
-                log::info(format!("listening on {socket}"))
-                    .kind("socket")
-                    .field("SOCKET", socket.address())
-                    .emit();
+                log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
                 sockets.push(socket);
             }
             sockets
@@ -189,21 +209,17 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 command: args.launch.command,
                 flavor: args.launch.flavor,
                 chdir: args.launch.chdir,
-                stop_signal: args
-                    .stop_signal
-                    .unwrap_or(args.launch.flavor.graceful_signal()),
+                ready: args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor)),
+                ready_timeout: args.ready_timeout.0,
+                drain_timeout: args.drain_timeout.0,
+                stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
                 stop_timeout: args.stop_timeout.0,
             };
             Supervisor::start(config, sockets)?.run()
         }
         Command::Exec(args) => {
             let sockets = acquire_sockets(&args.sockets)?;
-            let dir = args
-                .launch
-                .chdir
-                .as_deref()
-                .map(command::resolve_dir)
-                .transpose()?;
+            let dir = args.launch.chdir.as_deref().map(command::resolve_dir).transpose()?;
             let launch = Launch {
                 flavor: args.launch.flavor,
                 sockets: sockets.iter().collect(),
@@ -212,7 +228,49 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 pass_notify: true,
                 extra_env: Vec::new(),
             };
-            Err(command::exec(&args.launch.command, &launch))
+            let err = command::exec(&args.launch.command, &launch);
+            for socket in &sockets {
+                socket.remove_created_file();
+            }
+            Err(err)
         }
+        Command::Reload(args) => {
+            let pid = supervisor_pid(&args)?;
+            let answer = control::request(pid, Request::Reload, args.timeout.0)?;
+            let answer = answer.trim();
+            match answer.split_once(' ') {
+                Some(("ok", message)) => {
+                    log::info(format!("reload succeeded: {message}")).emit();
+                    Ok(0)
+                }
+                Some(("error", message)) => bail!("reload failed: {message}"),
+                _ => bail!("unexpected answer from the supervisor (pid {pid}): {answer:?}"),
+            }
+        }
+        Command::Status(args) => {
+            let pid = supervisor_pid(&args)?;
+            let answer = control::request(pid, Request::Status, args.timeout.0)?;
+            if let Some(message) = answer.strip_prefix("error ") {
+                bail!("{}", message.trim());
+            }
+            println!("{}", answer.trim());
+            Ok(0)
+        }
+    }
+}
+
+/// `--pid`, else `$MAINPID` (systemd sets it for ExecReload=).
+fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
+    if let Some(pid) = args.pid {
+        return Ok(pid);
+    }
+    match std::env::var("MAINPID") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p: &i32| *p > 0)
+            .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`")),
+        Err(_) => bail!("no supervisor given: pass --pid PID, or run it as ExecReload= where systemd sets $MAINPID"),
     }
 }

@@ -48,8 +48,8 @@ pub struct Launch<'a> {
 /// Resolves `--chdir`: symlinks are followed now, so a generation stays pinned to the release
 /// it started from even after `current` is flipped.
 pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
-    let resolved = std::fs::canonicalize(dir)
-        .with_context(|| format!("failed to resolve --chdir {}", dir.display()))?;
+    let resolved =
+        std::fs::canonicalize(dir).with_context(|| format!("failed to resolve --chdir {}", dir.display()))?;
     if !resolved.is_dir() {
         anyhow::bail!("--chdir {} is not a directory", dir.display());
     }
@@ -68,39 +68,27 @@ pub fn resolve_program(program: &OsStr, dir: Option<&Path>) -> Result<PathBuf, C
         let path = within(Path::new(program));
         return match check_executable(&path) {
             Ok(()) => Ok(path),
-            Err(Found::Missing) => Err(CommandError::NotFound(format!(
-                "command not found: {shown} ({} does not exist)",
-                path.display()
-            ))),
-            Err(Found::NotExecutable(why)) => Err(CommandError::NotExecutable(format!(
-                "cannot execute {}: {why}",
-                path.display()
-            ))),
+            Err(Found::Missing) => {
+                Err(CommandError::NotFound(format!("command not found: {shown} ({} does not exist)", path.display())))
+            }
+            Err(Found::NotExecutable(why)) => {
+                Err(CommandError::NotExecutable(format!("cannot execute {}: {why}", path.display())))
+            }
         };
     }
-    let search =
-        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let search = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     let mut not_executable = None;
     for entry in std::env::split_paths(&search) {
-        let entry = if entry.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            entry
-        };
+        let entry = if entry.as_os_str().is_empty() { PathBuf::from(".") } else { entry };
         let path = within(&entry).join(program);
         match check_executable(&path) {
             Ok(()) => return Ok(path),
-            Err(Found::NotExecutable(why)) if not_executable.is_none() => {
-                not_executable = Some((path, why))
-            }
+            Err(Found::NotExecutable(why)) if not_executable.is_none() => not_executable = Some((path, why)),
             Err(_) => {}
         }
     }
     match not_executable {
-        Some((path, why)) => Err(CommandError::NotExecutable(format!(
-            "cannot execute {}: {why}",
-            path.display()
-        ))),
+        Some((path, why)) => Err(CommandError::NotExecutable(format!("cannot execute {}: {why}", path.display()))),
         None => Err(CommandError::NotFound(format!(
             "command not found: {shown} (searched PATH={})",
             search.to_string_lossy()
@@ -170,13 +158,8 @@ fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecI
     use std::os::fd::{AsFd, AsRawFd};
     let (env, listen_pid) = environment(launch);
     let args: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
-    let fds = launch
-        .sockets
-        .iter()
-        .map(|s| s.as_fd().as_raw_fd())
-        .collect();
-    ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds)
-        .context("failed to prepare the command line")
+    let fds = launch.sockets.iter().map(|s| s.as_fd().as_raw_fd()).collect();
+    ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds).context("failed to prepare the command line")
 }
 
 /// Starts the server as a child in its own process group. Returns its pid.
@@ -198,8 +181,7 @@ pub fn exec(argv: &[OsString], launch: &Launch<'_>) -> anyhow::Error {
     };
     if let Some(dir) = &launch.dir {
         if let Err(e) = std::env::set_current_dir(dir) {
-            return anyhow::Error::new(e)
-                .context(format!("failed to change directory to {}", dir.display()));
+            return anyhow::Error::new(e).context(format!("failed to change directory to {}", dir.display()));
         }
     }
     exec_error(&program, image.exec())
@@ -214,8 +196,7 @@ fn exec_error(program: &Path, err: std::io::Error) -> anyhow::Error {
         ))
         .into(),
         Some(libc::EACCES) | Some(libc::ENOEXEC) => {
-            CommandError::NotExecutable(format!("failed to execute {}: {err}", program.display()))
-                .into()
+            CommandError::NotExecutable(format!("failed to execute {}: {err}", program.display())).into()
         }
         _ => anyhow::Error::new(err).context(format!("failed to execute {}", program.display())),
     }

@@ -67,9 +67,7 @@ impl Flavor {
     pub fn graceful_signal(self) -> Signal {
         match self {
             // gunicorn: QUIT/INT raise SystemExit inside requests (HTTP 500); TERM drains.
-            Flavor::Systemd | Flavor::Gunicorn | Flavor::Puma | Flavor::ServerStarter => {
-                Signal::TERM
-            }
+            Flavor::Systemd | Flavor::Gunicorn | Flavor::Puma | Flavor::ServerStarter => Signal::TERM,
             // unicorn and nginx: TERM is immediate, QUIT is graceful.
             Flavor::Unicorn | Flavor::Nginx => Signal::QUIT,
             // einhorn asks its workers to finish with USR2.
@@ -104,12 +102,7 @@ impl Flavor {
     pub fn socket_env(self, sockets: &[&Socket], generation: u64) -> SocketEnv {
         let n = sockets.len();
         let fds: Vec<i32> = (0..n as i32).map(|i| LISTEN_FDS_START + i).collect();
-        let join = |sep: &str| {
-            fds.iter()
-                .map(|fd| fd.to_string())
-                .collect::<Vec<_>>()
-                .join(sep)
-        };
+        let join = |sep: &str| fds.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(sep);
         let mut vars = Vec::new();
         let mut listen_pid = false;
         match self {
@@ -125,16 +118,10 @@ impl Flavor {
             }
             Flavor::Unicorn => vars.push((UNICORN_FD.to_string(), join(","))),
             Flavor::ServerStarter => {
-                let ports: Vec<String> = sockets
-                    .iter()
-                    .zip(&fds)
-                    .map(|(s, fd)| format!("{}={fd}", s.address()))
-                    .collect();
+                let ports: Vec<String> =
+                    sockets.iter().zip(&fds).map(|(s, fd)| format!("{}={fd}", s.address())).collect();
                 vars.push((SERVER_STARTER_PORT.to_string(), ports.join(";")));
-                vars.push((
-                    SERVER_STARTER_GENERATION.to_string(),
-                    generation.to_string(),
-                ));
+                vars.push((SERVER_STARTER_GENERATION.to_string(), generation.to_string()));
             }
             Flavor::Einhorn => {
                 vars.push((EINHORN_FD_COUNT.to_string(), n.to_string()));
@@ -142,10 +129,7 @@ impl Flavor {
                     vars.push((format!("{EINHORN_FD_PREFIX}{i}"), fd.to_string()));
                 }
             }
-            Flavor::Nginx => vars.push((
-                NGINX.to_string(),
-                fds.iter().map(|fd| format!("{fd};")).collect(),
-            )),
+            Flavor::Nginx => vars.push((NGINX.to_string(), fds.iter().map(|fd| format!("{fd};")).collect())),
         }
         SocketEnv { vars, listen_pid }
     }
@@ -162,20 +146,11 @@ impl FromStr for Flavor {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let wanted = text.trim().to_ascii_lowercase().replace('_', "-");
-        let wanted = if wanted == "starter" || wanted == "start-server" {
-            "server-starter".to_string()
-        } else {
-            wanted
-        };
-        Flavor::ALL
-            .into_iter()
-            .find(|f| f.name() == wanted)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Flavor::ALL.iter().map(|f| f.name()).collect();
-                format!(
-                    "unknown flavor '{text}' (expected one of: {})",
-                    names.join(", ")
-                )
-            })
+        let wanted =
+            if wanted == "starter" || wanted == "start-server" { "server-starter".to_string() } else { wanted };
+        Flavor::ALL.into_iter().find(|f| f.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Flavor::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown flavor '{text}' (expected one of: {})", names.join(", "))
+        })
     }
 }

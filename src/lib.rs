@@ -13,11 +13,14 @@
 pub mod activation;
 pub mod cli;
 pub mod command;
+pub mod control;
 pub mod flavor;
+pub mod generation;
 pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod protocol;
+pub mod readiness;
 pub mod signal;
 pub mod socket;
 pub mod supervisor;

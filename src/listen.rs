@@ -56,9 +56,7 @@ pub fn validate_fd_name(name: &str) -> Result<(), String> {
         return Err("a name must have 1 to 255 characters".into());
     }
     if let Some(c) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
-        return Err(format!(
-            "a name may not contain {c:?} (printable ASCII without ':' only)"
-        ));
+        return Err(format!("a name may not contain {c:?} (printable ASCII without ':' only)"));
     }
     Ok(())
 }
@@ -70,16 +68,11 @@ impl FromStr for ListenSpec {
         let mut parts = text.split(',');
         let address = parts.next().unwrap_or_default().trim();
         let addr = parse_address(address)?;
-        let mut spec = ListenSpec {
-            addr,
-            name: None,
-            mode: None,
-            backlog: DEFAULT_BACKLOG,
-        };
+        let mut spec = ListenSpec { addr, name: None, mode: None, backlog: DEFAULT_BACKLOG };
         for option in parts {
-            let (key, value) = option.split_once('=').ok_or_else(|| {
-                format!("option '{option}' is not KEY=VALUE (known: name=, mode=, backlog=)")
-            })?;
+            let (key, value) = option
+                .split_once('=')
+                .ok_or_else(|| format!("option '{option}' is not KEY=VALUE (known: name=, mode=, backlog=)"))?;
             match key {
                 "name" => {
                     validate_fd_name(value)?;
@@ -92,9 +85,7 @@ impl FromStr for ListenSpec {
                     let mode = u32::from_str_radix(value, 8)
                         .ok()
                         .filter(|m| *m <= 0o777)
-                        .ok_or_else(|| {
-                            format!("mode={value} is not an octal permission like 0660")
-                        })?;
+                        .ok_or_else(|| format!("mode={value} is not an octal permission like 0660"))?;
                     spec.mode = Some(mode);
                 }
                 "backlog" => {
@@ -105,9 +96,7 @@ impl FromStr for ListenSpec {
                         .ok_or_else(|| format!("backlog={value} is not a positive number"))?;
                 }
                 other => {
-                    return Err(format!(
-                        "unknown option '{other}' (known: name=, mode=, backlog=)"
-                    ));
+                    return Err(format!("unknown option '{other}' (known: name=, mode=, backlog=)"));
                 }
             }
         }
@@ -132,36 +121,27 @@ fn parse_address(address: &str) -> Result<ListenAddr, String> {
         return Ok(ListenAddr::Abstract(name.to_string()));
     }
     if let Some(rest) = address.strip_prefix('[') {
-        let (host, port) = rest
-            .split_once("]:")
-            .ok_or_else(|| "expected [V6]:PORT, e.g. [::1]:8080".to_string())?;
-        let ip: std::net::Ipv6Addr = host
-            .parse()
-            .map_err(|_| format!("'{host}' is not an IPv6 address"))?;
-        return Ok(ListenAddr::Tcp(SocketAddr::new(
-            IpAddr::V6(ip),
-            parse_port(port)?,
-        )));
+        let (host, port) = rest.split_once("]:").ok_or_else(|| "expected [V6]:PORT, e.g. [::1]:8080".to_string())?;
+        let ip: std::net::Ipv6Addr = host.parse().map_err(|_| format!("'{host}' is not an IPv6 address"))?;
+        return Ok(ListenAddr::Tcp(SocketAddr::new(IpAddr::V6(ip), parse_port(port)?)));
     }
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| "expected HOST:PORT, [V6]:PORT, unix:/path or /path".to_string())?;
+    let (host, port) =
+        address.rsplit_once(':').ok_or_else(|| "expected HOST:PORT, [V6]:PORT, unix:/path or /path".to_string())?;
     if host.contains(':') {
         return Err("IPv6 addresses need brackets: [V6]:PORT".into());
     }
     let ip = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
-            format!("'{host}' is not an IPv4 address (use an IP address, 'localhost' or [V6])")
-        })?
+        host.parse::<Ipv4Addr>()
+            .map(IpAddr::V4)
+            .map_err(|_| format!("'{host}' is not an IPv4 address (use an IP address, 'localhost' or [V6])"))?
     };
     Ok(ListenAddr::Tcp(SocketAddr::new(ip, parse_port(port)?)))
 }
 
 fn parse_port(port: &str) -> Result<u16, String> {
-    port.parse()
-        .map_err(|_| format!("'{port}' is not a port number (0-65535)"))
+    port.parse().map_err(|_| format!("'{port}' is not a port number (0-65535)"))
 }
 
 fn parse_unix(path: &str) -> Result<ListenAddr, String> {
@@ -170,10 +150,7 @@ fn parse_unix(path: &str) -> Result<ListenAddr, String> {
     }
     // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
     if path.len() > 107 {
-        return Err(format!(
-            "unix socket path is {} bytes long; the limit is 107",
-            path.len()
-        ));
+        return Err(format!("unix socket path is {} bytes long; the limit is 107", path.len()));
     }
     Ok(ListenAddr::Unix(PathBuf::from(path)))
 }
@@ -191,33 +168,23 @@ impl ListenSpec {
                 use std::os::linux::net::SocketAddrExt;
                 let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
                     .with_context(|| format!("invalid abstract socket name '@{name}'"))?;
-                let listener =
-                    UnixListener::bind_addr(&addr).map_err(|e| bind_error(&self.addr, e))?;
+                let listener = UnixListener::bind_addr(&addr).map_err(|e| bind_error(&self.addr, e))?;
                 (listener.into(), None)
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
                 let listener = UnixListener::bind(path).map_err(|e| bind_error(&self.addr, e))?;
-                let meta = std::fs::symlink_metadata(path)
-                    .with_context(|| format!("failed to stat {}", path.display()))?;
+                let meta =
+                    std::fs::symlink_metadata(path).with_context(|| format!("failed to stat {}", path.display()))?;
                 if let Some(mode) = self.mode {
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                        .with_context(|| {
-                            format!("failed to chmod {:o} {}", mode, path.display())
-                        })?;
+                        .with_context(|| format!("failed to chmod {:o} {}", mode, path.display()))?;
                 }
-                (
-                    listener.into(),
-                    Some((path.clone(), meta.dev(), meta.ino())),
-                )
+                (listener.into(), Some((path.clone(), meta.dev(), meta.ino())))
             }
         };
-        sys::listen(fd.as_fd(), self.backlog)
-            .with_context(|| format!("failed to listen on {}", self.addr))?;
-        let name = self
-            .name
-            .clone()
-            .unwrap_or_else(|| UNKNOWN_FDNAME.to_string());
+        sys::listen(fd.as_fd(), self.backlog).with_context(|| format!("failed to listen on {}", self.addr))?;
+        let name = self.name.clone().unwrap_or_else(|| UNKNOWN_FDNAME.to_string());
         Socket::new(fd, name, Origin::Bound { created })
             .with_context(|| format!("failed to inspect the socket bound to {}", self.addr))
     }
@@ -240,23 +207,15 @@ fn remove_stale_socket(path: &PathBuf) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("failed to stat {}", path.display())),
     };
     if !meta.file_type().is_socket() {
-        bail!(
-            "failed to bind {}: the path exists and is not a socket; refusing to replace it",
-            path.display()
-        );
+        bail!("failed to bind {}: the path exists and is not a socket; refusing to replace it", path.display());
     }
     match UnixStream::connect(path) {
-        Ok(_) => bail!(
-            "failed to bind {}: address in use (a process accepts connections on it)",
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
-            .with_context(|| format!("failed to remove stale socket {}", path.display())),
+        Ok(_) => bail!("failed to bind {}: address in use (a process accepts connections on it)", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).with_context(|| format!("failed to remove stale socket {}", path.display()))
+        }
         Err(e) => Err(e).with_context(|| {
-            format!(
-                "failed to bind {}: cannot tell whether the existing socket is in use",
-                path.display()
-            )
+            format!("failed to bind {}: cannot tell whether the existing socket is in use", path.display())
         }),
     }
 }
@@ -271,26 +230,11 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(
-            ok("127.0.0.1:8080").addr,
-            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            ok("localhost:80").addr,
-            ListenAddr::Tcp("127.0.0.1:80".parse().unwrap())
-        );
-        assert_eq!(
-            ok("[::1]:8080").addr,
-            ListenAddr::Tcp("[::1]:8080".parse().unwrap())
-        );
-        assert_eq!(
-            ok("unix:/run/a.sock").addr,
-            ListenAddr::Unix("/run/a.sock".into())
-        );
-        assert_eq!(
-            ok("/run/a.sock").addr,
-            ListenAddr::Unix("/run/a.sock".into())
-        );
+        assert_eq!(ok("127.0.0.1:8080").addr, ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(ok("localhost:80").addr, ListenAddr::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(ok("[::1]:8080").addr, ListenAddr::Tcp("[::1]:8080".parse().unwrap()));
+        assert_eq!(ok("unix:/run/a.sock").addr, ListenAddr::Unix("/run/a.sock".into()));
+        assert_eq!(ok("/run/a.sock").addr, ListenAddr::Unix("/run/a.sock".into()));
         assert_eq!(ok("@app").addr, ListenAddr::Abstract("app".into()));
     }
 

@@ -73,12 +73,7 @@ pub struct Event {
 }
 
 pub fn event(level: Level, message: impl Into<String>) -> Event {
-    Event {
-        level,
-        kind: None,
-        message: message.into(),
-        fields: Vec::new(),
-    }
+    Event { level, kind: None, message: message.into(), fields: Vec::new() }
 }
 
 pub fn info(message: impl Into<String>) -> Event {
@@ -109,10 +104,7 @@ impl Event {
     }
 
     pub fn emit(self) {
-        let logger = LOGGER.get_or_init(|| Logger {
-            sink: Sink::Stderr,
-            max_level: Level::Info,
-        });
+        let logger = LOGGER.get_or_init(|| Logger { sink: Sink::Stderr, max_level: Level::Info });
         if self.level > logger.max_level {
             return;
         }
@@ -126,11 +118,7 @@ impl Event {
             Level::Warning => "warning: ",
             _ => "",
         };
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "sockherd: {prefix}{}",
-            self.message
-        );
+        let _ = writeln!(std::io::stderr().lock(), "sockherd: {prefix}{}", self.message);
     }
 
     /// The journal's native protocol: `KEY=value\n`, or for values with a newline
@@ -169,10 +157,7 @@ mod tests {
 
     #[test]
     fn journal_entry_uses_binary_form_for_newlines() {
-        let entry = info("two\nlines")
-            .kind("spawn")
-            .field("GENERATION", 3)
-            .journal_entry();
+        let entry = info("two\nlines").kind("spawn").field("GENERATION", 3).journal_entry();
         let text = String::from_utf8_lossy(&entry);
         assert!(text.starts_with("MESSAGE\n"), "{text:?}");
         assert!(text.contains("SOCKHERD_EVENT=spawn\n"));

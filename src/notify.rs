@@ -25,14 +25,9 @@ impl Notifier {
         };
         let text = value.to_string_lossy().into_owned();
         match connect(&text) {
-            Ok(sock) => Notifier {
-                target: Some((sock, text)),
-            },
+            Ok(sock) => Notifier { target: Some((sock, text)) },
             Err(e) => {
-                log::warn(format!(
-                    "cannot reach {NOTIFY_SOCKET}={text}: {e}; systemd will not hear from us"
-                ))
-                .emit();
+                log::warn(format!("cannot reach {NOTIFY_SOCKET}={text}: {e}; systemd will not hear from us")).emit();
                 Notifier { target: None }
             }
         }
@@ -53,11 +48,7 @@ impl Notifier {
         };
         let message = lines.join("\n");
         if let Err(e) = sock.send(message.as_bytes()) {
-            log::warn(format!(
-                "failed to notify systemd at {path} ({}): {e}",
-                message.replace('\n', " ")
-            ))
-            .emit();
+            log::warn(format!("failed to notify systemd at {path} ({}): {e}", message.replace('\n', " "))).emit();
         }
     }
 
@@ -75,10 +66,7 @@ impl Notifier {
         if ready[0] {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "systemd did not answer BARRIER=1 in time",
-            ))
+            Err(io::Error::new(io::ErrorKind::TimedOut, "systemd did not answer BARRIER=1 in time"))
         }
     }
 }
@@ -95,11 +83,7 @@ fn connect(target: &str) -> io::Result<UnixDatagram> {
 
 /// The watchdog interval systemd expects pings at, when it is meant for us.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var(WATCHDOG_USEC)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|u| *u > 0)?;
+    let usec: u64 = std::env::var(WATCHDOG_USEC).ok()?.parse().ok().filter(|u| *u > 0)?;
     if let Ok(pid) = std::env::var(WATCHDOG_PID) {
         if pid.parse::<i32>().ok() != Some(sys::getpid()) {
             return None;

@@ -22,10 +22,7 @@ impl Signal {
     pub const WINCH: Signal = Signal(libc::SIGWINCH);
 
     pub fn name(self) -> Option<&'static str> {
-        sys::SIGNALS
-            .iter()
-            .find(|(_, n)| *n == self.0)
-            .map(|(name, _)| *name)
+        sys::SIGNALS.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
     }
 }
 
@@ -68,17 +65,12 @@ pub struct SignalQueue {
 impl SignalQueue {
     pub fn install(signals: &[Signal]) -> std::io::Result<SignalQueue> {
         let numbers: Vec<i32> = signals.iter().map(|s| s.0).collect();
-        Ok(SignalQueue {
-            pipe: sys::signal_pipe(&numbers)?,
-        })
+        Ok(SignalQueue { pipe: sys::signal_pipe(&numbers)? })
     }
 
     /// Signals received since the last call, in order.
     pub fn drain(&self) -> Vec<Signal> {
-        sys::read_signals(self.pipe.as_fd())
-            .into_iter()
-            .map(Signal)
-            .collect()
+        sys::read_signals(self.pipe.as_fd()).into_iter().map(Signal).collect()
     }
 }
 
@@ -97,12 +89,7 @@ mod tests {
         assert_eq!("TERM".parse::<Signal>().unwrap(), Signal::TERM);
         assert_eq!("sigquit".parse::<Signal>().unwrap(), Signal::QUIT);
         assert_eq!("12".parse::<Signal>().unwrap(), Signal::USR2);
-        assert!(
-            "FOO"
-                .parse::<Signal>()
-                .unwrap_err()
-                .contains("unknown signal 'FOO'")
-        );
+        assert!("FOO".parse::<Signal>().unwrap_err().contains("unknown signal 'FOO'"));
         assert_eq!(Signal::TERM.to_string(), "SIGTERM");
     }
 }

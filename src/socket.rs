@@ -13,9 +13,7 @@ pub enum Origin {
     Activated,
     /// Bound by us from a `--listen` spec. `created` is the unix socket file we made, with its
     /// device and inode, so we remove exactly that file and never one somebody replaced.
-    Bound {
-        created: Option<(PathBuf, u64, u64)>,
-    },
+    Bound { created: Option<(PathBuf, u64, u64)> },
 }
 
 #[derive(Debug)]
@@ -33,13 +31,7 @@ impl Socket {
     pub fn new(fd: OwnedFd, name: String, origin: Origin) -> std::io::Result<Socket> {
         let addr = sys::local_addr(fd.as_fd())?;
         let kind = sys::socket_type(fd.as_fd())?;
-        Ok(Socket {
-            fd,
-            name,
-            addr,
-            kind,
-            origin,
-        })
+        Ok(Socket { fd, name, addr, kind, origin })
     }
 
     /// The address in the form `--listen` takes and Server::Starter's SERVER_STARTER_PORT uses:
@@ -60,10 +52,7 @@ impl Socket {
 
     /// Removes the unix socket file we created, if it is still ours.
     pub fn remove_created_file(&self) {
-        if let Origin::Bound {
-            created: Some((path, dev, ino)),
-        } = &self.origin
-        {
+        if let Origin::Bound { created: Some((path, dev, ino)) } = &self.origin {
             use std::os::unix::fs::MetadataExt;
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.dev() == *dev && meta.ino() == *ino {

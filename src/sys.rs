@@ -20,11 +20,7 @@ use std::time::Duration;
 pub type Pid = libc::pid_t;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// Whether `fd` is an open file descriptor of this process.
@@ -36,10 +32,7 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 /// Takes ownership of an inherited descriptor number. The caller has checked it is open and
 /// that nothing else in this process owns it (descriptors received from our parent).
 pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
-    assert!(
-        fd_is_open(fd),
-        "adopt_inherited_fd({fd}) on a closed descriptor"
-    );
+    assert!(fd_is_open(fd), "adopt_inherited_fd({fd}) on a closed descriptor");
     // SAFETY: the descriptor is open (checked above) and was handed to us at exec time; no Rust
     // object owns it yet, because sockherd adopts each inherited number exactly once at start.
     unsafe { OwnedFd::from_raw_fd(fd) }
@@ -48,11 +41,7 @@ pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: plain fcntl on a descriptor kept alive by the borrow.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
-    let flags = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
+    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) })?;
     Ok(())
@@ -74,15 +63,7 @@ fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> 
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: value/len describe a valid c_int buffer; the descriptor is borrowed.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
+    cvt(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
     Ok(value)
 }
 
@@ -119,29 +100,18 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
     // SAFETY: sockaddr_storage is large enough for any address; the kernel writes at most `len`.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    cvt(unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    })?;
+    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) })?;
     let family = storage.ss_family as i32;
     Ok(match family {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: &libc::sockaddr_in =
-                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let sin: &libc::sockaddr_in = unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            LocalAddr::Inet(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
+            LocalAddr::Inet(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: &libc::sockaddr_in6 =
-                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             LocalAddr::Inet(SocketAddr::V6(SocketAddrV6::new(
                 ip,
@@ -152,12 +122,9 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
         }
         libc::AF_UNIX => {
             // SAFETY: the family says the storage holds a sockaddr_un.
-            let sun: &libc::sockaddr_un =
-                unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
+            let sun: &libc::sockaddr_un = unsafe { &*(&storage as *const libc::sockaddr_storage).cast() };
             let path_offset = size_of::<libc::sa_family_t>();
-            let path_len = (len as usize)
-                .saturating_sub(path_offset)
-                .min(sun.sun_path.len());
+            let path_len = (len as usize).saturating_sub(path_offset).min(sun.sun_path.len());
             let bytes: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
             match bytes.first() {
                 None => LocalAddr::UnixUnnamed,
@@ -202,11 +169,7 @@ pub fn reap_any() -> io::Result<Option<(Pid, ExitStatus)>> {
         0 => Ok(None),
         -1 => {
             let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ECHILD) {
-                Ok(None)
-            } else {
-                Err(err)
-            }
+            if err.raw_os_error() == Some(libc::ECHILD) { Ok(None) } else { Err(err) }
         }
         pid => Ok(Some((pid, ExitStatus::from_raw(status)))),
     }
@@ -225,10 +188,7 @@ pub fn kill(pid: Pid, signal: i32) -> io::Result<()> {
 /// Sends `signal` to every process of the process group `pgid`. Returns false when the group
 /// has no process left.
 pub fn kill_group(pgid: Pid, signal: i32) -> io::Result<bool> {
-    assert!(
-        pgid > 1,
-        "kill_group({pgid}) would signal our own group or everyone"
-    );
+    assert!(pgid > 1, "kill_group({pgid}) would signal our own group or everyone");
     // SAFETY: kill with a negative pid signals exactly that process group.
     match cvt(unsafe { libc::kill(-pgid, signal) }) {
         Ok(_) => Ok(true),
@@ -254,14 +214,8 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `timeout` (None: forever). A signal interrupting the wait is not an error: it returns
 /// with nothing ready, and the signal shows up on the signal pipe.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
     let ms = match timeout {
         None => -1,
         // Round up so a deadline 0.4 ms away does not spin.
@@ -302,10 +256,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
 pub fn signal_pipe(signals: &[i32]) -> io::Result<OwnedFd> {
     let (read, write) = pipe()?;
     let write = std::mem::ManuallyDrop::new(write); // lives as long as the process
-    if SIGNAL_PIPE
-        .compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
+    if SIGNAL_PIPE.compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst).is_err() {
         return Err(io::Error::other("signal handlers are already installed"));
     }
     for &signal in signals {
@@ -395,17 +346,11 @@ impl ExecImage {
     ) -> io::Result<Self> {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "argument or environment entry contains a NUL byte",
-                )
+                io::Error::new(io::ErrorKind::InvalidInput, "argument or environment entry contains a NUL byte")
             })
         };
         let path = cstring(path.as_bytes())?;
-        let argv: Vec<CString> = argv
-            .iter()
-            .map(|a| cstring(a.as_bytes()))
-            .collect::<io::Result<_>>()?;
+        let argv: Vec<CString> = argv.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
         let mut envp: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<io::Result<_>>()?;
         let listen_pid_slot = listen_pid.then(|| {
             envp.push(CString::new(LISTEN_PID_PREFIX).expect("no NUL"));
@@ -484,21 +429,12 @@ impl ExecImage {
         if let Some(slot) = self.listen_pid_slot {
             // SAFETY: getpid is async-signal-safe.
             let pid = unsafe { libc::getpid() };
-            write_decimal(
-                &mut self.listen_pid_buf[LISTEN_PID_PREFIX.len()..],
-                pid as u64,
-            );
+            write_decimal(&mut self.listen_pid_buf[LISTEN_PID_PREFIX.len()..], pid as u64);
             self.envp_ptrs[slot] = self.listen_pid_buf.as_ptr().cast();
         }
         // SAFETY: path, argv and envp are NUL-terminated arrays of NUL-terminated strings that
         // live in `self` for the duration of the call.
-        unsafe {
-            libc::execve(
-                self.path.as_ptr(),
-                self.argv_ptrs.as_ptr(),
-                self.envp_ptrs.as_ptr(),
-            )
-        };
+        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr()) };
         io::Error::last_os_error()
     }
 }
@@ -549,10 +485,7 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> io
     // SAFETY: the iovec and control buffer are local and sized with CMSG_SPACE; the descriptor
     // numbers are borrowed and stay open during the call.
     unsafe {
-        let mut iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
+        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
         let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
         let mut control = vec![0u8; space];
         let mut msg: libc::msghdr = zeroed();
@@ -566,11 +499,7 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: BorrowedFd<'_>) -> io
         (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
         let sent = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-        if sent == -1 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if sent == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
@@ -592,28 +521,18 @@ pub fn set_passcred(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Receives one datagram and the sender's pid (from SCM_CREDENTIALS, when SO_PASSCRED is on).
 /// Descriptors attached to the message are closed. Returns None when nothing is pending.
-pub fn recv_with_pid(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, Option<Pid>)>> {
+pub fn recv_with_pid(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Option<Pid>)>> {
     // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
     // macros within `msg_controllen`, and close any descriptor the kernel installed for us.
     unsafe {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
         let mut msg: libc::msghdr = zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of::<[u64; 64]>() as _;
-        let n = libc::recvmsg(
-            fd.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
-        );
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC);
         if n == -1 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
@@ -628,10 +547,8 @@ pub fn recv_with_pid(
             if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
                 let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
                 pid = Some(cred.pid);
-            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS
-            {
-                let count =
-                    (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                let count = (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
                 for i in 0..count {
                     let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
                     drop(OwnedFd::from_raw_fd(fd));
@@ -693,4 +610,11 @@ pub fn spawn(mut image: ExecImage, dir: Option<&std::path::Path>) -> io::Result<
     }
     let child = command.spawn()?;
     Ok(child.id() as Pid)
+}
+
+/// The process group of `pid`, or None when it no longer exists.
+pub fn getpgid(pid: Pid) -> Option<Pid> {
+    // SAFETY: getpgid takes a plain integer.
+    let pgid = unsafe { libc::getpgid(pid) };
+    (pgid >= 0).then_some(pgid)
 }

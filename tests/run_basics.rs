@@ -12,7 +12,14 @@ fn run_serves_tcp_and_unix_through_the_probe() {
     let addr = format!("127.0.0.1:{port}");
     let sock = dir.join("app.sock");
     let report = dir.join("report.json");
-    let mut cmd = sockherd_cmd(&["run", "--listen", &format!("{addr},name=http"), "--listen", &format!("{},name=admin", sock.display()), "--"]);
+    let mut cmd = sockherd_cmd(&[
+        "run",
+        "--listen",
+        &format!("{addr},name=http"),
+        "--listen",
+        &format!("{},name=admin", sock.display()),
+        "--",
+    ]);
     cmd.arg(probe()).arg(&report).arg("serve");
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     let first = wait_http_ok(&mut proc, &addr, Duration::from_secs(10));

@@ -99,7 +99,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let base = std::env::var_os("SOCKHERD_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("sockherd-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let dir =
+            base.join(format!("sockherd-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -307,11 +308,9 @@ fn http_exchange(mut stream: impl Read + Write, path: &str) -> std::io::Result<R
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}")))?;
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"))
+    })?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok(Response { status, body })
 }
@@ -366,7 +365,9 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
     if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for entry in entries.flatten() {
             if let Ok(target) = std::fs::read_link(entry.path()) {
-                if let Some(ino) = target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']')) {
+                if let Some(ino) =
+                    target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'))
+                {
                     if let Ok(ino) = ino.parse() {
                         out.push(ino);
                     }

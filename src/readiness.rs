@@ -1,0 +1,443 @@
+//! Knowing when a generation really serves. Old and new generations share the public sockets,
+//! so probing those cannot tell who answered; every strategy here is private to one generation:
+//!
+//! - `notify`: the generation gets its own NOTIFY_SOCKET; `READY=1` from one of its processes.
+//! - `probe[:PATH]`: the generation gets one more listening socket (loopback, named
+//!   `sockherd-probe`) that only it serves; ready when `GET PATH` on it is answered (any
+//!   response for a bare `probe`, 2xx/3xx when a PATH is given).
+//! - `delay:SECS`: still running after SECS (Server::Starter's way; a last resort).
+//! - `cmd:COMMAND`: `/bin/sh -c COMMAND` exits 0 (retried every 500 ms).
+//! - `exec`: as soon as the command was executed.
+
+use std::fmt;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::flavor::Flavor;
+use crate::sys::{self, Pid};
+
+/// Name of the probe socket in LISTEN_FDNAMES.
+pub const PROBE_SOCKET_NAME: &str = "sockherd-probe";
+const PROBE_RETRY: Duration = Duration::from_millis(200);
+const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const CMD_RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Exec,
+    Notify,
+    Probe { path: Option<String> },
+    Delay(Duration),
+    Cmd(String),
+}
+
+impl Readiness {
+    /// What each server supports best: puma sends READY=1 after its workers boot (with
+    /// ruby-sd-notify); gunicorn's READY=1 comes before its app is imported and unicorn has
+    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify.
+    pub fn default_for(flavor: Flavor) -> Readiness {
+        match flavor {
+            Flavor::Puma | Flavor::Systemd => Readiness::Notify,
+            Flavor::Gunicorn | Flavor::Unicorn | Flavor::Nginx => Readiness::Probe { path: None },
+            Flavor::ServerStarter | Flavor::Einhorn => Readiness::Delay(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Readiness::Exec => f.write_str("exec"),
+            Readiness::Notify => f.write_str("notify"),
+            Readiness::Probe { path: None } => f.write_str("probe"),
+            Readiness::Probe { path: Some(p) } => write!(f, "probe:{p}"),
+            Readiness::Delay(d) => write!(f, "delay:{}", d.as_secs_f64()),
+            Readiness::Cmd(c) => write!(f, "cmd:{c}"),
+        }
+    }
+}
+
+impl FromStr for Readiness {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (kind, arg) = match text.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (text, None),
+        };
+        match (kind, arg) {
+            ("exec", None) => Ok(Readiness::Exec),
+            ("notify", None) => Ok(Readiness::Notify),
+            ("probe", None) => Ok(Readiness::Probe { path: None }),
+            ("probe", Some(path)) if path.starts_with('/') && !path.contains(char::is_whitespace) => {
+                Ok(Readiness::Probe { path: Some(path.to_string()) })
+            }
+            ("probe", Some(path)) => Err(format!("probe path '{path}' must start with '/' and contain no spaces")),
+            ("delay", Some(secs)) => match secs.parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 && s < 86400.0 => Ok(Readiness::Delay(Duration::from_secs_f64(s))),
+                _ => Err(format!("delay '{secs}' is not a number of seconds")),
+            },
+            ("cmd", Some(command)) if !command.trim().is_empty() => Ok(Readiness::Cmd(command.to_string())),
+            ("exec" | "notify", Some(_)) => Err(format!("'{kind}' takes no argument")),
+            ("delay" | "cmd", _) => Err(format!("'{kind}' needs an argument, e.g. delay:2 or cmd:/usr/bin/check")),
+            _ => Err(format!(
+                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND or exec)"
+            )),
+        }
+    }
+}
+
+/// What a generation needs to be prepared before it is spawned for its readiness strategy.
+pub struct Prepared {
+    pub check: Check,
+    /// The probe socket to hand to the generation as its last inherited fd.
+    pub probe_socket: Option<OwnedFd>,
+    /// The NOTIFY_SOCKET to set in the generation's environment.
+    pub notify_path: Option<PathBuf>,
+}
+
+/// The running readiness check of one generation.
+pub enum Check {
+    Exec,
+    Notify {
+        socket: UnixDatagram,
+        path: PathBuf,
+    },
+    Probe {
+        addr: SocketAddr,
+        path: Option<String>,
+        attempt: Option<ProbeAttempt>,
+        next_at: Instant,
+        last_error: String,
+    },
+    Delay {
+        at: Instant,
+    },
+    Cmd {
+        command: String,
+        running: Option<Pid>,
+        next_at: Instant,
+        last_error: String,
+    },
+}
+
+pub struct ProbeAttempt {
+    stream: TcpStream,
+    response: Vec<u8>,
+    deadline: Instant,
+}
+
+/// What a check concluded after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pending,
+    Ready,
+}
+
+impl Check {
+    /// Sets up the strategy for generation `number`: a private notify socket in `runtime_dir`,
+    /// or a probe socket, before the generation is spawned.
+    pub fn prepare(readiness: &Readiness, number: u64, runtime_dir: &Path) -> Result<Prepared> {
+        let now = Instant::now();
+        Ok(match readiness {
+            Readiness::Exec => Prepared { check: Check::Exec, probe_socket: None, notify_path: None },
+            Readiness::Notify => {
+                let path = runtime_dir.join(format!("notify.{number}"));
+                let _ = std::fs::remove_file(&path);
+                let socket = UnixDatagram::bind(&path)
+                    .with_context(|| format!("failed to create notify socket {}", path.display()))?;
+                sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
+                socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
+                Prepared {
+                    check: Check::Notify { socket, path: path.clone() },
+                    probe_socket: None,
+                    notify_path: Some(path),
+                }
+            }
+            Readiness::Probe { path } => {
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .context("failed to bind the readiness probe socket on 127.0.0.1")?;
+                let addr = listener.local_addr().context("failed to read the probe socket's address")?;
+                Prepared {
+                    check: Check::Probe {
+                        addr,
+                        path: path.clone(),
+                        attempt: None,
+                        next_at: now,
+                        last_error: "no answer yet".into(),
+                    },
+                    probe_socket: Some(listener.into()),
+                    notify_path: None,
+                }
+            }
+            Readiness::Delay(delay) => {
+                Prepared { check: Check::Delay { at: now + *delay }, probe_socket: None, notify_path: None }
+            }
+            Readiness::Cmd(command) => Prepared {
+                check: Check::Cmd {
+                    command: command.clone(),
+                    running: None,
+                    next_at: now,
+                    last_error: "not run yet".into(),
+                },
+                probe_socket: None,
+                notify_path: None,
+            },
+        })
+    }
+
+    /// The descriptor to wait on, if the check currently waits for one.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Check::Notify { socket, .. } => Some(socket.as_fd()),
+            Check::Probe { attempt: Some(a), .. } => Some(a.stream.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// When the check wants to act next without an event (retry, delay).
+    pub fn next_timer(&self) -> Option<Instant> {
+        match self {
+            Check::Probe { attempt: Some(a), .. } => Some(a.deadline),
+            Check::Probe { attempt: None, next_at, .. } => Some(*next_at),
+            Check::Delay { at } => Some(*at),
+            Check::Cmd { running: None, next_at, .. } => Some(*next_at),
+            _ => None,
+        }
+    }
+
+    /// Advances timers: starts probe attempts and check commands when due. `pid` is the
+    /// generation's master; `number` its generation number.
+    pub fn on_timer(&mut self, now: Instant, pid: Pid, number: u64) -> Verdict {
+        match self {
+            Check::Exec => Verdict::Ready,
+            Check::Delay { at } => {
+                if now >= *at {
+                    Verdict::Ready
+                } else {
+                    Verdict::Pending
+                }
+            }
+            Check::Probe { addr, path, attempt, next_at, last_error } => {
+                if let Some(a) = attempt {
+                    if now >= a.deadline {
+                        *last_error = format!("probe request got no answer within {PROBE_ATTEMPT_TIMEOUT:?}");
+                        *attempt = None;
+                        *next_at = now;
+                    }
+                }
+                if attempt.is_none() && now >= *next_at {
+                    match start_probe(*addr, path.as_deref().unwrap_or("/")) {
+                        Ok(a) => *attempt = Some(a),
+                        Err(e) => {
+                            *last_error = format!("probe connection to {addr} failed: {e}");
+                            *next_at = now + PROBE_RETRY;
+                        }
+                    }
+                }
+                Verdict::Pending
+            }
+            Check::Cmd { command, running, next_at, last_error } => {
+                if running.is_none() && now >= *next_at {
+                    match spawn_check_command(command, pid, number) {
+                        Ok(child) => *running = Some(child),
+                        Err(e) => {
+                            *last_error = format!("failed to run readiness command: {e}");
+                            *next_at = now + CMD_RETRY;
+                        }
+                    }
+                }
+                Verdict::Pending
+            }
+            Check::Notify { .. } => Verdict::Pending,
+        }
+    }
+
+    /// Handles the probe connection becoming readable.
+    pub fn on_probe_readable(&mut self, now: Instant) -> Verdict {
+        let Check::Probe { path, attempt, next_at, last_error, .. } = self else { return Verdict::Pending };
+        let Some(a) = attempt else { return Verdict::Pending };
+        let mut buf = [0u8; 1024];
+        loop {
+            match a.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    a.response.extend_from_slice(&buf[..n]);
+                    if a.response.windows(2).any(|w| w == b"\r\n") || a.response.len() > 4096 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if !a.response.windows(2).any(|w| w == b"\r\n") {
+                        return Verdict::Pending;
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    *last_error = format!("probe request failed: {e}");
+                    break;
+                }
+            }
+        }
+        let status = parse_status(&a.response);
+        *attempt = None;
+        *next_at = now + PROBE_RETRY;
+        match (status, path) {
+            (Some(_), None) => Verdict::Ready,
+            (Some(code), Some(_)) if (200..400).contains(&code) => Verdict::Ready,
+            (Some(code), Some(p)) => {
+                *last_error = format!("probe GET {p} answered {code}");
+                Verdict::Pending
+            }
+            (None, _) => {
+                if last_error.is_empty() || !last_error.starts_with("probe request failed") {
+                    *last_error = "probe connection closed without an HTTP response".into();
+                }
+                Verdict::Pending
+            }
+        }
+    }
+
+    /// Handles the exit of a process we started; returns Some if it was this check's command.
+    pub fn on_reaped(&mut self, pid: Pid, success: bool, now: Instant) -> Option<Verdict> {
+        let Check::Cmd { running, next_at, last_error, .. } = self else { return None };
+        if *running != Some(pid) {
+            return None;
+        }
+        *running = None;
+        if success {
+            return Some(Verdict::Ready);
+        }
+        *last_error = "readiness command did not exit 0".into();
+        *next_at = now + CMD_RETRY;
+        Some(Verdict::Pending)
+    }
+
+    /// Why the check has not succeeded yet, for a failed reload's message.
+    pub fn waiting_for(&self) -> String {
+        match self {
+            Check::Exec => "exec".into(),
+            Check::Notify { .. } => "READY=1 on its NOTIFY_SOCKET never came".into(),
+            Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
+            Check::Delay { .. } => "the delay had not passed".into(),
+        }
+    }
+
+    /// A check command still running, to be stopped with its generation.
+    pub fn running_command(&self) -> Option<Pid> {
+        match self {
+            Check::Cmd { running, .. } => *running,
+            _ => None,
+        }
+    }
+
+    pub fn notify_socket(&self) -> Option<&UnixDatagram> {
+        match self {
+            Check::Notify { socket, .. } => Some(socket),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        if let Check::Notify { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn start_probe(addr: SocketAddr, path: &str) -> std::io::Result<ProbeAttempt> {
+    // A loopback connect completes in the kernel even before the server accepts, so a blocking
+    // connect does not stall the loop; the answer is then awaited without blocking.
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_nodelay(true)?;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: sockherd-probe\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.set_nonblocking(true)?;
+    Ok(ProbeAttempt { stream, response: Vec::new(), deadline: Instant::now() + PROBE_ATTEMPT_TIMEOUT })
+}
+
+fn parse_status(response: &[u8]) -> Option<u16> {
+    let line = response.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<Pid> {
+    let child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env("SOCKHERD_GENERATION", number.to_string())
+        .env("SOCKHERD_PID", pid.to_string())
+        .env_remove(crate::protocol::NOTIFY_SOCKET)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(child.id() as Pid)
+}
+
+/// One sd_notify datagram received from a generation.
+pub struct NotifyMessage {
+    pub sender: Option<Pid>,
+    pub ready: bool,
+    pub status: Option<String>,
+    pub watchdog: bool,
+}
+
+/// Reads every pending datagram on a generation's notify socket.
+pub fn read_notify(socket: &UnixDatagram) -> Vec<NotifyMessage> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Some((n, sender))) = sys::recv_with_pid(socket.as_fd(), &mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let mut message = NotifyMessage { sender, ready: false, status: None, watchdog: false };
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("READY", "1")) => message.ready = true,
+                Some(("STATUS", s)) => message.status = Some(s.to_string()),
+                Some(("WATCHDOG", "1")) => message.watchdog = true,
+                _ => {}
+            }
+        }
+        out.push(message);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("notify".parse::<Readiness>().unwrap(), Readiness::Notify);
+        assert_eq!("probe".parse::<Readiness>().unwrap(), Readiness::Probe { path: None });
+        assert_eq!("probe:/health".parse::<Readiness>().unwrap(), Readiness::Probe { path: Some("/health".into()) });
+        assert_eq!("delay:1.5".parse::<Readiness>().unwrap(), Readiness::Delay(Duration::from_millis(1500)));
+        assert_eq!("cmd:true".parse::<Readiness>().unwrap(), Readiness::Cmd("true".into()));
+        for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready"] {
+            assert!(bad.parse::<Readiness>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"garbage"), None);
+    }
+}
