@@ -5,3 +5,8 @@
 bind_to_activated_sockets "only"
 workers 2
 threads 1, 4
+# On a graceful stop, puma's reactor closes connections it accepted whose request has not fully
+# arrived yet (and idle keep-alive ones); a client sending at that instant sees a reset. Without
+# the reactor, every accepted connection goes to a thread that reads and answers it. Keep this
+# behind a proxy that buffers slow clients (nginx), as puma's own docs advise for it.
+queue_requests false
