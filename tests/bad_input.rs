@@ -796,3 +796,78 @@ fn exec_with_bad_listen_fds() {
     ));
     out.expect_error(1, &["LISTEN_FDS", "'-1'", "negative"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A failed start must not leave behind the unix socket files sockherd created for it.
+
+#[test]
+fn failed_start_removes_the_unix_socket_it_created_run() {
+    failed_start_removes_the_unix_socket_it_created("run");
+}
+
+#[test]
+fn failed_start_removes_the_unix_socket_it_created_exec() {
+    failed_start_removes_the_unix_socket_it_created("exec");
+}
+
+/// The command does not exist: the socket file bound for it must go again.
+fn failed_start_removes_the_unix_socket_it_created(sub: &str) {
+    let case = Case::new(&format!("cleanup-cmd-{sub}"));
+    let sock = case.path("app.sock");
+    let spec = sock.display().to_string();
+    let out = case.run_changing_files(case.sockherd(&[
+        sub,
+        "--listen",
+        &spec,
+        "--",
+        "/nonexistent/server",
+    ]));
+    out.expect_error(127, &["command not found", "/nonexistent/server"]);
+    expect_removed(&out, &sock);
+}
+
+#[test]
+fn failed_chdir_removes_the_unix_socket_it_created_run() {
+    failed_chdir_removes_the_unix_socket_it_created("run");
+}
+
+#[test]
+fn failed_chdir_removes_the_unix_socket_it_created_exec() {
+    failed_chdir_removes_the_unix_socket_it_created("exec");
+}
+
+/// --chdir names no directory: the socket file bound before that was noticed must go again.
+fn failed_chdir_removes_the_unix_socket_it_created(sub: &str) {
+    let case = Case::new(&format!("cleanup-chdir-{sub}"));
+    let sock = case.path("app.sock");
+    let spec = sock.display().to_string();
+    let missing = case.path("missing").display().to_string();
+    let out = case.run_changing_files(
+        case.sockherd(&[sub, "--chdir", &missing, "--listen", &spec, "--", "true"]),
+    );
+    out.expect_error(1, &["--chdir", &missing]);
+    expect_removed(&out, &sock);
+}
+
+#[test]
+fn failed_bind_removes_the_unix_socket_created_before_it() {
+    let case = Case::new("cleanup-bind");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let sock = case.path("first.sock");
+    let spec = sock.display().to_string();
+    let out = case.run_changing_files(
+        case.sockherd(&["run", "--listen", &spec, "--listen", &addr, "--", "true"]),
+    );
+    out.expect_error(1, &["failed to bind", &addr, "address in use"]);
+    expect_removed(&out, &sock);
+}
+
+fn expect_removed(out: &Outcome, sock: &Path) {
+    if std::fs::symlink_metadata(sock).is_ok() {
+        out.fail(&format!(
+            "sockherd failed but left behind the unix socket file it had created: {}",
+            sock.display()
+        ));
+    }
+}
