@@ -228,11 +228,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 pass_notify: true,
                 extra_env: Vec::new(),
             };
-            let err = command::exec(&args.launch.command, &launch);
-            for socket in &sockets {
-                socket.remove_created_file();
-            }
-            Err(err)
+            Err(command::exec(&args.launch.command, &launch))
         }
         Command::Reload(args) => {
             let pid = supervisor_pid(&args)?;

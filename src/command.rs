@@ -187,13 +187,29 @@ pub fn exec(argv: &[OsString], launch: &Launch<'_>) -> anyhow::Error {
     exec_error(&program, image.exec())
 }
 
+/// The interpreter named on a script's `#!` line.
+fn interpreter(program: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(program).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    line.split_whitespace().next().map(str::to_string)
+}
+
 fn exec_error(program: &Path, err: std::io::Error) -> anyhow::Error {
     match err.raw_os_error() {
         // The file exists (checked), so ENOENT means its interpreter (#! line) does not.
-        Some(libc::ENOENT) => CommandError::NotFound(format!(
-            "failed to execute {}: its interpreter (#! line) or a library it needs does not exist",
-            program.display()
-        ))
+        Some(libc::ENOENT) => CommandError::NotFound(match interpreter(program) {
+            Some(interpreter) => format!(
+                "failed to execute {}: its interpreter {interpreter} (from the #! line) does not exist",
+                program.display()
+            ),
+            None => format!(
+                "failed to execute {}: the program loader or a library it needs does not exist",
+                program.display()
+            ),
+        })
         .into(),
         Some(libc::EACCES) | Some(libc::ENOEXEC) => {
             CommandError::NotExecutable(format!("failed to execute {}: {err}", program.display())).into()

@@ -191,13 +191,16 @@ impl ListenSpec {
 }
 
 fn bind_error(addr: &ListenAddr, err: io::Error) -> anyhow::Error {
-    let hint = match err.kind() {
-        io::ErrorKind::AddrInUse => ": address in use (another process listens there)",
-        io::ErrorKind::AddrNotAvailable => ": address not available on this host",
-        io::ErrorKind::PermissionDenied => ": permission denied",
-        _ => "",
+    let known = match err.kind() {
+        io::ErrorKind::AddrInUse => Some("address in use (another process listens there)"),
+        io::ErrorKind::AddrNotAvailable => Some("address not available on this host"),
+        io::ErrorKind::PermissionDenied => Some("permission denied"),
+        _ => None,
     };
-    anyhow::Error::new(err).context(format!("failed to bind {addr}{hint}"))
+    match known {
+        Some(what) => anyhow::anyhow!("failed to bind {addr}: {what}"),
+        None => anyhow::Error::new(err).context(format!("failed to bind {addr}")),
+    }
 }
 
 fn remove_stale_socket(path: &PathBuf) -> Result<()> {

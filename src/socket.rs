@@ -51,7 +51,7 @@ impl Socket {
     }
 
     /// Removes the unix socket file we created, if it is still ours.
-    pub fn remove_created_file(&self) {
+    fn remove_created_file(&self) {
         if let Origin::Bound { created: Some((path, dev, ino)) } = &self.origin {
             use std::os::unix::fs::MetadataExt;
             if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -60,6 +60,15 @@ impl Socket {
                 }
             }
         }
+    }
+}
+
+/// A socket file we created goes away with the socket, on every path: a clean exit, an error
+/// before the server started, a failed exec. (A successful `sockherd exec` never drops it: the
+/// server owns the file from then on.)
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.remove_created_file();
     }
 }
 

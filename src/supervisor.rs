@@ -838,13 +838,10 @@ impl Supervisor {
         self.generations.iter_mut().find(|g| g.number == number)
     }
 
-    /// Removes what we created: unix socket files bound from --listen, the runtime directory.
+    /// Removes the runtime directory (socket files we bound go with the sockets, on drop).
     fn cleanup(&mut self) {
         // Drop the notify sockets (their Drop removes the files) before the directory.
         self.generations.clear();
-        for socket in &self.sockets {
-            socket.remove_created_file();
-        }
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }

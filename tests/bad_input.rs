@@ -19,24 +19,10 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Variables the test runner's own environment must not pass on (as `sockherd_cmd` does).
-const FOREIGN_VARS: [&str; 6] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "JOURNAL_STREAM",
-    "WATCHDOG_USEC",
-];
+const FOREIGN_VARS: [&str; 6] =
+    ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC"];
 
-const FLAVORS: [&str; 7] = [
-    "systemd",
-    "gunicorn",
-    "unicorn",
-    "puma",
-    "server-starter",
-    "einhorn",
-    "nginx",
-];
+const FLAVORS: [&str; 7] = ["systemd", "gunicorn", "unicorn", "puma", "server-starter", "einhorn", "nginx"];
 
 fn fake_activate() -> PathBuf {
     repo().join("tests/support/fake_activate.py")
@@ -70,17 +56,8 @@ impl Case {
         let cwd = dir.join("cwd");
         std::fs::create_dir(&out).unwrap();
         std::fs::create_dir(&cwd).unwrap();
-        let mark = format!(
-            "bad-input-{tag}-{}-{}",
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::SeqCst)
-        );
-        Case {
-            dir,
-            out,
-            cwd,
-            mark,
-        }
+        let mark = format!("bad-input-{tag}-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::SeqCst));
+        Case { dir, out, cwd, mark }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -90,24 +67,18 @@ impl Case {
     /// `sockherd ARGS...`, marked, in `cwd/`.
     fn sockherd(&self, args: &[&str]) -> Command {
         let mut cmd = sockherd_cmd(args);
-        cmd.env("SOCKHERD_TEST_MARK", &self.mark)
-            .current_dir(&self.cwd);
+        cmd.env("SOCKHERD_TEST_MARK", &self.mark).current_dir(&self.cwd);
         cmd
     }
 
     /// `fake_activate.py FAKE... -- sockherd ARGS...`: sockherd exec'd with activated fds.
     fn activated(&self, fake: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new("python3");
-        cmd.arg(fake_activate())
-            .args(fake)
-            .arg("--")
-            .arg(sockherd())
-            .args(args);
+        cmd.arg(fake_activate()).args(fake).arg("--").arg(sockherd()).args(args);
         for var in FOREIGN_VARS {
             cmd.env_remove(var);
         }
-        cmd.env("SOCKHERD_TEST_MARK", &self.mark)
-            .current_dir(&self.cwd);
+        cmd.env("SOCKHERD_TEST_MARK", &self.mark).current_dir(&self.cwd);
         cmd
     }
 
@@ -123,7 +94,9 @@ impl Case {
         let outcome = self.run_changing_files(cmd);
         let after = snapshot(self.dir.path());
         if before != after {
-            outcome.fail(&format!("sockherd changed files it had no business with:\nbefore: {before:#?}\nafter: {after:#?}"));
+            outcome.fail(&format!(
+                "sockherd changed files it had no business with:\nbefore: {before:#?}\nafter: {after:#?}"
+            ));
         }
         outcome
     }
@@ -132,12 +105,8 @@ impl Case {
     fn run_changing_files(&self, cmd: Command) -> Outcome {
         let mut proc = self.spawn(cmd);
         let status = proc.wait_exit(TIMEOUT);
-        let outcome = Outcome {
-            description: proc.description.clone(),
-            status,
-            stdout: proc.stdout(),
-            stderr: proc.stderr(),
-        };
+        let outcome =
+            Outcome { description: proc.description.clone(), status, stdout: proc.stdout(), stderr: proc.stderr() };
         self.assert_nothing_left(&outcome.description);
         outcome
     }
@@ -146,11 +115,7 @@ impl Case {
     fn assert_nothing_left(&self, what: &str) {
         let mut left = marked_processes(&self.mark);
         // A process that is exiting right now may need a moment to be gone.
-        if !left.is_empty()
-            && wait_until(Duration::from_secs(2), || {
-                marked_processes(&self.mark).is_empty()
-            })
-        {
+        if !left.is_empty() && wait_until(Duration::from_secs(2), || marked_processes(&self.mark).is_empty()) {
             left.clear();
         }
         if !left.is_empty() {
@@ -191,27 +156,14 @@ impl Outcome {
         if !self.stdout.is_empty() {
             self.fail("expected nothing on stdout");
         }
-        let errors: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("sockherd: error: "))
-            .collect();
+        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("sockherd: error: ")).collect();
         if errors.len() != 1 {
-            self.fail(&format!(
-                "expected exactly one 'sockherd: error: ' line, got {}",
-                errors.len()
-            ));
+            self.fail(&format!("expected exactly one 'sockherd: error: ' line, got {}", errors.len()));
         }
         if let Some(stray) = self.stderr.lines().find(|l| !l.starts_with("sockherd: ")) {
-            self.fail(&format!(
-                "stderr has a line that is not sockherd's: {stray:?}"
-            ));
+            self.fail(&format!("stderr has a line that is not sockherd's: {stray:?}"));
         }
-        if self
-            .stderr
-            .lines()
-            .any(|l| l.starts_with("sockherd: warning: "))
-        {
+        if self.stderr.lines().any(|l| l.starts_with("sockherd: warning: ")) {
             self.fail("a failed start should not also warn");
         }
         for word in words {
@@ -239,11 +191,7 @@ impl Outcome {
         let error: String = if first_line_only {
             first.to_string()
         } else {
-            self.stderr
-                .lines()
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            self.stderr.lines().take_while(|l| !l.is_empty() && !l.starts_with("Usage:")).collect::<Vec<_>>().join("\n")
         };
         for word in words {
             if !error.contains(word) {
@@ -299,21 +247,13 @@ fn marked_processes(mark: &str) -> Vec<i32> {
     let needle = format!("SOCKHERD_TEST_MARK={mark}");
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-            && pid_alive(pid)
-        {
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) && pid_alive(pid) {
             out.push(pid);
         }
     }
@@ -322,10 +262,7 @@ fn marked_processes(mark: &str) -> Vec<i32> {
 
 fn describe_process(pid: i32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    format!(
-        "{pid}: {}",
-        String::from_utf8_lossy(&cmdline).replace('\0', " ")
-    )
+    format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " "))
 }
 
 /// Writes `content` to `path` with permissions `mode`.
@@ -336,10 +273,7 @@ fn write_file(path: &Path, content: &str, mode: u32) {
 
 /// Reads the probe's JSON report once it exists.
 fn wait_report(proc: &mut Proc, report: &Path) -> String {
-    if !wait_until(Duration::from_secs(10), || {
-        report.exists() || proc.try_status().is_some()
-    }) || !report.exists()
-    {
+    if !wait_until(Duration::from_secs(10), || report.exists() || proc.try_status().is_some()) || !report.exists() {
         proc.fail("the probe never wrote its report");
     }
     std::fs::read_to_string(report).unwrap()
@@ -365,10 +299,7 @@ fn listen_fds(value: &str) -> String {
 fn listen_fds_not_a_number() {
     require!("python3");
     let case = Case::new("fds-abc");
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("abc")],
-        &["run", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--set", &listen_fds("abc")], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS", "'abc'", "expected a number"]);
 }
 
@@ -376,10 +307,7 @@ fn listen_fds_not_a_number() {
 fn listen_fds_negative() {
     require!("python3");
     let case = Case::new("fds-neg");
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("-1")],
-        &["run", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--set", &listen_fds("-1")], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS", "'-1'", "negative"]);
 }
 
@@ -388,17 +316,12 @@ fn listen_fds_huge() {
     require!("python3");
     let case = Case::new("fds-huge");
     // Beyond any integer type sockherd might parse into.
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("99999999999999999999")],
-        &["run", "--", "true"],
-    ));
+    let out = case
+        .run(case.activated(&["--fd", "tcp", "--set", &listen_fds("99999999999999999999")], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS", "99999999999999999999", "out of range"]);
     // A number that parses but that no process could have open (RLIMIT_NOFILE is at most
     // fs.nr_open, about 2^30): refused before looking at 4 billion descriptors.
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("4000000000")],
-        &["run", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--set", &listen_fds("4000000000")], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS", "4000000000", "limit"]);
 }
 
@@ -409,10 +332,7 @@ fn listen_fds_more_than_are_open() {
     let sock = case.path("activated.sock");
     let unix = format!("unix:{}", sock.display());
     // fds 3 (TCP) and 4 (unix) exist; LISTEN_FDS=3 promises a fd 5 that is not open.
-    let cmd = case.activated(
-        &["--fd", "tcp", "--fd", &unix, "--set", &listen_fds("3")],
-        &["run", "--", "true"],
-    );
+    let cmd = case.activated(&["--fd", "tcp", "--fd", &unix, "--set", &listen_fds("3")], &["run", "--", "true"]);
     // The activator creates the unix socket's file during the run, so the directory does change.
     let out = case.run_changing_files(cmd);
     out.expect_error(1, &["LISTEN_FDS=3", "fd 5", "not open"]);
@@ -428,20 +348,10 @@ fn activated_fd_is_a_regular_file() {
     let file = case.path("data.txt");
     write_file(&file, "not a socket\n", 0o644);
     let out = case.run(case.activated(
-        &[
-            "--fd",
-            "tcp",
-            "--fd",
-            &format!("file:{}", file.display()),
-            "--set",
-            "LISTEN_FDNAMES=http:data",
-        ],
+        &["--fd", "tcp", "--fd", &format!("file:{}", file.display()), "--set", "LISTEN_FDNAMES=http:data"],
         &["run", "--", "true"],
     ));
-    out.expect_error(
-        1,
-        &["activated fd 4", "data", "not a socket", "regular file"],
-    );
+    out.expect_error(1, &["activated fd 4", "data", "not a socket", "regular file"]);
 }
 
 #[test]
@@ -458,10 +368,8 @@ fn activated_fd_is_a_socket_that_does_not_listen() {
 fn listen_fdnames_count_mismatch() {
     require!("python3");
     let case = Case::new("fdnames");
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--fd", "tcp", "--set", "LISTEN_FDNAMES=http"],
-        &["run", "--", "true"],
-    ));
+    let out = case
+        .run(case.activated(&["--fd", "tcp", "--fd", "tcp", "--set", "LISTEN_FDNAMES=http"], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDNAMES", "'http'", "1 name", "LISTEN_FDS=2"]);
 }
 
@@ -469,10 +377,7 @@ fn listen_fdnames_count_mismatch() {
 fn listen_pid_not_a_number() {
     require!("python3");
     let case = Case::new("pid-abc");
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--listen-pid", "abc"],
-        &["run", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--listen-pid", "abc"], &["run", "--", "true"]));
     out.expect_error(1, &["LISTEN_PID", "'abc'"]);
 }
 
@@ -484,19 +389,8 @@ fn listen_pid_of_another_process_without_listen_means_no_sockets() {
     require!("python3");
     let case = Case::new("pid-other");
     let other = std::process::id().to_string(); // alive, and certainly not sockherd
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--listen-pid", &other],
-        &["run", "--", "true"],
-    ));
-    out.expect_error(
-        1,
-        &[
-            "no sockets",
-            &format!("LISTEN_PID={other}"),
-            "another process",
-            "--listen",
-        ],
-    );
+    let out = case.run(case.activated(&["--fd", "tcp", "--listen-pid", &other], &["run", "--", "true"]));
+    out.expect_error(1, &["no sockets", &format!("LISTEN_PID={other}"), "another process", "--listen"]);
 }
 
 #[test]
@@ -509,16 +403,7 @@ fn listen_pid_of_another_process_with_listen_binds_and_serves() {
     // Two inherited listeners at fds 3 and 4 that are not ours: the server must get only the
     // --listen socket, at fd 3, described as one socket.
     let mut cmd = case.activated(
-        &[
-            "--fd",
-            "tcp",
-            "--fd",
-            "tcp",
-            "--set",
-            "LISTEN_FDNAMES=a:b",
-            "--listen-pid",
-            &other,
-        ],
+        &["--fd", "tcp", "--fd", "tcp", "--set", "LISTEN_FDNAMES=a:b", "--listen-pid", &other],
         &["run", "--listen", &format!("{addr},name=web"), "--"],
     );
     cmd.arg(probe()).arg(&report).arg("serve");
@@ -528,12 +413,7 @@ fn listen_pid_of_another_process_with_listen_binds_and_serves() {
         proc.fail(&format!("unexpected answer {response:?}"));
     }
     let text = wait_report(&mut proc, &report);
-    let probe_pid = text
-        .split("\"pid\": ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap_or("?")
-        .to_string();
+    let probe_pid = text.split("\"pid\": ").nth(1).and_then(|r| r.split(',').next()).unwrap_or("?").to_string();
     for want in [
         format!("\"address\": \"{addr}\""),
         "\"LISTEN_FDS\": \"1\"".to_string(),
@@ -545,9 +425,7 @@ fn listen_pid_of_another_process_with_listen_binds_and_serves() {
         }
     }
     if text.matches("\"fd\": ").count() != 1 {
-        proc.fail(&format!(
-            "the server got other descriptors than its one socket: {text}"
-        ));
+        proc.fail(&format!("the server got other descriptors than its one socket: {text}"));
     }
     if !proc.stderr().contains(&format!("listening on {addr}")) {
         proc.fail("sockherd did not say it bound the --listen address");
@@ -567,14 +445,8 @@ fn unparsable_listen_specs() {
     let root_x_existed = Path::new("/x").exists();
     for (spec, why) in [
         ("nonsense".to_string(), "expected HOST:PORT"),
-        (
-            "127.0.0.1:99999".to_string(),
-            "'99999' is not a port number",
-        ),
-        (
-            "example.com:80".to_string(),
-            "'example.com' is not an IPv4 address",
-        ),
+        ("127.0.0.1:99999".to_string(), "'99999' is not a port number"),
+        ("example.com:80".to_string(), "'example.com' is not an IPv4 address"),
         ("unix:relative".to_string(), "must be absolute"),
         (format!("{x},mode=999"), "mode=999"),
         (format!("{x},bogus=1"), "unknown option 'bogus'"),
@@ -585,11 +457,7 @@ fn unparsable_listen_specs() {
         let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
         out.expect_usage_error(true, &["--listen", &format!("'{spec}'"), why]);
     }
-    assert_eq!(
-        Path::new("/x").exists(),
-        root_x_existed,
-        "a refused spec changed /x"
-    );
+    assert_eq!(Path::new("/x").exists(), root_x_existed, "a refused spec changed /x");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,15 +533,7 @@ fn regular_file_at_unix_path_is_refused_and_untouched() {
 #[test]
 fn unknown_flavor_lists_the_known_ones() {
     let case = Case::new("flavor");
-    let out = case.run(case.sockherd(&[
-        "run",
-        "--flavor",
-        "bogus",
-        "--listen",
-        "127.0.0.1:0",
-        "--",
-        "true",
-    ]));
+    let out = case.run(case.sockherd(&["run", "--flavor", "bogus", "--listen", "127.0.0.1:0", "--", "true"]));
     let mut words = vec!["--flavor", "'bogus'"];
     words.extend(FLAVORS);
     out.expect_usage_error(true, &words);
@@ -686,10 +546,7 @@ fn missing_command_is_a_usage_error() {
     let spec = sock.display().to_string();
     for sub in ["run", "exec"] {
         // Nothing after the spec, and nothing after `--`.
-        for args in [
-            vec![sub, "--listen", &spec],
-            vec![sub, "--listen", &spec, "--"],
-        ] {
+        for args in [vec![sub, "--listen", &spec], vec![sub, "--listen", &spec, "--"]] {
             let out = case.run(case.sockherd(&args));
             out.expect_usage_error(false, &["required", "<COMMAND>"]);
         }
@@ -704,15 +561,7 @@ fn command_not_found() {
     let case = Case::new("not-found");
     for sub in ["run", "exec"] {
         for command in ["/nonexistent/server", "no-such-program-xyz"] {
-            let out = case.run(case.sockherd(&[
-                sub,
-                "--listen",
-                "127.0.0.1:0",
-                "--",
-                command,
-                "--port",
-                "1",
-            ]));
+            let out = case.run(case.sockherd(&[sub, "--listen", "127.0.0.1:0", "--", command, "--port", "1"]));
             out.expect_error(127, &["command not found", command]);
         }
     }
@@ -734,11 +583,7 @@ fn command_not_executable() {
 fn script_interpreter_missing() {
     let case = Case::new("no-interp");
     let script = case.path("server.sh");
-    write_file(
-        &script,
-        "#!/nonexistent/interpreter\necho should not run\n",
-        0o755,
-    );
+    write_file(&script, "#!/nonexistent/interpreter\necho should not run\n", 0o755);
     let shown = script.display().to_string();
     for sub in ["run", "exec"] {
         let out = case.run(case.sockherd(&[sub, "--listen", "127.0.0.1:0", "--", &shown]));
@@ -752,15 +597,7 @@ fn chdir_to_missing_directory() {
     let missing = case.path("releases/missing");
     let shown = missing.display().to_string();
     for sub in ["run", "exec"] {
-        let out = case.run(case.sockherd(&[
-            sub,
-            "--chdir",
-            &shown,
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            "true",
-        ]));
+        let out = case.run(case.sockherd(&[sub, "--chdir", &shown, "--listen", "127.0.0.1:0", "--", "true"]));
         out.expect_error(1, &["--chdir", &shown]);
     }
 }
@@ -772,27 +609,14 @@ fn chdir_to_missing_directory() {
 fn exec_with_bad_listen_fds() {
     require!("python3");
     let case = Case::new("exec-fds");
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("abc")],
-        &["exec", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--set", &listen_fds("abc")], &["exec", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS", "'abc'"]);
-    let out = case.run(case.activated(
-        &["--fd", "tcp", "--set", &listen_fds("2")],
-        &["exec", "--", "true"],
-    ));
+    let out = case.run(case.activated(&["--fd", "tcp", "--set", &listen_fds("2")], &["exec", "--", "true"]));
     out.expect_error(1, &["LISTEN_FDS=2", "fd 4", "not open"]);
     // --fallback does not turn broken activation variables into "not activated".
     let out = case.run(case.activated(
         &["--fd", "tcp", "--set", &listen_fds("-1")],
-        &[
-            "exec",
-            "--fallback",
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            "true",
-        ],
+        &["exec", "--fallback", "--listen", "127.0.0.1:0", "--", "true"],
     ));
     out.expect_error(1, &["LISTEN_FDS", "'-1'", "negative"]);
 }
@@ -815,13 +639,7 @@ fn failed_start_removes_the_unix_socket_it_created(sub: &str) {
     let case = Case::new(&format!("cleanup-cmd-{sub}"));
     let sock = case.path("app.sock");
     let spec = sock.display().to_string();
-    let out = case.run_changing_files(case.sockherd(&[
-        sub,
-        "--listen",
-        &spec,
-        "--",
-        "/nonexistent/server",
-    ]));
+    let out = case.run_changing_files(case.sockherd(&[sub, "--listen", &spec, "--", "/nonexistent/server"]));
     out.expect_error(127, &["command not found", "/nonexistent/server"]);
     expect_removed(&out, &sock);
 }
@@ -842,9 +660,7 @@ fn failed_chdir_removes_the_unix_socket_it_created(sub: &str) {
     let sock = case.path("app.sock");
     let spec = sock.display().to_string();
     let missing = case.path("missing").display().to_string();
-    let out = case.run_changing_files(
-        case.sockherd(&[sub, "--chdir", &missing, "--listen", &spec, "--", "true"]),
-    );
+    let out = case.run_changing_files(case.sockherd(&[sub, "--chdir", &missing, "--listen", &spec, "--", "true"]));
     out.expect_error(1, &["--chdir", &missing]);
     expect_removed(&out, &sock);
 }
@@ -856,18 +672,13 @@ fn failed_bind_removes_the_unix_socket_created_before_it() {
     let addr = taken.local_addr().unwrap().to_string();
     let sock = case.path("first.sock");
     let spec = sock.display().to_string();
-    let out = case.run_changing_files(
-        case.sockherd(&["run", "--listen", &spec, "--listen", &addr, "--", "true"]),
-    );
+    let out = case.run_changing_files(case.sockherd(&["run", "--listen", &spec, "--listen", &addr, "--", "true"]));
     out.expect_error(1, &["failed to bind", &addr, "address in use"]);
     expect_removed(&out, &sock);
 }
 
 fn expect_removed(out: &Outcome, sock: &Path) {
     if std::fs::symlink_metadata(sock).is_ok() {
-        out.fail(&format!(
-            "sockherd failed but left behind the unix socket file it had created: {}",
-            sock.display()
-        ));
+        out.fail(&format!("sockherd failed but left behind the unix socket file it had created: {}", sock.display()));
     }
 }

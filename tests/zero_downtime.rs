@@ -95,11 +95,8 @@ fn wrk_report(text: String) -> WrkReport {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let errors =
+        text.lines().filter(|l| l.contains("Socket errors") || l.contains("Non-2xx")).collect::<Vec<_>>().join("; ");
     WrkReport { requests, errors, text }
 }
 
@@ -117,7 +114,11 @@ fn serving_master(sockherd_pid: i32) -> Option<i32> {
 
 fn run_status(pid: i32) -> (bool, String, String) {
     let out = sockherd_cmd(&["status", "--pid", &pid.to_string()]).output().expect("run sockherd status");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Starts the server under sockherd on a TCP port and a unix socket, runs 20 reloads under
@@ -158,7 +159,8 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
         Target::Unix(sock.clone()),
         Target::Unix(sock.clone()),
     ]);
-    let mut masters = vec![serving_master(proc.pid()).unwrap_or_else(|| proc.fail("status shows no serving generation"))];
+    let mut masters =
+        vec![serving_master(proc.pid()).unwrap_or_else(|| proc.fail("status shows no serving generation"))];
     for i in 0..RELOADS {
         let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
         if !out.status.success() {
@@ -197,7 +199,11 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
         tally.masters.len()
     );
     if !tally.failures.is_empty() {
-        proc.fail(&format!("{} requests failed during reloads, e.g. {:?}", tally.failures.len(), &tally.failures[..tally.failures.len().min(5)]));
+        proc.fail(&format!(
+            "{} requests failed during reloads, e.g. {:?}",
+            tally.failures.len(),
+            &tally.failures[..tally.failures.len().min(5)]
+        ));
     }
     if !report.errors.is_empty() || report.requests == 0 {
         proc.fail(&format!("wrk saw errors or no requests:\n{}", report.text));
@@ -234,7 +240,12 @@ fn gunicorn_reloads_under_load_lose_nothing() {
 fn unicorn_reloads_under_load_lose_nothing() {
     require!("unicorn");
     let conf = contrib("unicorn/unicorn.conf.rb");
-    reloads_under_load("zd-unicorn", "unicorn", &["unicorn", "-c", conf.to_str().unwrap(), "config.ru"], &contrib("app"));
+    reloads_under_load(
+        "zd-unicorn",
+        "unicorn",
+        &["unicorn", "-c", conf.to_str().unwrap(), "config.ru"],
+        &contrib("app"),
+    );
 }
 
 #[test]
