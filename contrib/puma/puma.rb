@@ -5,6 +5,9 @@
 bind_to_activated_sockets "only"
 workers 2
 threads 1, 4
+# Load the app before forking workers: a release that does not load fails the new generation at
+# once instead of at sockherd's ready timeout.
+preload_app!
 # On a graceful stop, puma's reactor closes connections it accepted whose request has not fully
 # arrived yet (and idle keep-alive ones); a client sending at that instant sees a reset. Without
 # the reactor, every accepted connection goes to a thread that reads and answers it. Keep this

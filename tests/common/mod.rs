@@ -7,6 +7,8 @@
 //! - HTTP/1.0 clients over TCP and unix sockets, `wait_until` with deadlines, free ports.
 #![allow(dead_code)]
 
+pub mod sdbox;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;

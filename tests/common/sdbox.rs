@@ -1,0 +1,230 @@
+//! Tests inside a real systemd: `tests/support/sdbox` boots systemd as PID 1 of private
+//! namespaces on a throwaway overlay of the root (root only). A `Deployment` installs the
+//! built sockherd as /usr/bin/sockherd, user app, a capistrano layout under /srv/app and the
+//! unit files from units/ exactly as shipped.
+
+use super::*;
+use std::process::Output;
+
+/// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
+pub fn systemd_254_tree() -> PathBuf {
+    std::env::var_os("SOCKHERD_SYSTEMD_254")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/sockherd-systemd-254"))
+}
+
+/// A world-readable virtualenv with gunicorn, for the app user (see .ci/run).
+pub fn test_venv() -> PathBuf {
+    std::env::var_os("SOCKHERD_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/sockherd-test/venv"))
+}
+
+fn sdbox_script() -> PathBuf {
+    repo().join("tests/support/sdbox")
+}
+
+pub struct SdBox {
+    pub name: String,
+}
+
+static BOXES: AtomicU32 = AtomicU32::new(0);
+
+impl SdBox {
+    /// Boots a box (systemd 252 from the host, or the tree at `lower` on top). Returns None,
+    /// after printing why, when a prerequisite is missing and the test should skip.
+    pub fn boot(tag: &str, lower: Option<&Path>) -> Option<SdBox> {
+        if !prerequisite(is_root(), "root (to boot systemd in private namespaces)")
+            || !prerequisite(have("unshare") && have("nsenter"), "unshare and nsenter (util-linux)")
+            || !prerequisite(Path::new("/lib/systemd/systemd").exists(), "/lib/systemd/systemd (package systemd)")
+        {
+            return None;
+        }
+        if let Some(lower) = lower {
+            if !prerequisite(
+                lower.join("usr/lib/systemd/systemd").exists(),
+                &format!("systemd tree at {} (tests/support/fetch-systemd-254)", lower.display()),
+            ) {
+                return None;
+            }
+        }
+        let name = format!("{tag}-{}-{}", std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
+        let mut cmd = Command::new(sdbox_script());
+        cmd.args(["start", &name, "--bind"]).arg(repo());
+        if let Some(lower) = lower {
+            cmd.arg("--lower").arg(lower);
+        }
+        let venv = test_venv();
+        if venv.exists() {
+            cmd.arg("--bind").arg(&venv);
+        }
+        let out = cmd.output().expect("run tests/support/sdbox");
+        if !out.status.success() {
+            panic!(
+                "failed to boot systemd in a box: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Some(SdBox { name })
+    }
+
+    /// Runs a bash script inside the box.
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new(sdbox_script())
+            .args(["run", &self.name, "bash", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run in box")
+    }
+
+    /// Runs a bash script inside the box; fails the test with everything if it fails.
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        if !out.status.success() {
+            self.fail(&format!(
+                "script failed ({}):\n{script}\n--- stdout:\n{}\n--- stderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Panics with the message and the box's view of app.service: status and journal.
+    pub fn fail(&self, message: &str) -> ! {
+        let state = self.sh("systemctl status app.service app-http.socket --no-pager -l 2>&1 | head -40; echo '--- journal:'; journalctl -u app --no-pager -o short-monotonic 2>&1 | tail -150");
+        panic!("{message}\n--- box {}:\n{}", self.name, String::from_utf8_lossy(&state.stdout));
+    }
+
+    /// `systemctl show -P PROPERTY app`.
+    pub fn property(&self, property: &str) -> String {
+        self.ok(&format!("systemctl show -P {property} app.service")).trim().to_string()
+    }
+}
+
+impl Drop for SdBox {
+    fn drop(&mut self) {
+        let _ = Command::new(sdbox_script()).args(["stop", &self.name]).status();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Gunicorn,
+    Unicorn,
+    Puma,
+}
+
+impl Server {
+    pub fn flavor(self) -> &'static str {
+        match self {
+            Server::Gunicorn => "gunicorn",
+            Server::Unicorn => "unicorn",
+            Server::Puma => "puma",
+        }
+    }
+
+    /// Files of a release: the app and the server's config from contrib/.
+    fn release_files(self) -> Vec<PathBuf> {
+        match self {
+            Server::Gunicorn => vec![contrib("app/app.py"), contrib("gunicorn/gunicorn.conf.py")],
+            Server::Unicorn => vec![contrib("app/config.ru"), contrib("unicorn/unicorn.conf.rb")],
+            Server::Puma => vec![contrib("app/config.ru"), contrib("puma/puma.rb")],
+        }
+    }
+
+    /// Checks (and reports) what the box needs for this server.
+    pub fn available(self) -> bool {
+        match self {
+            Server::Gunicorn => prerequisite(
+                test_venv().join("bin/gunicorn").exists(),
+                &format!("gunicorn in the world-readable venv {} (.ci/run makes it)", test_venv().display()),
+            ),
+            Server::Unicorn => prerequisite(have("unicorn"), "program unicorn"),
+            Server::Puma => prerequisite(have("puma"), "program puma"),
+        }
+    }
+}
+
+/// The app as an operator deploys it: /srv/app/releases/rN, /srv/app/current, the shipped units.
+pub struct Deployment {
+    pub sdbox: SdBox,
+    pub server: Server,
+}
+
+impl Deployment {
+    /// Boots a box and installs the app with releases r1 and r2 (r3: broken), current -> r1,
+    /// and, with `notify_reload`, the notify-reload drop-in. Does not start anything.
+    pub fn install(tag: &str, server: Server, lower: Option<&Path>, notify_reload: bool) -> Option<Deployment> {
+        if !server.available() {
+            return None;
+        }
+        let sdbox = SdBox::boot(tag, lower)?;
+        let units = repo().join("units");
+        let mut copies = String::new();
+        for release in ["r1", "r2", "r3"] {
+            for file in server.release_files() {
+                copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
+            }
+            copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
+        }
+        let dropin = if notify_reload {
+            format!(
+                "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n",
+                units.display()
+            )
+        } else {
+            String::new()
+        };
+        sdbox.ok(&format!(
+            "set -e
+useradd --system --user-group --no-create-home app
+install -m 0755 {bin} /usr/bin/sockherd
+mkdir -p /srv/app/releases/r1 /srv/app/releases/r2 /srv/app/releases/r3 /srv/app/shared
+{copies}touch /srv/app/releases/r3/BROKEN
+ln -s {venv} /srv/app/shared/venv
+ln -s releases/r1 /srv/app/current
+chown -R app:app /srv/app
+cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
+{dropin}systemctl daemon-reload
+systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
+",
+            bin = sockherd().display(),
+            venv = test_venv().display(),
+            units = units.display(),
+            flavor = server.flavor(),
+        ));
+        Some(Deployment { sdbox, server })
+    }
+
+    /// Starts the socket units and activates the service with a first request.
+    pub fn start(&self) {
+        self.sdbox.ok("systemctl start app-http.socket app-unix.socket");
+        let answer = self.sdbox.ok("curl -sS -m 60 --retry 0 http://127.0.0.1:8080/");
+        if !answer.starts_with("release=r1") {
+            self.sdbox.fail(&format!("first request (socket activation) answered {answer:?}"));
+        }
+        let active = self.sdbox.property("ActiveState");
+        if active != "active" {
+            self.sdbox.fail(&format!("app.service is {active} after activation"));
+        }
+    }
+
+    /// Atomically points /srv/app/current at `release`.
+    pub fn flip(&self, release: &str) {
+        self.sdbox.ok(&format!("cd /srv/app && ln -sfn releases/{release} current.new && mv -T current.new current"));
+    }
+
+    /// `systemctl reload app`: (exit code, output, seconds it took).
+    pub fn reload(&self) -> (i32, String, f64) {
+        let started = std::time::Instant::now();
+        let out = self.sdbox.sh("systemctl reload app 2>&1");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            started.elapsed().as_secs_f64(),
+        )
+    }
+}

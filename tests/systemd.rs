@@ -1,0 +1,247 @@
+//! The units as shipped, inside a real systemd (tests/support/sdbox): socket activation,
+//! `systemctl reload` under load, a `current` flip, a broken release, journald fields, stop,
+//! and restart with the sockets held by systemd. systemd 252 (the host's) uses ExecReload=
+//! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
+mod common;
+
+use common::sdbox::{Deployment, Server, systemd_254_tree};
+use common::*;
+
+const RELOADS: usize = 10;
+
+/// Runs `reloads` `systemctl reload app` while hey (4 keep-alive connections) and two
+/// fresh-connection curl loops (TCP and unix) load the app, all inside the box. Returns the
+/// box's report: one `key=value` per line.
+fn reload_under_load(d: &Deployment, reloads: usize) -> String {
+    d.sdbox.ok(&format!(
+        r#"
+set -u
+rm -f /tmp/load.stop /tmp/load.*
+loop() {{ # name curl-args...
+  local name=$1; shift; local ok=0 fail=0
+  while [ ! -e /tmp/load.stop ]; do
+    code=$(curl -sS -m 30 -o /tmp/load.$name.body -w '%{{http_code}}' "$@" 2>>/tmp/load.$name.err)
+    if [ "$code" = 200 ]; then ok=$((ok+1)); grep -o 'master=[0-9]*' /tmp/load.$name.body >>/tmp/load.$name.masters
+    else fail=$((fail+1)); echo "HTTP $code" >>/tmp/load.$name.err; fi
+  done
+  echo "$name.ok=$ok $name.fail=$fail" >/tmp/load.$name.result
+}}
+loop tcp http://127.0.0.1:8080/ & tcp=$!
+loop unix --unix-socket /run/app.sock http://app/ & unix=$!
+hey -z 300s -c 4 http://127.0.0.1:8080/ >/tmp/load.hey 2>&1 & hey=$!
+mainpids=""
+for i in $(seq {reloads}); do
+  if ! out=$(systemctl reload app 2>&1); then echo "reload.failed=$i $out"; fi
+  mainpids="$mainpids $(systemctl show -P MainPID app)"
+  systemctl show -P StatusText app | grep -o 'serving generation [0-9]*' | sed 's/ /_/g; s/^/status=/'
+done
+sleep 0.5
+touch /tmp/load.stop; kill -INT $hey; wait $tcp $unix $hey
+cat /tmp/load.tcp.result /tmp/load.unix.result | tr ' ' '\n'
+echo "mainpids=$mainpids"
+echo "masters=$(cat /tmp/load.*.masters | sort -u | wc -l)"
+echo "hey.200=$(awk '/\[200\]/ {{print $2}}' /tmp/load.hey)"
+grep -q 'Error distribution' /tmp/load.hey && echo "hey.errors=$(sed -n '/Error distribution/,$p' /tmp/load.hey | tr '\n' ' ')"
+grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^/error=/'
+true
+"#
+    ))
+}
+
+fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
+}
+
+fn number(report: &str, key: &str) -> u64 {
+    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The whole life of the service on one systemd: activation, reloads under load, a new
+/// release, a broken release, journald, stop.
+fn lifecycle(server: Server, systemd_254: bool) {
+    require!("curl", "hey");
+    let lower = systemd_254.then(systemd_254_tree);
+    let tag = format!("{}-{}", server.flavor(), if systemd_254 { "254" } else { "252" });
+    let Some(d) = Deployment::install(&tag, server, lower.as_deref(), systemd_254) else { return };
+    let version = d.sdbox.ok("systemctl --version | head -1");
+    eprintln!("{tag}: {}", version.trim());
+    if systemd_254 && !version.contains("systemd 254") {
+        d.sdbox.fail(&format!("expected systemd 254 in the box, got {version}"));
+    }
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+
+    // 1. Reloads under load: every one succeeds, MainPID stays, no request fails.
+    let report = reload_under_load(&d, RELOADS);
+    eprintln!("{tag}: {}", report.replace('\n', " "));
+    if let Some(failed) = value(&report, "reload.failed") {
+        d.sdbox.fail(&format!("systemctl reload failed: {failed}\n{report}"));
+    }
+    let fails = number(&report, "tcp.fail") + number(&report, "unix.fail");
+    if fails > 0 || value(&report, "hey.errors").is_some() || value(&report, "error").is_some() {
+        d.sdbox.fail(&format!("requests failed during reloads:\n{report}"));
+    }
+    if number(&report, "tcp.ok") < 20 || number(&report, "unix.ok") < 20 || number(&report, "hey.200") < 100 {
+        d.sdbox.fail(&format!("too few requests to call it a load:\n{report}"));
+    }
+    let pids: Vec<&str> = value(&report, "mainpids").unwrap_or("").split_whitespace().collect();
+    if pids.len() != RELOADS || pids.iter().any(|p| *p != main_pid) {
+        d.sdbox.fail(&format!("MainPID changed during reloads (was {main_pid}): {pids:?}"));
+    }
+    let generations: Vec<&str> = report.lines().filter_map(|l| l.strip_prefix("status=")).collect();
+    let last = format!("serving_generation_{}", RELOADS + 1);
+    if generations.last() != Some(&last.as_str()) {
+        d.sdbox.fail(&format!("expected {last} after {RELOADS} reloads, StatusText said {generations:?}"));
+    }
+
+    // 2. A new release: flip current, reload, everything comes from r2; r1 can then go.
+    d.flip("r2");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("reload onto r2 failed ({code}): {out}"));
+    }
+    let answers = d.sdbox.ok("for i in 1 2 3 4 5; do curl -sS -m 10 http://127.0.0.1:8080/; curl -sS -m 10 --unix-socket /run/app.sock http://app/; done");
+    if answers.lines().count() != 10 || !answers.lines().all(|l| l.starts_with("release=r2")) {
+        d.sdbox.fail(&format!("after the flip to r2 and a reload, answers were:\n{answers}"));
+    }
+    d.sdbox.ok("rm -rf /srv/app/releases/r1");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("reload after deleting the old release failed ({code}): {out}"));
+    }
+
+    // 3. A broken release: the reload fails, loudly and quickly; r2 keeps serving, nothing fails.
+    d.flip("r3");
+    let during = d.sdbox.ok(r#"
+(fail=0; ok=0; while [ ! -e /tmp/broken.stop ]; do
+   if curl -sS -m 30 http://127.0.0.1:8080/ 2>&1 | grep -q '^release=r2'; then ok=$((ok+1)); else fail=$((fail+1)); fi
+ done; echo "ok=$ok fail=$fail" >/tmp/broken.result) &
+loop=$!
+start=$(date +%s%N)
+systemctl reload app >/tmp/broken.out 2>&1; echo "code=$?"
+echo "ms=$(( ($(date +%s%N) - start) / 1000000 ))"
+touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
+"#);
+    eprintln!("{tag}: broken release: {}", during.replace('\n', " "));
+    if value(&during, "code") == Some("0") {
+        d.sdbox.fail(&format!("systemctl reload of a broken release succeeded:\n{during}"));
+    }
+    if !during.contains("fail=0") || during.contains("ok=0 ") {
+        d.sdbox.fail(&format!("requests failed or none succeeded during the failed reload:\n{during}"));
+    }
+    let still = d.sdbox.ok("curl -sS -m 10 http://127.0.0.1:8080/");
+    if !still.starts_with("release=r2")
+        || d.sdbox.property("ActiveState") != "active"
+        || d.sdbox.property("MainPID") != main_pid
+    {
+        d.sdbox.fail(&format!(
+            "after the failed reload: {still:?}, expected r2 served by an active service with MainPID {main_pid}"
+        ));
+    }
+    let status = d.sdbox.property("StatusText");
+    if !status.contains("reload failed") {
+        d.sdbox.fail(&format!("StatusText does not tell about the failed reload: {status}"));
+    }
+
+    // 4. journald: structured fields answer "what went wrong in the last deploy".
+    let rollback = d.sdbox.ok("journalctl -u app SOCKHERD_EVENT=rollback -o cat --no-pager");
+    if !rollback.contains("r3") {
+        d.sdbox
+            .fail(&format!("journalctl -u app SOCKHERD_EVENT=rollback does not name the broken release:\n{rollback}"));
+    }
+    let spawned = d.sdbox.ok("journalctl -u app SOCKHERD_EVENT=spawn SOCKHERD_GENERATION=2 -o cat --no-pager");
+    if !spawned.contains("generation 2") {
+        d.sdbox.fail(&format!("journalctl SOCKHERD_EVENT=spawn SOCKHERD_GENERATION=2 found:\n{spawned}"));
+    }
+    let handoffs = d.sdbox.ok(
+        "journalctl -u app SOCKHERD_EVENT=reload_done -o verbose --no-pager | grep -c SOCKHERD_HANDOFF_MS= || true",
+    );
+    if handoffs.trim().parse::<usize>().unwrap_or(0) < RELOADS {
+        d.sdbox.fail(&format!("expected {RELOADS}+ reload_done events with SOCKHERD_HANDOFF_MS, found {handoffs}"));
+    }
+    let app_output =
+        d.sdbox.ok("journalctl -u app -o cat --no-pager | grep -ci -E 'worker|listening|booted|ready' || true");
+    if app_output.trim().parse::<usize>().unwrap_or(0) == 0 {
+        d.sdbox.fail("the app server's own output is not in the unit's journal");
+    }
+
+    // 5. Stop: nothing of the service is left in its cgroup.
+    d.flip("r2");
+    d.sdbox.ok("systemctl stop app");
+    let left = d.sdbox.ok("systemctl show -P ActiveState app; pgrep -u app -a || true");
+    if left.trim() != "inactive" {
+        d.sdbox.fail(&format!("after systemctl stop: {left}"));
+    }
+    // The sockets stay with systemd, and the next request starts the service again.
+    let again = d.sdbox.ok("curl -sS -m 60 http://127.0.0.1:8080/");
+    if !again.starts_with("release=r2") {
+        d.sdbox.fail(&format!("after stop, a request through the socket unit answered {again:?}"));
+    }
+}
+
+#[test]
+fn gunicorn_on_systemd_252() {
+    lifecycle(Server::Gunicorn, false);
+}
+
+#[test]
+fn unicorn_on_systemd_252() {
+    lifecycle(Server::Unicorn, false);
+}
+
+#[test]
+fn puma_on_systemd_252() {
+    lifecycle(Server::Puma, false);
+}
+
+#[test]
+fn gunicorn_on_systemd_254_notify_reload() {
+    lifecycle(Server::Gunicorn, true);
+}
+
+#[test]
+fn unicorn_on_systemd_254_notify_reload() {
+    lifecycle(Server::Unicorn, true);
+}
+
+#[test]
+fn puma_on_systemd_254_notify_reload() {
+    lifecycle(Server::Puma, true);
+}
+
+/// `systemctl restart app` with the socket units active: connections made while the service is
+/// down queue in systemd's sockets and are answered by the new instance; none is refused.
+#[test]
+fn restart_queues_connections_in_the_socket_units() {
+    require!("curl");
+    let Some(d) = Deployment::install("restart", Server::Gunicorn, None, false) else { return };
+    d.start();
+    let report = d.sdbox.ok(
+        r#"
+rm -f /tmp/r.*
+for n in 1 2 3 4; do
+  (ok=0; fail=0; while [ ! -e /tmp/r.stop ]; do
+     if curl -sS -m 60 -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ 2>>/tmp/r.err | grep -q 200; then ok=$((ok+1)); else fail=$((fail+1)); fi
+   done; echo "ok=$ok fail=$fail" >/tmp/r.$n) &
+done
+sleep 0.5
+before=$(systemctl show -P MainPID app)
+systemctl restart app; echo "restart=$?"
+sleep 1
+after=$(systemctl show -P MainPID app)
+touch /tmp/r.stop; wait
+cat /tmp/r.1 /tmp/r.2 /tmp/r.3 /tmp/r.4
+echo "mainpid=$before->$after"
+cat /tmp/r.err 2>/dev/null | head -3
+"#,
+    );
+    eprintln!("restart: {}", report.replace('\n', " "));
+    let lines: Vec<&str> = report.lines().filter(|l| l.starts_with("ok=")).collect();
+    if !report.contains("restart=0") || lines.len() != 4 || lines.iter().any(|l| !l.ends_with("fail=0")) {
+        d.sdbox.fail(&format!("connections failed during systemctl restart:\n{report}"));
+    }
+    let pids = value(&report, "mainpid").unwrap_or("");
+    if pids.split("->").collect::<Vec<_>>().windows(2).any(|w| w[0] == w[1]) {
+        d.sdbox.fail(&format!("systemctl restart did not start a new main process: {pids}"));
+    }
+}
