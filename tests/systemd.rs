@@ -5,7 +5,6 @@
 mod common;
 
 use common::sdbox::{Deployment, Server, systemd_254_tree};
-use common::*;
 
 const RELOADS: usize = 10;
 
