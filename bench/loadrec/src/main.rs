@@ -1,0 +1,290 @@
+//! loadrec: a load client that records every request it makes, for the per-request timelines
+//! of the benchmark (gaps, latency during reloads vs steady state, the plot). wrk and hey give
+//! throughput; they cannot say *when* a request failed or how long the longest silence was.
+//!
+//!   loadrec --out FILE [--stop-file PATH] [--max-seconds S] [--timeout S] [--path /]
+//!           SPEC...          SPEC = tcp:HOST:PORT/MODE/N  or  unix:/PATH/MODE/N
+//!                            MODE = keepalive (reuse connections) | close (one per request)
+//!
+//! Each of the N connections of a SPEC is a thread sending GET requests back to back until
+//! the stop file appears or max-seconds pass. Output, one CSV line per request:
+//!   start (unix seconds), latency_ms, outcome, spec, reused, worker pid, master pid
+//! outcome: the HTTP status code, or refused | reset | timeout | eof | noent | error.
+//! `reused` is 1 when the request went out on a kept-alive connection that had served before
+//! (a failure there is the classic keep-alive close race).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone)]
+enum Addr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Clone)]
+struct Spec {
+    addr: Addr,
+    keepalive: bool,
+    conns: usize,
+}
+
+trait Stream: Read + Write + Send {}
+impl Stream for TcpStream {}
+impl Stream for UnixStream {}
+
+struct Record {
+    start: f64,
+    latency_ms: f64,
+    outcome: String,
+    reused: bool,
+    worker: u32,
+    master: u32,
+}
+
+fn parse_spec(text: &str) -> Result<Spec, String> {
+    let bad = || format!("invalid spec '{text}': expected tcp:HOST:PORT/MODE/N or unix:/PATH/MODE/N");
+    let (rest, n) = text.rsplit_once('/').ok_or_else(bad)?;
+    let (target, mode) = rest.rsplit_once('/').ok_or_else(bad)?;
+    let conns: usize = n.parse().map_err(|_| bad())?;
+    let keepalive = match mode {
+        "keepalive" => true,
+        "close" => false,
+        _ => return Err(bad()),
+    };
+    let addr = if let Some(a) = target.strip_prefix("tcp:") {
+        Addr::Tcp(a.to_socket_addrs().map_err(|e| format!("{text}: {e}"))?.next().ok_or_else(bad)?)
+    } else if let Some(p) = target.strip_prefix("unix:") {
+        Addr::Unix(PathBuf::from(p))
+    } else {
+        return Err(bad());
+    };
+    Ok(Spec { addr, keepalive, conns })
+}
+
+fn classify(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => "reset",
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout",
+        ErrorKind::UnexpectedEof => "eof",
+        ErrorKind::NotFound => "noent",
+        _ => "error",
+    }
+}
+
+fn connect(addr: &Addr, timeout: Duration) -> std::io::Result<Box<dyn Stream>> {
+    match addr {
+        Addr::Tcp(a) => {
+            let s = TcpStream::connect_timeout(a, timeout)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Ok(Box::new(s))
+        }
+        Addr::Unix(p) => {
+            let s = UnixStream::connect(p)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+struct Answer {
+    status: u16,
+    close: bool,
+    worker: u32,
+    master: u32,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn number_after(body: &str, key: &str) -> u32 {
+    body.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Sends one GET and reads one response (Content-Length framed, or up to EOF).
+fn exchange(stream: &mut dyn Stream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<Answer> {
+    stream.write_all(request)?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, "not an HTTP response"))?;
+    let mut length = None;
+    let mut close = head.starts_with("http/1.0");
+    for line in head.lines() {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        } else if let Some(v) = line.strip_prefix("connection:") {
+            let v = v.trim();
+            if v == "close" {
+                close = true;
+            } else if v == "keep-alive" {
+                close = false;
+            }
+        }
+    }
+    match length {
+        Some(len) => {
+            while buf.len() < head_end + len {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed mid-body"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            close = true;
+            loop {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]);
+    Ok(Answer { status, close, worker: number_after(&body, "pid="), master: number_after(&body, "master=") })
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>) -> Vec<Record> {
+    let mut records = Vec::with_capacity(100_000);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loadrec\r\n{}\r\n",
+        if spec.keepalive { "" } else { "Connection: close\r\n" }
+    );
+    let mut conn: Option<Box<dyn Stream>> = None;
+    let mut served = 0u64; // requests answered on the current connection
+    let mut buf = Vec::with_capacity(8192);
+    while !stop.load(Ordering::Relaxed) {
+        let start = now_unix();
+        let t0 = Instant::now();
+        let reused = conn.is_some() && served > 0;
+        let result = (|| {
+            if conn.is_none() {
+                conn = Some(connect(&spec.addr, timeout)?);
+                served = 0;
+            }
+            exchange(conn.as_mut().unwrap().as_mut(), request.as_bytes(), &mut buf)
+        })();
+        let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(a) => {
+                served += 1;
+                if a.close || !spec.keepalive {
+                    conn = None;
+                }
+                records.push(Record {
+                    start,
+                    latency_ms,
+                    outcome: a.status.to_string(),
+                    reused,
+                    worker: a.worker,
+                    master: a.master,
+                });
+            }
+            Err(e) => {
+                conn = None;
+                records.push(Record {
+                    start,
+                    latency_ms,
+                    outcome: classify(&e).to_string(),
+                    reused,
+                    worker: 0,
+                    master: 0,
+                });
+                // Do not spin on an address that refuses: a client would back off a little too.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    records
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut out: Option<PathBuf> = None;
+    let mut stop_file: Option<PathBuf> = None;
+    let mut max_seconds = 600.0f64;
+    let mut timeout = 10.0f64;
+    let mut path = "/".to_string();
+    let mut specs = Vec::new();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
+        match arg.as_str() {
+            "--out" => out = Some(PathBuf::from(value("--out"))),
+            "--stop-file" => stop_file = Some(PathBuf::from(value("--stop-file"))),
+            "--max-seconds" => max_seconds = value("--max-seconds").parse().unwrap_or_else(|_| die("bad --max-seconds")),
+            "--timeout" => timeout = value("--timeout").parse().unwrap_or_else(|_| die("bad --timeout")),
+            "--path" => path = value("--path"),
+            s if s.starts_with("--") => die(&format!("unknown option {s}")),
+            s => specs.push(parse_spec(s).unwrap_or_else(|e| die(&e))),
+        }
+    }
+    let out = out.unwrap_or_else(|| die("--out FILE is required"));
+    if specs.is_empty() {
+        die("give at least one SPEC");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        for _ in 0..spec.conns {
+            let (spec, path, stop) = (spec.clone(), path.clone(), stop.clone());
+            let timeout = Duration::from_secs_f64(timeout);
+            threads.push((index, std::thread::spawn(move || worker(spec, path, timeout, stop))));
+        }
+    }
+    // Bounded: stop at the stop file, or after max-seconds whatever happens.
+    let deadline = Instant::now() + Duration::from_secs_f64(max_seconds);
+    while Instant::now() < deadline && !stop_file.as_ref().is_some_and(|f| f.exists()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut text = String::from("start,latency_ms,outcome,spec,reused,worker,master\n");
+    let mut total = 0usize;
+    for (index, thread) in threads {
+        let records = thread.join().unwrap_or_default();
+        total += records.len();
+        for r in records {
+            text.push_str(&format!(
+                "{:.6},{:.3},{},{},{},{},{}\n",
+                r.start, r.latency_ms, r.outcome, index, r.reused as u8, r.worker, r.master
+            ));
+        }
+    }
+    std::fs::write(&out, text).unwrap_or_else(|e| die(&format!("failed to write {}: {e}", out.display())));
+    eprintln!("loadrec: {total} requests recorded in {}", out.display());
+}
+
+fn die(message: &str) -> ! {
+    eprintln!("loadrec: {message}");
+    std::process::exit(2);
+}

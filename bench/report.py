@@ -1,0 +1,385 @@
+"""RESULTS.md and reloads.png from a benchmark run's results.json (bench/bench.py).
+
+    python3 bench/report.py bench/out/<run>/results.json     # redo the report of a run
+"""
+import json
+import os
+import statistics
+import sys
+
+TARGETS = {
+    "failures": "zero failed requests for sockherd in every scenario",
+    "handoff": "handoff overhead above the app's own boot time < 20 ms",
+    "rss": "sockherd RSS < 4 MiB",
+    "ratio": "throughput ratio (sockherd / no launcher) >= 0.99",
+    "wakeups": "no periodic wakeups while idle",
+    "churn": "fds and processes equal before/after 1,000 reloads",
+}
+
+
+def med(v):
+    return statistics.median(v) if v else None
+
+
+def f(v, digits=0, unit=""):
+    if v is None:
+        return "-"
+    return ("%." + str(digits) + "f%s") % (v, unit)
+
+
+def ms(v):
+    if v is None:
+        return "-"
+    if v >= 1000:
+        return "%.2f s" % (v / 1000.0)
+    if v >= 10:
+        return "%.0f ms" % v
+    return "%.1f ms" % v
+
+
+def zero_failure_verdict(report):
+    lines, ok = [], True
+    for d in report.get("deploy") or []:
+        if not d.get("sockherd"):
+            continue
+        if d.get("skipped"):
+            lines.append("%s: not run (%s)" % (d["name"], d["skipped"]))
+            continue
+        if d.get("error"):
+            ok = False
+            lines.append("%s: ERROR %s" % (d["name"], d["error"][-200:]))
+            continue
+        bad = d["failed"] > 0 or d["reloads_ok"] < len(d["reloads"]) or not d["reloads"]
+        ok &= not bad
+        lines.append("%s: %d requests, %d failed, %d/%d reloads ok%s" % (
+            d["name"], d["requests"], d["failed"], d["reloads_ok"], len(d["reloads"]), "  <-- FAILED" if bad else ""))
+    churn = report.get("churn")
+    if churn and not churn.get("error"):
+        bad = churn["failed"] > 0 or churn["failed_reloads"] > 0
+        ok &= not bad
+        lines.append("churn: %d reloads (%d failed), %d requests, %d failed%s" % (
+            churn["reloads"], churn["failed_reloads"], churn["requests"], churn["failed"], "  <-- FAILED" if bad else ""))
+    elif churn:
+        ok = False
+        lines.append("churn: ERROR %s" % churn["error"])
+    scale = report.get("scale")
+    if scale and scale.get("rows"):
+        nfail = sum(r.get("failed", 0) for r in scale["rows"]) + sum(1 for r in scale["rows"] if r.get("error"))
+        ok &= nfail == 0
+        lines.append("scale: %d failed reloads or errors" % nfail)
+    return dict(ok=ok, lines=lines)
+
+
+# ----- the plot ------------------------------------------------------------------------------------
+
+
+def write_plot(report, outroot, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing: no plot (pip install matplotlib, or apt-get install python3-matplotlib)")
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench import read_requests, outcome_class
+
+    runs = [d for d in report.get("deploy") or [] if d.get("reloads") and not d.get("skipped") and not d.get("error")]
+    if not runs:
+        return
+    cols = 2 if len(runs) > 4 else 1
+    rows = (len(runs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(9 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    for ax, d in zip(axes.flat, runs):
+        reqs = read_requests(os.path.join(outroot, d["name"], "requests.csv"))
+        t0 = d.get("load_start") or (reqs[0][0] if reqs else 0)
+        ok_t, ok_l, ok_c, bad_t = [], [], [], []
+        step = max(1, len(reqs) // 40000)
+        for i, r in enumerate(reqs):
+            if outcome_class(r[2]) == "ok":
+                if i % step == 0:
+                    ok_t.append(r[0] + r[1] / 1000.0 - t0)
+                    ok_l.append(max(r[1], 0.05))
+                    ok_c.append("#1f77b4" if r[3] < 2 else "#2ca02c")
+            else:
+                bad_t.append(r[0] + r[1] / 1000.0 - t0)
+        for ev in d["reloads"]:
+            end = max([t for t in (ev.get("t1"), ev.get("t_new"), ev.get("t_gone")) if t] or [ev["t0"]])
+            ax.axvspan(ev["t0"] - t0, end - t0, color="#ffcc80", alpha=0.45, lw=0)
+            ax.axvline(ev["t0"] - t0, color="#e65100", lw=0.6)
+        ax.scatter(ok_t, ok_l, s=1.2, c=ok_c, alpha=0.5, linewidths=0, rasterized=True)
+        ax.set_yscale("log")
+        ylim_top = max(ok_l + [100]) * 3
+        ax.set_ylim(0.05, ylim_top)
+        if bad_t:
+            ax.scatter(bad_t, [ylim_top / 1.6] * len(bad_t), marker="x", s=14, c="#d62728", linewidths=0.8)
+        title = "%s [%s]: %d failed of %d, longest gap %s" % (d["label"], d["server"], d["failed"], d["requests"], ms(d.get("gap_ms")))
+        ax.set_title(title, fontsize=8.5, color="#b71c1c" if d["failed"] else "black", loc="left")
+        ax.tick_params(labelsize=7)
+        ax.set_ylabel("latency ms", fontsize=7)
+        ax.set_xlabel("s since load start (orange: reload until the old generation is gone; blue TCP, green unix; red x: failed)", fontsize=6.5)
+    fig.suptitle("Latency of every recorded request across %d reloads per method (%s mode, %s)" % (
+        report["config"]["reloads"], report["mode"], report["started"]), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ----- RESULTS.md -----------------------------------------------------------------------------------
+
+
+def deploy_table(runs):
+    out = ["| method | server | reloads ok | requests | failed | refused / reset / 5xx / timeout / other | "
+           "p50 / p99 / max steady | p50 / p99 / max during reloads | longest gap (TCP / unix) | "
+           "reload → new serving (median / max) | sockherd handoff (median / max) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in runs:
+        if d.get("skipped"):
+            out.append("| %s | %s | not run: %s | | | | | | | | |" % (d["label"], d["server"], d["skipped"]))
+            continue
+        if d.get("error"):
+            out.append("| %s | %s | ERROR: %s | | | | | | | | |" % (d["label"], d["server"], d["error"].replace("\n", " ")[-200:].replace("|", "/")))
+            continue
+        e = d["errors"]
+        s, w = d["steady"], d["during"]
+        gaps = d.get("gaps", {})
+        h = d.get("handoff_ms") or []
+        out.append("| %s | %s | %d/%d | %d | **%d** | %d / %d / %d / %d / %d | %s / %s / %s | %s / %s / %s | %s / %s | %s / %s | %s |" % (
+            d["label"], d["server"], d["reloads_ok"], len(d["reloads"]), d["requests"], d["failed"],
+            e.get("refused", 0), e.get("reset", 0), e.get("5xx", 0), e.get("timeout", 0), e.get("other", 0),
+            ms(s["p50"]), ms(s["p99"]), ms(s["max"]), ms(w["p50"]), ms(w["p99"]), ms(w["max"]),
+            ms(gaps.get("tcp")), ms(gaps.get("unix")) if d.get("unix", True) else "n/a",
+            ms(d["to_new"]["p50"]), ms(d["to_new"]["max"]),
+            "%s / %s" % (ms(med(h)), ms(max(h))) if h else "-"))
+    return out
+
+
+def write_results(report, path, plot_rel):
+    m = report["machine"]
+    cfg = report["config"]
+    L = []
+    L.append("# sockherd benchmark results")
+    L.append("")
+    L.append("Written by `%s` on %s; the whole run took %.1f min (%s mode). Raw data (every request, "
+             "wrk/hey reports, server logs, box journals) stays in `bench/out/`, not committed. "
+             "How each method works and how to run: [README.md](README.md)." % (
+                 report["command"], report["started"], report["seconds"] / 60.0, report["mode"]))
+    L.append("")
+    L.append("![latency and errors over time across reloads](%s)" % plot_rel)
+    L.append("")
+    L.append("## Machine and versions")
+    L.append("")
+    L.append("| | |")
+    L.append("|---|---|")
+    L.append("| CPU | %s, `nproc` = %s |" % (m["cpu"], m["nproc"]))
+    L.append("| memory | %s |" % m["memory"])
+    L.append("| kernel | %s |" % m["kernel"])
+    L.append("| OS | %s |" % m["os"])
+    for k, v in m["versions"].items():
+        L.append("| %s | %s |" % (k, v))
+    L.append("")
+    L.append("The machine is shared and noisy (other builds and test suites ran at the same time); "
+             "compare numbers within one run, not across runs.")
+    L.append("")
+
+    # Targets
+    deploy = report.get("deploy") or []
+    sh_runs = [d for d in deploy if d.get("sockherd") and not d.get("skipped") and not d.get("error")]
+    L.append("## Targets")
+    L.append("")
+    L.append("| target | measured | met? |")
+    L.append("|---|---|---|")
+    verdict = zero_failure_verdict(report)
+    total_sh = sum(d["requests"] for d in sh_runs)
+    failed_sh = sum(d["failed"] for d in sh_runs)
+    errored = [d["name"] for d in deploy if d.get("sockherd") and d.get("error")]
+    L.append("| %s | %d failed of %d requests over %d sockherd deploy runs%s; churn: %s | %s |" % (
+        TARGETS["failures"], failed_sh, total_sh, len(sh_runs),
+        (" (errors in: %s)" % ", ".join(errored)) if errored else "",
+        ("%d failed of %d" % (report["churn"]["failed"], report["churn"]["requests"])) if report.get("churn") and "failed" in report["churn"] else "-",
+        "yes" if verdict["ok"] else "**no**"))
+    ov = [o for o in (report.get("overhead") or []) if isinstance(o, dict) and o.get("ratio_median")]
+    if ov:
+        worst = min(ov, key=lambda o: o["ratio_median"])
+        L.append("| %s | median ratio per server: %s | %s |" % (
+            TARGETS["ratio"], ", ".join("%s %.3f (%.3f–%.3f)" % (o["server"], o["ratio_median"], o["ratio_min"], o["ratio_max"]) for o in ov),
+            "yes" if worst["ratio_median"] >= 0.99 else "**no** (%s: %.3f, %.1f%% short)" % (worst["server"], worst["ratio_median"], (0.99 - worst["ratio_median"]) * 100)))
+        hv = [o for o in ov if o.get("handoff_overhead_ms") is not None]
+        if hv:
+            worst = max(hv, key=lambda o: o["handoff_overhead_ms"])
+            L.append("| %s | %s | %s |" % (
+                TARGETS["handoff"], ", ".join("%s %+.0f ms" % (o["server"], o["handoff_overhead_ms"]) for o in hv),
+                "yes" if worst["handoff_overhead_ms"] < 20 else "**no** (%s: %.0f ms, %.0f ms over)" % (worst["server"], worst["handoff_overhead_ms"], worst["handoff_overhead_ms"] - 20)))
+    fp = report.get("footprint") or {}
+    shl = [l for l in fp.get("launchers", []) if l["name"].startswith("sockherd") and "rss_kib" in l]
+    if shl:
+        worst = max(shl, key=lambda l: l["rss_kib"])
+        L.append("| %s | %s | %s |" % (TARGETS["rss"], ", ".join("%s %.2f MiB" % (l["name"], l["rss_kib"] / 1024) for l in shl),
+                                       "yes" if worst["rss_kib"] < 4096 else "**no** (%.2f MiB, %.2f MiB over)" % (worst["rss_kib"] / 1024, (worst["rss_kib"] - 4096) / 1024)))
+        wk = max(l["wakeups"] for l in shl)
+        L.append("| %s | %s in %d s | %s |" % (TARGETS["wakeups"], ", ".join("%s %d wakeups" % (l["name"], l["wakeups"]) for l in shl), fp.get("idle", 0),
+                                               "yes" if wk == 0 else "**no** (%d wakeups)" % wk))
+    ch = report.get("churn") or {}
+    if ch.get("before") and ch.get("after"):
+        b, a = ch["before"], ch["after"]
+        same = b["fds"] == a["fds"] and b["processes"] == a["processes"]
+        L.append("| %s | after %d reloads: fds %d → %d, processes %d → %d | %s |" % (
+            TARGETS["churn"], ch["reloads"], b["fds"], a["fds"], b["processes"], a["processes"], "yes" if same else "**no**"))
+    L.append("")
+
+    # 1. deploy
+    L.append("## 1. Deploy under load: %d reloads per method" % cfg["reloads"])
+    L.append("")
+    L.append("Load, all at once for the whole run of a method (`bench/lib/load.sh`): wrk with 4 keep-alive "
+             "connections and hey with 4 fresh-connection workers on TCP, and loadrec (`bench/loadrec`) with 2 "
+             "keep-alive and 2 fresh-connection loops on TCP and the same on the unix socket, recording every "
+             "request. *Failed* adds up loadrec's failures and wrk's and hey's error counters (wrk: connect → "
+             "refused, read/write → reset, timeout; non-2xx → 5xx; hey: by message). Latency percentiles and "
+             "gaps come from loadrec's %s-request record: *steady* is the %.0f s of load before the first "
+             "reload, *during reloads* every request that overlaps a reload window (from the reload command "
+             "until the old generation is gone). *Longest gap*: the longest time, from the first reload to the "
+             "end of the last one, with no request completed on that transport. *Reload → new serving*: from "
+             "the reload command until the first request answered by the new generation (a master pid, or for "
+             "in-place reloads a worker pid, never seen before). *sockherd handoff*: sockherd's own measure "
+             "(SOCKHERD_HANDOFF_MS, `sockherd status`), start of the new generation to ready." % (
+                 "per", cfg["steady"]))
+    L.append("")
+    L.extend(deploy_table(deploy))
+    L.append("")
+    notes = []
+    for d in deploy:
+        if d.get("error_samples") and d.get("failed"):
+            notes.append("- %s [%s]: e.g. %s" % (d["label"], d["server"], "; ".join(d["error_samples"][:3])))
+        bad = [ev for ev in d.get("reloads", []) if ev["rc"] != 0 or not ev.get("t_new")]
+        if bad:
+            notes.append("- %s [%s]: %d reload(s) did not succeed, e.g. rc=%s %s" % (d["label"], d["server"], len(bad), bad[0]["rc"], (bad[0].get("out") or "").replace("\n", " ")[-200:]))
+        if d.get("note"):
+            notes.append("- %s [%s]: %s" % (d["label"], d["server"], d["note"]))
+    if notes:
+        L.append("Failures and notes, per method (loadrec's samples; wrk and hey only count):")
+        L.append("")
+        L.extend(notes)
+        L.append("")
+
+    # 2. overhead
+    L.append("## 2. Overhead: the app under sockherd vs the same app with no launcher")
+    L.append("")
+    L.append("Both servers up at once on their own loopback port (2 workers each); wrk `-t1 -c8 --latency` "
+             "for %d s on one, then the other, %d pairs, the order alternating (ABBA); ratio = requests/s with "
+             "sockherd / without, per pair. The no-launcher side binds its own socket (`-b`, `-l`, `bind`). "
+             "Handoff vs boot: %d idle `sockherd reload`s (SOCKHERD_HANDOFF_MS) against %d starts of the same "
+             "server with no launcher, exec → first HTTP 200 (polled every 5 ms)." % (
+                 cfg["pair_seconds"], cfg["pairs"], cfg["boot_samples"], cfg["boot_samples"]))
+    L.append("")
+    L.append("| server | ratio median (min–max) | req/s with / without | p50 with / without | p99 with / without | errors | handoff median | boot median (no launcher) | handoff − boot |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for o in report.get("overhead") or []:
+        if not isinstance(o, dict):
+            continue
+        if o.get("skipped") or o.get("error") or not o.get("ratio_median"):
+            L.append("| %s | not run: %s | | | | | | | |" % (o.get("server", "?"), o.get("skipped") or o.get("error")))
+            continue
+        L.append("| %s | **%.3f** (%.3f–%.3f) | %.0f / %.0f | %s / %s | %s / %s | %d / %d | %s | %s | %s |" % (
+            o["server"], o["ratio_median"], o["ratio_min"], o["ratio_max"], o["with"]["rps"], o["without"]["rps"],
+            ms(o["with"]["p50"]), ms(o["without"]["p50"]), ms(o["with"]["p99"]), ms(o["without"]["p99"]),
+            o["with"]["errors"], o["without"]["errors"], ms(med(o.get("handoff_ms"))), ms(med(o.get("boot_ms"))),
+            ("%+.0f ms" % o["handoff_overhead_ms"]) if o.get("handoff_overhead_ms") is not None else "-"))
+    if isinstance(report.get("overhead"), dict) and report["overhead"].get("error"):
+        L.append("ERROR: %s" % report["overhead"]["error"])
+    L.append("")
+
+    # 3. footprint
+    L.append("## 3. Footprint: launchers idle for %s s" % fp.get("idle", "-"))
+    L.append("")
+    L.append("All launchers up at once, each after 2 reloads, then %s s with no request. Only the launcher "
+             "process itself is measured (not the app server under it). Wakeups: times the process was "
+             "scheduled in (`/proc/PID/schedstat`), context switches from `/proc/PID/status`; CPU from "
+             "schedstat (ns)." % fp.get("idle", "-"))
+    L.append("")
+    L.append("| launcher | RSS | of which anon / file | peak RSS | threads | fds | CPU while idle | wakeups while idle | context switches |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for l in fp.get("launchers", []):
+        if "rss_kib" not in l:
+            L.append("| %s | not run: %s | | | | | | | |" % (l["name"], l.get("skipped", "?")))
+            continue
+        L.append("| %s | %.2f MiB | %.2f / %.2f MiB | %.2f MiB | %d | %d | %.2f ms | %d (%.1f/min) | %d |" % (
+            l["name"], l["rss_kib"] / 1024, l["anon_kib"] / 1024, l["file_kib"] / 1024, l["hwm_kib"] / 1024,
+            l["threads"], l["fds"], l["cpu_ms"], l["wakeups"], l["wakeups"] * 60.0 / max(fp["idle"], 1), l["ctxt"]))
+    if fp.get("error"):
+        L.append("ERROR: %s" % fp["error"])
+    L.append("")
+    if fp.get("sizes"):
+        L.append("| launcher | size on disk | |")
+        L.append("|---|---|---|")
+        for k, (size, what) in fp["sizes"].items():
+            L.append("| %s | %.0f KiB | %s |" % (k, size / 1024, what))
+        L.append("")
+
+    # 4. scale
+    sc = report.get("scale") or {}
+    L.append("## 4. Scale of the work")
+    L.append("")
+    if sc.get("rows"):
+        L.append("unicorn (preload, contrib/app) under `sockherd run --flavor unicorn`, N loopback TCP sockets, "
+                 "W workers; %d reloads each, idle, every one waiting for the old generation to be gone. "
+                 "*sockherd CPU*: sockherd's own CPU time (schedstat) from the reload request until the old "
+                 "generation is reaped, per reload (not its children's)." % sc.get("reloads", 0))
+        L.append("")
+        L.append("| sockets | workers | handoff median (min–max) | sockherd CPU per reload, median | sockherd RSS after | failed reloads |")
+        L.append("|---|---|---|---|---|---|")
+        for r in sc["rows"]:
+            if r.get("error"):
+                L.append("| %d | %d | ERROR: %s | | | |" % (r["sockets"], r["workers"], r["error"]))
+                continue
+            L.append("| %d | %d | %s (%s–%s) | %s | %s | %d |" % (
+                r["sockets"], r["workers"], ms(med(r["took"])), ms(min(r["took"]) if r["took"] else None), ms(max(r["took"]) if r["took"] else None),
+                ("%.2f ms" % (med(r["cpu_us"]) / 1000.0)) if r["cpu_us"] else "-",
+                ("%.2f MiB" % (r["rss_kib"] / 1024)) if r.get("rss_kib") else "-", r["failed"]))
+        L.append("")
+    elif sc:
+        L.append("not run: %s" % (sc.get("skipped") or sc.get("error")))
+        L.append("")
+    ch = report.get("churn") or {}
+    if ch.get("before"):
+        L.append("Churn: %d back-to-back `sockherd reload`s of a tiny LISTEN_FDS server (`bench/apps/tiny.py`, "
+                 "`--ready probe`) on a TCP and a unix socket, with one fresh-connection loadrec loop on each "
+                 "recording every request." % ch["reloads"])
+        L.append("")
+        L.append("| | fds of sockherd | processes (sockherd + descendants) | threads | notify/runtime files | RSS |")
+        L.append("|---|---|---|---|---|---|")
+        for k in ("before", "after"):
+            s = ch.get(k) or {}
+            L.append("| %s | %s | %s | %s | %s | %s |" % (k, s.get("fds"), s.get("processes"), s.get("threads"), s.get("runtime_files"),
+                                                  ("%.2f MiB" % (s["rss_kib"] / 1024)) if s.get("rss_kib") else "-"))
+        L.append("")
+        L.append("%d reloads in %.1f s (%.1f ms each, %d failed); sockherd CPU %.2f ms per reload; %d requests during the churn, %d failed%s." % (
+            ch["reloads"], ch.get("seconds", 0), ch.get("seconds", 0) * 1000.0 / max(ch["reloads"], 1), ch["failed_reloads"],
+            ch.get("cpu_us_per_reload", 0) / 1000.0, ch["requests"], ch["failed"],
+            (" (e.g. %s)" % ", ".join(ch["error_samples"])) if ch.get("error_samples") else ""))
+        L.append("")
+    elif ch.get("error"):
+        L.append("Churn: ERROR %s" % ch["error"])
+        L.append("")
+
+    L.append("## Zero-failure check (what `bench/run --short` exits on)")
+    L.append("")
+    for line in verdict["lines"]:
+        L.append("- " + line)
+    L.append("")
+    L.append("Verdict: **%s**." % ("zero failed requests for every sockherd method that ran" if verdict["ok"] else "sockherd lost requests, or a sockherd method failed"))
+    L.append("")
+    with open(path, "w") as fh:
+        fh.write("\n".join(L))
+
+
+if __name__ == "__main__":
+    src = sys.argv[1]
+    with open(src) as fh:
+        rep = json.load(fh)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_md = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(src), "RESULTS.md")
+    out_png = sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.path.dirname(src), "reloads.png")
+    write_plot(rep, os.path.dirname(src), out_png)
+    write_results(rep, out_md, os.path.relpath(out_png, os.path.dirname(out_md)))
