@@ -190,6 +190,16 @@ def wait_until(check, timeout, step=0.02):
     return check()
 
 
+def wait_serving(pid, timeout):
+    """Until `sockherd run` (pid) has a generation serving and none starting: a reload asked
+    for before that is never started (see bench/README.md, "sockherd bugs found")."""
+    def check():
+        st = sockherd_status(pid) or {}
+        gens = st.get("generations", [])
+        return any(g["state"] == "serving" for g in gens) and not any(g["state"] == "starting" for g in gens)
+    return wait_until(check, timeout, step=0.05)
+
+
 def http_ok(addr, timeout=2.0):
     try:
         s = socket.create_connection(tuple([addr.rsplit(":", 1)[0], int(addr.rsplit(":", 1)[1])]), timeout=timeout)
@@ -281,7 +291,10 @@ def server_cmd(server, selfbind=None, conf_dir=CONTRIB):
             return ["puma", "-C", os.path.join(BENCH, "apps/puma-selfbind.rb"), "config.ru"], {"BENCH_BIND": ",".join(binds)}
         return ["puma", "-C", os.path.join(conf_dir, "puma/puma.rb"), "config.ru"], {}
     if server == "starman":
-        return ["starman", "--workers", "2", "--preload-app", os.path.join(BENCH, "apps/app.psgi")], {}
+        # --disable-keepalive: a starman worker serves one keep-alive connection until the client
+        # closes it, so wrk's 4 connections would hold both workers forever (starving every
+        # other client, and the old generation could never drain). Same flags under both launchers.
+        return ["starman", "--workers", "2", "--disable-keepalive", "--preload-app", os.path.join(BENCH, "apps/app.psgi")], {}
     raise ValueError(server)
 
 
@@ -338,7 +351,7 @@ class SockherdHost(Method):
             cmd += ["--listen", self.sock]
         cmd += ["--chdir", APP_DIR] + self.extra + ["--"] + argv
         self.proc = Proc(cmd, outdir, "sockherd", env=dict(os.environ, **env))
-        if not wait_until(lambda: http_ok(self.tcp), 60):
+        if not (wait_until(lambda: http_ok(self.tcp), 60) and wait_serving(self.proc.pid, 60)):
             raise RuntimeError("sockherd + %s did not serve within 60 s" % self.server)
 
     def reload(self):
@@ -645,7 +658,8 @@ class StartServer(Method):
         self.tcp = "127.0.0.1:%d" % free_port()
         self.sock = ""
         argv, _ = server_cmd("starman")
-        self.proc = Proc(["start_server", "--port", self.tcp, "--pid-file", os.path.join(outdir, "ss.pid"),
+        self.proc = Proc(["start_server", "--port", self.tcp, "--signal-on-hup=QUIT", "--signal-on-term=QUIT",
+                          "--pid-file", os.path.join(outdir, "ss.pid"),
                           "--status-file", os.path.join(outdir, "ss.status"), "--"] + argv, outdir, "start_server", cwd=APP_DIR)
         if not wait_until(lambda: http_ok(self.tcp), 60):
             raise RuntimeError("start_server + starman did not serve within 60 s")
@@ -677,7 +691,8 @@ def deploy_methods():
     ms.append(Dance("puma", "puma USR2 (hot restart in place) by hand", "worker"))
     ms.append(RainbowSaddle())
     ms.append(StartServer())
-    ms.append(SockherdHost("starman", flavor="server-starter"))
+    # starman's graceful stop is QUIT (TERM ends workers mid-request): tell both launchers.
+    ms.append(SockherdHost("starman", flavor="server-starter", extra=["--stop-signal", "QUIT"]))
     return ms
 
 
@@ -979,7 +994,7 @@ def run_overhead(cfg, outroot):
         without = Proc(argv_b, outdir, "without-" + server, cwd=APP_DIR, env=dict(os.environ, **env_b))
         res = dict(server=server, pairs=[])
         try:
-            if not (wait_until(lambda: http_ok(a_tcp), 60) and wait_until(lambda: http_ok(b_tcp), 60)):
+            if not (wait_until(lambda: http_ok(a_tcp), 60) and wait_until(lambda: http_ok(b_tcp), 60) and wait_serving(with_.pid, 60)):
                 raise RuntimeError("a server did not come up")
             run_wrk(a_tcp, 1)  # warm both
             run_wrk(b_tcp, 1)
@@ -1051,13 +1066,13 @@ def run_footprint(cfg, outroot):
         if have("starman"):
             tcp = "127.0.0.1:%d" % free_port()
             argv, _ = server_cmd("starman")
-            p = Proc([SOCKHERD, "run", "--flavor", "server-starter", "--listen", tcp, "--chdir", APP_DIR, "--"] + argv, outdir, "sockherd-starman")
+            p = Proc([SOCKHERD, "run", "--flavor", "server-starter", "--stop-signal", "QUIT", "--listen", tcp, "--chdir", APP_DIR, "--"] + argv, outdir, "sockherd-starman")
             procs.append(p)
             launchers.append(dict(name="sockherd (starman)", proc=p, tcp=tcp, reload=lambda p=p: sh([SOCKHERD, "reload", "--pid", str(p.pid)], timeout=130)))
         if have("start_server") and have("starman"):
             tcp = "127.0.0.1:%d" % free_port()
             argv, _ = server_cmd("starman")
-            p = Proc(["start_server", "--port", tcp, "--"] + argv, outdir, "start_server", cwd=APP_DIR)
+            p = Proc(["start_server", "--port", tcp, "--signal-on-hup=QUIT", "--signal-on-term=QUIT", "--"] + argv, outdir, "start_server", cwd=APP_DIR)
             procs.append(p)
             launchers.append(dict(name="start_server (starman)", proc=p, tcp=tcp, reload=lambda p=p: p.send(signal.SIGHUP)))
         else:
@@ -1075,6 +1090,8 @@ def run_footprint(cfg, outroot):
         for l in live:
             if not wait_until(lambda: http_ok(l["tcp"]), 60):
                 l["skipped"] = "did not serve within 60 s"
+            elif l["name"].startswith("sockherd") and not wait_serving(l["proc"].pid, 60):
+                l["skipped"] = "generation 1 not ready within 60 s"
         live = [l for l in live if "skipped" not in l]
         # Two reloads each, so the footprint is that of a launcher that has worked, then quiet.
         for _ in range(2):
@@ -1171,7 +1188,7 @@ def run_churn(cfg, outroot):
     res = dict(reloads=cfg.churn, failed_reloads=0)
     load = None
     try:
-        if not wait_until(lambda: http_ok(tcp), 30):
+        if not (wait_until(lambda: http_ok(tcp), 30) and wait_serving(p.pid, 30)):
             raise RuntimeError("tiny server did not serve")
 
         def snapshot():
@@ -1287,8 +1304,8 @@ class Config:
         self.pause = 0.3
         self.cooldown = 1.0 if short else 1.5
         self.load_max = 300 if short else 600
-        self.pairs = 2 if short else 6
-        self.pair_seconds = 2 if short else 5
+        self.pairs = 2 if short else 5
+        self.pair_seconds = 2 if short else 4
         self.boot_samples = 2 if short else 5
         self.idle = 10 if short else 60
         self.scale_grid = [(1, 1), (64, 32)] if short else [(s, w) for s in (1, 8, 64) for w in (1, 8, 32)]
@@ -1297,7 +1314,7 @@ class Config:
 
 
 SHORT_METHODS = {"sockherd-host-gunicorn", "sockherd-host-unicorn", "sockherd-host-puma", "sockherd-sd252-gunicorn",
-                 "sockherd-sd254-unicorn", "sockherd-native-unicorn", "sockherd-host-starman"}
+                 "sockherd-sd254-unicorn", "sockherd-native-unicorn"}
 
 
 def main():
