@@ -173,6 +173,16 @@ def descendants(pid):
     return out
 
 
+def group_members(pgid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            rest = read_proc(int(name), "stat").rsplit(")", 1)[-1].split()
+            if len(rest) > 2 and int(rest[2]) == pgid:
+                out.append(int(name))
+    return out
+
+
 def sockherd_status(pid):
     r = sh([SOCKHERD, "status", "--pid", str(pid)], timeout=15)
     try:
@@ -451,7 +461,8 @@ cp {units}/app-http.socket {units}/app-unix.socket {units}/{unit_dir}/app.servic
     def handoff_ms(self):
         if not self.sockherd:
             return []
-        r = self.box.bash("journalctl -u app SOCKHERD_EVENT=reload_done -o json --no-pager")
+        # --sync: journald may still be catching up after the load (it was starved of CPU).
+        r = self.box.bash("journalctl --sync; journalctl -u app SOCKHERD_EVENT=reload_done -o json --no-pager")
         out = []
         for line in r.stdout.splitlines():
             try:
@@ -494,7 +505,7 @@ class NativeBox(BoxMethod):
         return super().available()
 
     def handoff_ms(self):
-        r = self.box.bash("journalctl -u app -o json --no-pager")
+        r = self.box.bash("journalctl --sync; journalctl -u app -o json --no-pager")
         out = []
         for line in r.stdout.splitlines():
             try:
@@ -801,6 +812,8 @@ def parse_wrk(text):
     if m:
         for k, v in zip(["refused", "reset", "reset", "timeout"], m.groups()):
             out["errors"][k] = out["errors"].get(k, 0) + int(v)
+    # "N requests" counts responses (non-2xx included); socket errors are attempts on top.
+    out["requests"] += sum(out["errors"].values())
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if m:
         out["errors"]["5xx"] = int(m.group(1))
@@ -948,7 +961,10 @@ def analyze_deploy(outdir, result, crit):
 
 def run_wrk(addr, seconds, conns=8):
     r = sh(["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "--timeout", "10s", "--latency", "http://%s/" % addr], timeout=seconds + 30)
-    text = r.stdout
+    return parse_wrk_latency(r.stdout)
+
+
+def parse_wrk_latency(text):
     out = {"rps": 0.0, "p50": None, "p99": None, "errors": 0}
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if m:
@@ -963,6 +979,17 @@ def run_wrk(addr, seconds, conns=8):
             out[k] = ms(m.group(1))
     w = parse_wrk(text)
     out["errors"] = sum(w["errors"].values())
+    return out
+
+
+def run_wrk_pair(addr_a, addr_b, seconds, conns=8):
+    """wrk on two servers at the same time; [result a, result b]."""
+    procs = [subprocess.Popen(["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "--timeout", "10s", "--latency", "http://%s/" % a],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a in (addr_a, addr_b)]
+    out = []
+    for p in procs:
+        text, _ = p.communicate(timeout=seconds + 30)
+        out.append(parse_wrk_latency(text))
     return out
 
 
@@ -1012,11 +1039,21 @@ def run_overhead(cfg, outroot):
                 for side, addr in order:
                     pair[side] = run_wrk(addr, cfg.pair_seconds)
                 pair["ratio"] = pair["with"]["rps"] / pair["without"]["rps"] if pair["without"]["rps"] else None
+                # The same, both at once: two wrk side by side, so whatever else the machine does
+                # hits both sides alike; the servers share the 2 cores, and a launcher in the
+                # request path would show as the side that gets fewer requests through.
+                both = run_wrk_pair(a_tcp, b_tcp, cfg.pair_seconds)
+                pair["both"] = both
+                pair["ratio_both"] = both[0]["rps"] / both[1]["rps"] if both[1]["rps"] else None
                 res["pairs"].append(pair)
-                log("  pair %d: with %.0f req/s, without %.0f req/s, ratio %.3f" % (i + 1, pair["with"]["rps"], pair["without"]["rps"], pair["ratio"] or 0))
+                log("  pair %d: with %.0f req/s, without %.0f req/s, ratio %.3f; at once %.0f vs %.0f, ratio %.3f" % (
+                    i + 1, pair["with"]["rps"], pair["without"]["rps"], pair["ratio"] or 0, both[0]["rps"], both[1]["rps"], pair["ratio_both"] or 0))
             ratios = [p["ratio"] for p in res["pairs"] if p["ratio"]]
             res["ratio_median"] = statistics.median(ratios) if ratios else None
             res["ratio_min"], res["ratio_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
+            ratios = [p["ratio_both"] for p in res["pairs"] if p["ratio_both"]]
+            res["ratio_both_median"] = statistics.median(ratios) if ratios else None
+            res["ratio_both_min"], res["ratio_both_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
             for side in ("with", "without"):
                 res[side] = dict(rps=statistics.median([p[side]["rps"] for p in res["pairs"]]),
                                  p50=statistics.median([p[side]["p50"] or 0 for p in res["pairs"]]),
@@ -1162,16 +1199,21 @@ def run_scale(cfg, outroot):
             # wait for all workers
             time.sleep(0.5 + workers * 0.02)
             for _ in range(cfg.scale_reloads):
+                # The old generation's pids, read before the measured window: while it runs, the
+                # driver asks sockherd nothing (`sockherd status` walks /proc and would be counted).
+                old = [g["pid"] for g in (sockherd_status(p.pid) or {}).get("generations", [])]
+                time.sleep(0.2)
                 cpu0 = schedstat(p.pid)[0]
                 r = sh([SOCKHERD, "reload", "--pid", str(p.pid), "--timeout", "120s"], timeout=130)
+                # the whole handoff: until the old master and every process of its group are gone
+                wait_until(lambda: not any(os.path.exists("/proc/%d" % q) for q in old + [c for o in old for c in group_members(o)]), 60, step=0.05)
+                time.sleep(0.3)  # sockherd notices the group is empty within 100 ms
+                row["cpu_us"].append((schedstat(p.pid)[0] - cpu0) / 1000.0)
                 st = sockherd_status(p.pid)
                 if r.returncode != 0:
                     row["failed"] += 1
                 elif st and st.get("last_reload"):
                     row["took"].append(st["last_reload"]["took_ms"])
-                # let the old generation drain completely: the CPU of a whole handoff
-                wait_until(lambda: len((sockherd_status(p.pid) or {}).get("generations", [1, 2])) == 1, 60, step=0.05)
-                row["cpu_us"].append((schedstat(p.pid)[0] - cpu0) / 1000.0)
             row["rss_kib"] = kib(p.pid, "VmRSS")
         except Exception as e:  # noqa: BLE001
             row["error"] = str(e)
@@ -1310,7 +1352,7 @@ class Config:
         self.pause = 0.3
         self.cooldown = 1.0 if short else 1.5
         self.load_max = 300 if short else 600
-        self.pairs = 2 if short else 5
+        self.pairs = 2 if short else 8
         self.pair_seconds = 2 if short else 4
         self.boot_samples = 2 if short else 5
         self.idle = 10 if short else 60
@@ -1321,6 +1363,29 @@ class Config:
 
 SHORT_METHODS = {"sockherd-host-gunicorn", "sockherd-host-unicorn", "sockherd-host-puma", "sockherd-sd252-gunicorn",
                  "sockherd-sd254-unicorn", "sockherd-native-unicorn"}
+
+
+def reanalyze(args):
+    path = os.path.join(args.reanalyze, "results.json")
+    with open(path) as f:
+        report = json.load(f)
+    for d in report["deploy"]:
+        if d.get("reloads") and not d.get("skipped") and not d.get("error"):
+            crit = "worker" if d["name"] in ("dance-gunicorn", "dance-puma") else "master"
+            d.update(analyze_deploy(os.path.join(args.reanalyze, d["name"]), d, crit))
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    import report as rep
+    full = report["mode"] == "full"
+    results_path = args.results or (os.path.join(BENCH, "RESULTS.md") if full else os.path.join(args.reanalyze, "RESULTS.md"))
+    plot_path = args.plot or (os.path.join(BENCH, "reloads.png") if full else os.path.join(args.reanalyze, "reloads.png"))
+    rep.write_plot(report, args.reanalyze, plot_path)
+    rep.write_results(report, results_path, os.path.relpath(plot_path, os.path.dirname(results_path)))
+    verdict = rep.zero_failure_verdict(report)
+    for line in verdict["lines"]:
+        log(line)
+    log("report: %s; plot: %s" % (results_path, plot_path))
+    return 0 if verdict["ok"] else 1
 
 
 def interrupted(signum, frame):
@@ -1338,7 +1403,10 @@ def main():
     ap.add_argument("--out", default=None, help="raw data directory (default bench/out/<mode>-<time>)")
     ap.add_argument("--results", default=None, help="where to write the report (default bench/RESULTS.md, or bench/out/... in --short)")
     ap.add_argument("--plot", default=None, help="where to write the plot (default bench/reloads.png, or bench/out/... in --short)")
+    ap.add_argument("--reanalyze", metavar="RUN_DIR", help="recompute the deploy analysis of a run from its raw data, then rewrite its report")
     args = ap.parse_args()
+    if args.reanalyze:
+        return reanalyze(args)
     cfg = Config(args.short)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outroot = args.out or os.path.join(BENCH, "out", "%s-%s" % ("short" if args.short else "full", stamp))
