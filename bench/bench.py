@@ -1025,9 +1025,16 @@ def run_overhead(cfg, outroot):
                      outdir, "with-" + server, env=dict(os.environ, **env))
         argv_b, env_b = server_cmd(server, selfbind=(b_tcp, None))
         without = Proc(argv_b, outdir, "without-" + server, cwd=APP_DIR, env=dict(os.environ, **env_b))
+        # The same under sockherd with a readiness that adds no socket (`delay:2`): the default
+        # `probe` hands each generation one more listening socket, and a server may take another
+        # code path with two listeners than with one (gunicorn's sync worker does).
+        c_tcp = "127.0.0.1:%d" % free_port()
+        noprobe = Proc([SOCKHERD, "run", "--flavor", server, "--ready", "delay:2", "--listen", c_tcp, "--chdir", APP_DIR, "--"] + argv,
+                       outdir, "with-noprobe-" + server, env=dict(os.environ, **env))
         res = dict(server=server, pairs=[])
         try:
-            if not (wait_until(lambda: http_ok(a_tcp), 60) and wait_until(lambda: http_ok(b_tcp), 60) and wait_serving(with_.pid, 60)):
+            if not (wait_until(lambda: http_ok(a_tcp), 60) and wait_until(lambda: http_ok(b_tcp), 60) and wait_until(lambda: http_ok(c_tcp), 60)
+                    and wait_serving(with_.pid, 60) and wait_serving(noprobe.pid, 60)):
                 raise RuntimeError("a server did not come up")
             run_wrk(a_tcp, 1)  # warm both
             run_wrk(b_tcp, 1)
@@ -1045,15 +1052,20 @@ def run_overhead(cfg, outroot):
                 both = run_wrk_pair(a_tcp, b_tcp, cfg.pair_seconds)
                 pair["both"] = both
                 pair["ratio_both"] = both[0]["rps"] / both[1]["rps"] if both[1]["rps"] else None
+                np = run_wrk_pair(c_tcp, b_tcp, cfg.pair_seconds)
+                pair["ratio_noprobe"] = np[0]["rps"] / np[1]["rps"] if np[1]["rps"] else None
                 res["pairs"].append(pair)
-                log("  pair %d: with %.0f req/s, without %.0f req/s, ratio %.3f; at once %.0f vs %.0f, ratio %.3f" % (
-                    i + 1, pair["with"]["rps"], pair["without"]["rps"], pair["ratio"] or 0, both[0]["rps"], both[1]["rps"], pair["ratio_both"] or 0))
+                log("  pair %d: with %.0f req/s, without %.0f req/s, ratio %.3f; at once %.0f vs %.0f, ratio %.3f; no probe socket, at once: %.3f" % (
+                    i + 1, pair["with"]["rps"], pair["without"]["rps"], pair["ratio"] or 0, both[0]["rps"], both[1]["rps"], pair["ratio_both"] or 0, pair["ratio_noprobe"] or 0))
             ratios = [p["ratio"] for p in res["pairs"] if p["ratio"]]
             res["ratio_median"] = statistics.median(ratios) if ratios else None
             res["ratio_min"], res["ratio_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
             ratios = [p["ratio_both"] for p in res["pairs"] if p["ratio_both"]]
             res["ratio_both_median"] = statistics.median(ratios) if ratios else None
             res["ratio_both_min"], res["ratio_both_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
+            ratios = [p["ratio_noprobe"] for p in res["pairs"] if p["ratio_noprobe"]]
+            res["ratio_noprobe_median"] = statistics.median(ratios) if ratios else None
+            res["ratio_noprobe_min"], res["ratio_noprobe_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
             for side in ("with", "without"):
                 res[side] = dict(rps=statistics.median([p[side]["rps"] for p in res["pairs"]]),
                                  p50=statistics.median([p[side]["p50"] or 0 for p in res["pairs"]]),
@@ -1071,6 +1083,7 @@ def run_overhead(cfg, outroot):
             res["handoff_ms"] = took
         finally:
             with_.stop(signal.SIGTERM)
+            noprobe.stop(signal.SIGTERM)
             without.stop(signal.SIGQUIT if server == "unicorn" else signal.SIGTERM)
         res["boot_ms"] = measure_boot(server, outdir, cfg.boot_samples)
         if res["handoff_ms"] and res["boot_ms"]:
@@ -1352,7 +1365,7 @@ class Config:
         self.pause = 0.3
         self.cooldown = 1.0 if short else 1.5
         self.load_max = 300 if short else 600
-        self.pairs = 2 if short else 8
+        self.pairs = 2 if short else 6
         self.pair_seconds = 2 if short else 4
         self.boot_samples = 2 if short else 5
         self.idle = 10 if short else 60

@@ -70,6 +70,24 @@ def zero_failure_verdict(report):
     return dict(ok=ok, lines=lines)
 
 
+def probe_cause(o):
+    np = o.get("ratio_noprobe_median")
+    if np is not None and np >= 0.99 and np - o.get("ratio_both_median", 0) > 0.01:
+        text = ("The pairs are consistently below, but the same server under sockherd with `--ready delay:2` "
+                "measured %.3f (%.3f–%.3f) in the same pairs: the cost comes from the extra listening socket that "
+                "the `probe` readiness hands the server, not from the sockherd process (not in the request path)." % (np, o["ratio_noprobe_min"], o["ratio_noprobe_max"]))
+        if o["server"] == "gunicorn":
+            text += (" gunicorn's sync worker accepts in a tight loop with one listening socket "
+                     "(`run_for_one`) but calls select() before every accept with two or more "
+                     "(`run_for_multiple`, gunicorn/workers/sync.py); the `probe` readiness, the gunicorn "
+                     "flavor's default, hands every generation a second one that stays open for its life. "
+                     "With a TCP and a unix socket (the deploy runs) gunicorn takes the multi-socket path "
+                     "anyway, with or without sockherd.")
+        return text
+    return ("The pairs are consistently below: worth a closer look (the no-launcher side binds its own "
+            "socket, so backlog or socket options may differ).")
+
+
 def why_missed(report):
     """Bullets for every target missed: by how much, and the cause the data points at."""
     out = []
@@ -89,10 +107,11 @@ def why_missed(report):
         if d["server"] == "starman":
             ss = by_name.get("start_server-starman")
             if ss and not ss.get("skipped") and not ss.get("error"):
-                line += (" The same starman under start_server in the same run: %d failed of %d. The failures come "
-                         "when the old starman generation is told to stop (QUIT), at the end of the 1 s readiness "
-                         "delay: starman's own shutdown closes connections it has accepted, whichever launcher "
-                         "sends the signal." % (ss["failed"], ss["requests"]))
+                line += (" The same starman under start_server in the same run: %d failed of %d. Where loadrec "
+                         "caught such failures they fell exactly when the old starman generation got its stop "
+                         "signal, under start_server as under sockherd (one full run: 7 and 7): starman's "
+                         "shutdown now and then drops a connection it has accepted, whichever launcher sends "
+                         "the signal; over 20 reloads the counts are a few either way." % (ss["failed"], ss["requests"]))
         out.append(line)
     ch = report.get("churn") or {}
     if ch.get("failed") or ch.get("failed_reloads"):
@@ -110,8 +129,7 @@ def why_missed(report):
                 "The spread between pairs is larger than the shortfall, so this is the noise of a shared 2-core "
                 "machine, not a cost: sockherd is not in the request path (the workers accept on the inherited "
                 "socket themselves; sockherd sleeps in poll() and used no CPU while idle, see Footprint)."
-                if noise else "The pairs are consistently below: worth a closer look (the no-launcher side binds "
-                "its own socket, so backlog or socket options may differ)."))
+                if noise else probe_cause(o)))
         h = o.get("handoff_overhead_ms")
         if h is not None and h >= 20:
             out.append("- **handoff overhead, %s: %.0f ms** above the server's own boot (%.0f ms over the 20 ms target): "
@@ -347,23 +365,26 @@ def write_results(report, path, plot_rel):
     L.append("")
     L.append("Both servers up at once on their own loopback port (2 workers each). Per pair: wrk `-t1 -c8 "
              "--latency` for %d s on one, then the other (the order alternating, ABBA), then both at once (two "
-             "wrk side by side, so the machine's other load hits both sides alike); %d pairs; ratio = "
+             "wrk side by side, so the machine's other load hits both sides alike), then, also at once, a third "
+             "instance under sockherd with `--ready delay:2` against the no-launcher one (`probe`, the default "
+             "readiness of gunicorn and unicorn, gives each generation one more listening socket); %d pairs; ratio = "
              "requests/s with sockherd / without. The target is judged on the both-at-once ratio, the one that "
              "noise does not swamp on this shared machine. The no-launcher side binds its own socket (`-b`, `-l`, `bind`). "
              "Handoff vs boot: %d idle `sockherd reload`s (SOCKHERD_HANDOFF_MS) against %d starts of the same "
              "server with no launcher, exec → first HTTP 200 (polled every 5 ms)." % (
                  cfg["pair_seconds"], cfg["pairs"], cfg["boot_samples"], cfg["boot_samples"]))
     L.append("")
-    L.append("| server | ratio, both at once: median (min–max) | ratio, one after the other: median (min–max) | req/s with / without (one after the other) | p50 with / without | p99 with / without | errors | handoff median | boot median (no launcher) | handoff − boot |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("| server | ratio, both at once: median (min–max) | same, sockherd without the probe socket (`--ready delay:2`) | ratio, one after the other: median (min–max) | req/s with / without (one after the other) | p50 with / without | p99 with / without | errors | handoff median | boot median (no launcher) | handoff − boot |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for o in report.get("overhead") or []:
         if not isinstance(o, dict):
             continue
         if o.get("skipped") or o.get("error") or not o.get("ratio_median"):
-            L.append("| %s | not run: %s | | | | | | | | |" % (o.get("server", "?"), o.get("skipped") or o.get("error")))
+            L.append("| %s | not run: %s | | | | | | | | | |" % (o.get("server", "?"), o.get("skipped") or o.get("error")))
             continue
-        L.append("| %s | **%s** | %.3f (%.3f–%.3f) | %.0f / %.0f | %s / %s | %s / %s | %d / %d | %s | %s | %s |" % (
+        L.append("| %s | **%s** | %s | %.3f (%.3f–%.3f) | %.0f / %.0f | %s / %s | %s / %s | %d / %d | %s | %s | %s |" % (
             o["server"], ("%.3f (%.3f–%.3f)" % (o["ratio_both_median"], o["ratio_both_min"], o["ratio_both_max"])) if o.get("ratio_both_median") else "-",
+            ("%.3f (%.3f–%.3f)" % (o["ratio_noprobe_median"], o["ratio_noprobe_min"], o["ratio_noprobe_max"])) if o.get("ratio_noprobe_median") else "-",
             o["ratio_median"], o["ratio_min"], o["ratio_max"], o["with"]["rps"], o["without"]["rps"],
             ms(o["with"]["p50"]), ms(o["without"]["p50"]), ms(o["with"]["p99"]), ms(o["without"]["p99"]),
             o["with"]["errors"], o["without"]["errors"], ms(med(o.get("handoff_ms"))), ms(med(o.get("boot_ms"))),
