@@ -501,11 +501,11 @@ struct Killed {
     took: Duration,
 }
 
-/// Starts the stubborn server (a master and a child in its process group, both ignoring TERM),
-/// sends TERM to sockherd, and checks
+/// Starts the stubborn server (a master and a child in its process group that ignores TERM;
+/// the master ignores TERM too unless `master_obeys`), sends TERM to sockherd, and checks
 /// what holds in every case: the graceful signal was delivered once, SIGKILL came after the
 /// timeout and not much later, and no process of the service is left.
-fn stop_after_timeout(tag: &str) -> Killed {
+fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
     let dir = TempDir::new(tag);
     let report = dir.join("report.json");
     let port = free_port();
@@ -519,6 +519,9 @@ fn stop_after_timeout(tag: &str) -> Killed {
         "python3",
     ]);
     cmd.arg(support("stubborn_server.py")).arg(&report);
+    if master_obeys {
+        cmd.arg("master-obeys");
+    }
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     let pid = proc.pid();
     let json = wait_for_file(&mut proc, &report);
@@ -565,9 +568,20 @@ fn stop_after_timeout(tag: &str) -> Killed {
 #[test]
 fn stop_timeout_kills_the_whole_process_group_of_a_server_ignoring_term() {
     require!("python3");
-    let Killed { proc, status, took } = stop_after_timeout("stop-timeout");
+    let Killed { proc, status, took } = stop_after_timeout("stop-timeout", false);
     if status.code() != Some(137) {
         proc.fail(&format!("sockherd should exit 137 (128 + SIGKILL) when the server had to be killed (after {took:?})"));
+    }
+}
+
+#[test]
+fn stop_timeout_kills_a_worker_that_outlives_its_obedient_master_and_reports_failure() {
+    // The master exits 0 on TERM, its child does not stop: the stop still needed SIGKILL, so it
+    // was not clean, and sockherd must not report success.
+    require!("python3");
+    let Killed { proc, status, took } = stop_after_timeout("stop-timeout-worker", true);
+    if status.success() {
+        proc.fail(&format!("sockherd exited 0 although the stop needed SIGKILL after the 1s --stop-timeout (exited after {took:?})"));
     }
 }
 
