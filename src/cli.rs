@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::activation;
@@ -13,6 +13,7 @@ use crate::command::{self, Launch};
 use crate::control::{self, Request};
 use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
+use crate::native::NativeReload;
 use crate::log;
 use crate::readiness::Readiness;
 use crate::signal::Signal;
@@ -45,9 +46,45 @@ enum Command {
     Exec(ExecArgs),
     /// Ask a running `sockherd run` to start a new generation, and wait until it serves (exit
     /// 0) or the reload failed and the old generation still serves (exit 1). For ExecReload=.
-    Reload(ControlArgs),
+    /// When the main process is a unicorn or nginx master instead (native mode), drive its own
+    /// USR2 upgrade and hand the new master's pid to systemd.
+    Reload(ReloadArgs),
     /// Print a running supervisor's generations, sockets and last reload as JSON.
     Status(ControlArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReloadArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+
+    /// Drive the server's own upgrade (USR2) instead of asking a supervisor; chosen
+    /// automatically when PID is not a `sockherd run` supervisor.
+    #[arg(long, conflicts_with = "join")]
+    native: bool,
+
+    /// Report the outcome of the reload a SIGHUP just started instead of starting another one
+    /// (for ExecReload= beside Type=notify-reload, where systemd sends SIGHUP first).
+    #[arg(long)]
+    join: bool,
+
+    /// Native mode: the server (default: told by the master's process title).
+    #[arg(long, value_name = "FLAVOR")]
+    flavor: Option<Flavor>,
+
+    /// Native mode: the server's pid file, to find the new master by (unicorn's `pid`,
+    /// nginx's `pid`). Without it, the new master is the old one's child titled "master".
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+
+    /// Native mode: workers the new master must have before it counts as ready (default: as
+    /// many as the old master has).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Native mode: how long the old master may drain after SIGQUIT before it is killed.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    drain_timeout: Seconds,
 }
 
 #[derive(Args, Debug)]
@@ -56,7 +93,8 @@ struct ControlArgs {
     #[arg(long, value_name = "PID")]
     pid: Option<i32>,
 
-    /// How long to wait for the answer.
+    /// How long to wait: for the supervisor's answer, or in native mode for the new master to
+    /// be ready.
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     timeout: Seconds,
 }
@@ -228,11 +266,31 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 pass_notify: true,
                 extra_env: Vec::new(),
             };
+            if args.launch.flavor == Flavor::Nginx {
+                return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));
+            }
             Err(command::exec(&args.launch.command, &launch))
         }
         Command::Reload(args) => {
-            let pid = supervisor_pid(&args)?;
-            let answer = control::request(pid, Request::Reload, args.timeout.0)?;
+            let pid = supervisor_pid(&args.control)?;
+            if args.native || args.flavor.is_some() || !control::supervisor_listening(pid) {
+                if !args.native {
+                    log::info(format!("pid {pid} is not a sockherd supervisor: driving the server's own upgrade")).emit();
+                }
+                let reload = NativeReload {
+                    pid,
+                    flavor: args.flavor,
+                    pidfile: args.pidfile,
+                    workers: args.workers,
+                    ready_timeout: args.control.timeout.0,
+                    drain_timeout: args.drain_timeout.0,
+                };
+                let summary = reload.run().context("native upgrade failed")?;
+                log::info(format!("reload succeeded: {summary}")).emit();
+                return Ok(0);
+            }
+            let request = if args.join { Request::Join } else { Request::Reload };
+            let answer = control::request(pid, request, args.control.timeout.0)?;
             let answer = answer.trim();
             match answer.split_once(' ') {
                 Some(("ok", message)) => {

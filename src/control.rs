@@ -25,7 +25,11 @@ pub fn address(pid: Pid) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    /// Start a handoff (or queue one behind the handoff in flight) and answer with its outcome.
     Reload,
+    /// Answer with the outcome of the handoff a SIGHUP just started (systemd's notify-reload
+    /// sends SIGHUP, then runs ExecReload=); start one if there is none.
+    Join,
     Status,
 }
 
@@ -135,6 +139,7 @@ impl ControlServer {
             let line = String::from_utf8_lossy(&conn.buf[..end]).trim().to_string();
             let request = match line.as_str() {
                 "reload" => Request::Reload,
+                "join" => Request::Join,
                 "status" => Request::Status,
                 other => {
                     let message = format!("error unknown request '{other}' (expected reload or status)");
@@ -171,6 +176,11 @@ impl ControlServer {
     }
 }
 
+/// Whether a `sockherd run` supervisor with this pid answers on its control socket.
+pub fn supervisor_listening(pid: Pid) -> bool {
+    SocketAddr::from_abstract_name(address(pid).as_bytes()).and_then(|addr| UnixStream::connect_addr(&addr)).is_ok()
+}
+
 /// Client side: sends `request` to the supervisor with pid `pid` and returns its answer.
 pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> {
     let name = address(pid);
@@ -187,6 +197,7 @@ pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> 
     stream.set_read_timeout(Some(timeout))?;
     let line = match request {
         Request::Reload => "reload\n",
+        Request::Join => "join\n",
         Request::Status => "status\n",
     };
     stream.write_all(line.as_bytes()).context("failed to send the request")?;

@@ -18,6 +18,7 @@ pub mod flavor;
 pub mod generation;
 pub mod listen;
 pub mod log;
+pub mod native;
 pub mod notify;
 pub mod protocol;
 pub mod readiness;

@@ -63,7 +63,13 @@ struct Handoff {
     new: u64,
     started: Instant,
     waiters: Vec<ConnId>,
+    /// Started by SIGHUP (systemd's notify-reload) rather than by a control request.
+    by_signal: bool,
 }
+
+/// How long after a SIGHUP-started handoff ended a `join` request still gets its outcome: the
+/// ExecReload= process systemd starts after the SIGHUP may connect after a quick handoff ended.
+const JOIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// How the last reload ended, for STATUS= and `sockherd status`.
 struct ReloadOutcome {
@@ -96,6 +102,8 @@ pub struct Supervisor {
     handoff: Option<Handoff>,
     /// Reload requests that arrived during a handoff: one follow-up reload for all of them.
     pending_reload: Option<Vec<ConnId>>,
+    /// The answer of the last handoff started by SIGHUP, until a `join` takes it.
+    unjoined: Option<(Instant, String)>,
     last_reload: Option<ReloadOutcome>,
     stop_cause: Option<StopCause>,
     /// The generation that was serving when the stop began: its exit status is ours.
@@ -125,6 +133,7 @@ impl Supervisor {
             state: State::Running,
             handoff: None,
             pending_reload: None,
+            unjoined: None,
             last_reload: None,
             stop_cause: None,
             primary: None,
@@ -237,14 +246,15 @@ impl Supervisor {
         match signal {
             Signal::TERM | Signal::INT => self.stop(false, &format!("received {signal}")),
             Signal::QUIT => self.stop(true, &format!("received {signal}")),
-            Signal::HUP => self.request_reload(None),
+            Signal::HUP => self.request_reload(None, true),
             _ => {}
         }
     }
 
     fn on_request(&mut self, id: ConnId, request: Request) {
         match request {
-            Request::Reload => self.request_reload(Some(id)),
+            Request::Reload => self.request_reload(Some(id), false),
+            Request::Join => self.join_reload(id),
             Request::Status => {
                 let json = self.status_json();
                 self.control.reply(id, &json);
@@ -581,7 +591,23 @@ impl Supervisor {
         }
     }
 
-    fn request_reload(&mut self, waiter: Option<ConnId>) {
+    /// A `join` request: the outcome of the SIGHUP-started handoff in flight, or of one that
+    /// just ended; otherwise a reload of its own.
+    fn join_reload(&mut self, id: ConnId) {
+        if let Some(handoff) = self.handoff.as_mut().filter(|h| h.by_signal) {
+            handoff.waiters.push(id);
+            return;
+        }
+        if let Some((ended, answer)) = self.unjoined.take() {
+            if ended.elapsed() < JOIN_WINDOW && self.handoff.is_none() {
+                self.control.reply(id, &answer);
+                return;
+            }
+        }
+        self.request_reload(Some(id), false);
+    }
+
+    fn request_reload(&mut self, waiter: Option<ConnId>, by_signal: bool) {
         if self.state != State::Running {
             if let Some(id) = waiter {
                 self.control.reply(id, "error the service is stopping; not reloading");
@@ -598,10 +624,10 @@ impl Supervisor {
                 .emit();
             return;
         }
-        self.begin_reload(waiter.into_iter().collect());
+        self.begin_reload(waiter.into_iter().collect(), by_signal);
     }
 
-    fn begin_reload(&mut self, waiters: Vec<ConnId>) {
+    fn begin_reload(&mut self, waiters: Vec<ConnId>, by_signal: bool) {
         let started = Instant::now();
         log::info("reload: starting a new generation").kind("reload").emit();
         self.notifier.send(&[
@@ -612,7 +638,7 @@ impl Supervisor {
         self.extend_timeout(self.config.ready_timeout);
         match self.spawn_generation() {
             Ok(new) => {
-                self.handoff = Some(Handoff { new, started, waiters });
+                self.handoff = Some(Handoff { new, started, waiters, by_signal });
                 let status = self.status_line();
                 self.notifier.send(&[format!("{STATUS}={status}")]);
             }
@@ -620,7 +646,7 @@ impl Supervisor {
                 let serving = self.serving().map(|g| g.describe()).unwrap_or_default();
                 let message = format!("{:#}; {serving} still serving", e);
                 log::error(format!("reload failed: {message}")).kind("rollback").emit();
-                self.handoff = Some(Handoff { new: 0, started, waiters });
+                self.handoff = Some(Handoff { new: 0, started, waiters, by_signal });
                 self.finish_reload(false, message);
             }
         }
@@ -644,12 +670,13 @@ impl Supervisor {
         let status = self.status_line();
         self.notifier.send(&[READY.to_string(), format!("{STATUS}={status}")]);
         let answer = if ok { format!("ok {message}") } else { format!("error {message}") };
+        self.unjoined = handoff.by_signal.then(|| (Instant::now(), answer.clone()));
         for id in handoff.waiters {
             self.control.reply(id, &answer);
         }
         if let Some(waiters) = self.pending_reload.take() {
             if self.state == State::Running {
-                self.begin_reload(waiters);
+                self.begin_reload(waiters, false);
             } else {
                 for id in waiters {
                     self.control.reply(id, "error the service is stopping; not reloading");
@@ -716,13 +743,13 @@ impl Supervisor {
                 code => code,
             }),
             Some(StopCause::Requested) | None => match self.primary {
-                Some((_, Some(status))) => {
-                    if self.state != State::Killing && self.config.flavor.is_clean_exit(status) {
-                        Ok(0)
-                    } else {
-                        Ok(shell_code(status))
-                    }
+                // A stop that needed SIGKILL failed, even if the master itself exited cleanly
+                // (a worker of its group ignored the stop): systemd must see a failure.
+                Some((_, Some(status))) if self.state == State::Killing => {
+                    Ok(if status.success() { 128 + libc::SIGKILL as u8 } else { shell_code(status) })
                 }
+                Some((_, Some(status))) if self.config.flavor.is_clean_exit(status) => Ok(0),
+                Some((_, Some(status))) => Ok(shell_code(status)),
                 // Stopped before anything served (TERM during the first start).
                 _ => Ok(if self.state == State::Killing { 137 } else { 0 }),
             },

@@ -115,15 +115,33 @@ pub enum Server {
     Gunicorn,
     Unicorn,
     Puma,
+    /// unicorn as the main process, upgraded by its own USR2 (units/unicorn-native).
+    UnicornNative,
+    /// nginx as the main process, binary upgrade by USR2 (units/nginx).
+    Nginx,
 }
 
 impl Server {
     pub fn flavor(self) -> &'static str {
         match self {
             Server::Gunicorn => "gunicorn",
-            Server::Unicorn => "unicorn",
+            Server::Unicorn | Server::UnicornNative => "unicorn",
             Server::Puma => "puma",
+            Server::Nginx => "nginx",
         }
+    }
+
+    /// The directory under units/ with this server's app.service.
+    pub fn unit_dir(self) -> &'static str {
+        match self {
+            Server::UnicornNative => "unicorn-native",
+            other => other.flavor(),
+        }
+    }
+
+    /// Whether its answers say `release=<rN>` (the example app; nginx answers by itself).
+    pub fn tells_release(self) -> bool {
+        self != Server::Nginx
     }
 
     /// Files of a release: the app and the server's config from contrib/.
@@ -132,6 +150,8 @@ impl Server {
             Server::Gunicorn => vec![contrib("app/app.py"), contrib("gunicorn/gunicorn.conf.py")],
             Server::Unicorn => vec![contrib("app/config.ru"), contrib("unicorn/unicorn.conf.rb")],
             Server::Puma => vec![contrib("app/config.ru"), contrib("puma/puma.rb")],
+            Server::UnicornNative => vec![contrib("app/config.ru"), contrib("unicorn/unicorn-native.conf.rb")],
+            Server::Nginx => vec![contrib("nginx/nginx.conf")],
         }
     }
 
@@ -142,8 +162,9 @@ impl Server {
                 test_venv().join("bin/gunicorn").exists(),
                 &format!("gunicorn in the world-readable venv {} (.ci/run makes it)", test_venv().display()),
             ),
-            Server::Unicorn => prerequisite(have("unicorn"), "program unicorn"),
+            Server::Unicorn | Server::UnicornNative => prerequisite(have("unicorn"), "program unicorn"),
             Server::Puma => prerequisite(have("puma"), "program puma"),
+            Server::Nginx => prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)"),
         }
     }
 }
@@ -194,7 +215,7 @@ systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-h
             bin = sockherd().display(),
             venv = test_venv().display(),
             units = units.display(),
-            flavor = server.flavor(),
+            flavor = server.unit_dir(),
         ));
         Some(Deployment { sdbox, server })
     }
@@ -203,7 +224,8 @@ systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-h
     pub fn start(&self) {
         self.sdbox.ok("systemctl start app-http.socket app-unix.socket");
         let answer = self.sdbox.ok("curl -sS -m 60 --retry 0 http://127.0.0.1:8080/");
-        if !answer.starts_with("release=r1") {
+        let expected = if self.server.tells_release() { "release=r1" } else { "nginx worker=" };
+        if !answer.starts_with(expected) {
             self.sdbox.fail(&format!("first request (socket activation) answered {answer:?}"));
         }
         let active = self.sdbox.property("ActiveState");
