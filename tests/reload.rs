@@ -1,5 +1,5 @@
 //! Zero-downtime reloads with `sockherd run`: a new generation on the same sockets, readiness,
-//! drain, and rollback of a broken release.
+//! drain, rollback of broken or hung releases, coalescing, and stopping mid-handoff.
 //!
 //! Releases use a capistrano layout: `releases/<name>/` holds a copy of the example app and a
 //! RELEASE file, `current` is a symlink flipped atomically (symlink to a temporary name, then
@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -267,9 +268,22 @@ impl Herd {
         out
     }
 
+    fn started_generations(&self) -> Vec<u64> {
+        started_generations(&self.proc.stderr())
+    }
+
     fn signal(&self, signal: i32) {
         send_signal(self.pid(), signal);
     }
+}
+
+/// Generation numbers in sockherd's "started generation N" log lines, in order.
+fn started_generations(stderr: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("sockherd: started generation "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 fn send_signal(pid: i32, signal: i32) {
@@ -279,6 +293,24 @@ fn send_signal(pid: i32, signal: i32) {
     unsafe {
         libc::kill(pid, signal);
     }
+}
+
+/// The process group of `pid`, or None once it is gone.
+fn pgid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The executable a process runs (None once it is gone).
+fn exe(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// How many of `pids` are in process group `group` and run `program`. A generation's group can
+/// hold short-lived helpers while it starts (a pyenv `python3` shim is a bash script that runs
+/// `pyenv-version-name` before it execs python): only the real server processes count.
+fn members_running(pids: &[i32], group: i32, program: &Option<PathBuf>) -> usize {
+    pids.iter().filter(|&&p| pgid(p) == Some(group) && program.is_some() && exe(p) == *program).count()
 }
 
 fn still_alive(pids: &[i32]) -> Vec<i32> {
@@ -623,6 +655,10 @@ impl Status {
             .collect()
     }
 
+    fn generation(&self, number: u64) -> Option<Generation> {
+        self.generations().into_iter().find(|g| g.number == number)
+    }
+
     fn serving(&self) -> Option<Generation> {
         self.generations().into_iter().find(|g| g.state == "serving")
     }
@@ -887,4 +923,278 @@ fn broken_release_rolls_back_puma() {
     require_server!(Server::Puma);
     // Its workers crash-loop; READY=1 never comes.
     broken_release_rolls_back(Server::Puma, &["not ready within 8s", "READY=1"]);
+}
+
+// ----- 3. a release that never gets ready is killed at the ready timeout -------------------------------
+
+/// Every descendant of sockherd outside generation 1's process group: what the reload started.
+fn new_processes(herd: &Herd, g1: i32) -> Vec<i32> {
+    descendants(herd.pid()).into_iter().filter(|&p| pgid(p) != Some(g1)).collect()
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Starts a reload that cannot succeed, collects the processes it started once `complete`
+/// says they are all there, and checks it is killed at `timeout` while generation 1 serves on.
+/// Returns the reload client's run.
+fn reload_times_out(
+    herd: &Herd,
+    timeout: Duration,
+    g1: &Generation,
+    complete: impl Fn(&Status, &[i32]) -> bool,
+) -> ClientRun {
+    let started = Instant::now();
+    let client = herd.spawn_client("reload");
+    let mut new = Vec::new();
+    // Until shortly before the deadline: under load, a server started through a launcher shim
+    // can take a while to show all its processes.
+    let collected = wait_until(timeout.saturating_sub(Duration::from_millis(500)), || {
+        let status = herd.status();
+        new = new_processes(herd, g1.pid);
+        status.generation(2).is_some_and(|g| g.state == "starting") && complete(&status, &new)
+    });
+    if !collected {
+        herd.fail(&format!("the new generation never showed all its processes: {new:?}"));
+    }
+    let described: Vec<String> = new.iter().map(|&p| format!("{p} ({})", cmdline(p))).collect();
+    let run = herd.finish_client(client, started, timeout + Duration::from_secs(20));
+    if run.status.success() {
+        herd.fail(&format!("a reload whose generation never gets ready must fail: {run:?}"));
+    }
+    let limit = timeout + Duration::from_secs(3);
+    if run.took < timeout || run.took > limit {
+        herd.fail(&format!("the reload should fail after about {timeout:?}, not {:?}: {run:?}", run.took));
+    }
+    let expected = format!("not ready within {}s", timeout.as_secs());
+    for fragment in ["reload failed:", "generation 2", &expected, "still serving"] {
+        if !run.stderr.contains(fragment) {
+            herd.fail(&format!("`sockherd reload` should say {fragment:?}: {run:?}"));
+        }
+    }
+    // Everything the reload started is gone once sockherd forgot the generation.
+    let g = herd.wait_settled(Duration::from_secs(10));
+    if g.pid != g1.pid {
+        herd.fail(&format!("generation 1 should still serve: {g:?}"));
+    }
+    let leftovers = still_alive(&new);
+    if !leftovers.is_empty() {
+        herd.fail(&format!("processes of the failed generation survived: {leftovers:?} of {described:?}"));
+    }
+    eprintln!("never ready: reload failed after {:?}; killed {described:?}", run.took);
+    run
+}
+
+#[test]
+fn hung_boot_is_killed_at_the_ready_timeout() {
+    require_server!(Server::Gunicorn);
+    // The release decides how it starts (bin/start in capistrano terms): r2's app hangs 30 s
+    // in its import, so gunicorn's workers never answer the probe.
+    let deploy = Deploy::new("hung", &["r1", "r2"]);
+    let conf = contrib("gunicorn/gunicorn.conf.py");
+    for (release, sleep) in [("r1", 0), ("r2", 30)] {
+        let script = deploy.release(release).join("start");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nAPP_BOOT_SLEEP={sleep} exec python3 -m gunicorn -c '{}' app:app\n", conf.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // Long enough for generation 1 to boot on a loaded machine; short enough to wait for.
+    let timeout = Duration::from_secs(6);
+    let current = deploy.current().display().to_string();
+    let mut herd = Herd::start(
+        deploy.path(),
+        &["--flavor", "gunicorn", "--chdir", &current, "--ready-timeout", "6s"],
+        &["./start".to_string()],
+        &[],
+    );
+    herd.wait_serving(Duration::from_secs(10));
+    let g1 = herd.wait_settled(Duration::from_secs(10));
+
+    deploy.flip("r2");
+    // gunicorn: the master and its 2 workers, all in the generation's process group and running
+    // the same python as generation 1's master.
+    let python = exe(g1.pid);
+    reload_times_out(&herd, timeout, &g1, |status, new| {
+        status.generation(2).is_some_and(|g2| members_running(new, g2.pid, &python) == 3)
+    });
+    let answers = herd.answers(3);
+    if answers.iter().any(|a| a.release != "r1" || a.master != g1.pid) {
+        herd.fail(&format!("generation 1 (r1) should still answer: {answers:?}"));
+    }
+}
+
+#[test]
+fn hung_readiness_command_is_killed_with_its_generation() {
+    require!("python3");
+    // Generation 1 passes the check at once; generation 2's check hangs.
+    let dir = TempDir::new("hung-cmd");
+    let report = dir.join("report.json").display().to_string();
+    let timeout = Duration::from_secs(4);
+    let mut herd = Herd::start(
+        dir.path(),
+        &["--ready", "cmd:test \"$SOCKHERD_GENERATION\" = 1 || exec sleep 30", "--ready-timeout", "4s"],
+        &[probe().display().to_string(), report, "serve".to_string()],
+        &[],
+    );
+    herd.wait_serving(Duration::from_secs(10));
+    let g1 = herd.wait_settled(Duration::from_secs(10));
+
+    // The new server (python running probe.py, like generation 1) and its check command
+    // (`sleep`, in a process group of its own).
+    let python = exe(g1.pid);
+    let run = reload_times_out(&herd, timeout, &g1, |status, new| {
+        let Some(g2) = status.generation(2) else { return false };
+        members_running(new, g2.pid, &python) == 1 && new.iter().any(|&p| cmdline(p).starts_with("sleep 30"))
+    });
+    // The command was started and was still running at the timeout: the message should say
+    // so, not that it never ran.
+    if run.stderr.contains("not run yet") {
+        herd.fail(&format!(
+            "the failure says the readiness command did not run, but it ran (and hung) until the timeout: {}",
+            run.stderr.trim()
+        ));
+    }
+    let body = http_get(&herd.addr, "/").map(|r| r.body).unwrap_or_default();
+    if body.trim() != format!("probe {}", g1.pid) {
+        herd.fail(&format!("generation 1 (pid {}) should still answer: {body:?}", g1.pid));
+    }
+}
+
+// ----- 4. reload requests during a handoff coalesce into one follow-up ---------------------------------
+
+/// gunicorn whose app takes 2 s to import in every generation.
+fn slow_gunicorn(tag: &str, extra: &[&str]) -> (Deploy, Herd) {
+    let deploy = Deploy::new(tag, &["r1"]);
+    let mut herd = Herd::start_server(&deploy, Server::Gunicorn, extra, &[("APP_BOOT_SLEEP", "2")]);
+    herd.wait_serving(Duration::from_secs(20));
+    herd.wait_settled(Duration::from_secs(10));
+    (deploy, herd)
+}
+
+#[test]
+fn concurrent_reload_clients_coalesce() {
+    require_server!(Server::Gunicorn);
+    let (_deploy, herd) = slow_gunicorn("coalesce-clients", &[]);
+    // Three deploys at once: one handoff starts, the two others wait for a single follow-up.
+    let started = Instant::now();
+    let clients: Vec<Proc> = (0..3).map(|_| herd.spawn_client("reload")).collect();
+    let runs: Vec<ClientRun> =
+        clients.into_iter().map(|c| herd.finish_client(c, started, Duration::from_secs(60))).collect();
+    let status = herd.status();
+    let mut covered = Vec::new();
+    for run in &runs {
+        if !run.status.success() {
+            herd.fail(&format!("every concurrent `sockherd reload` should succeed: {runs:#?}"));
+        }
+        let number = run
+            .stderr
+            .split("reload succeeded: generation ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
+        covered.push(number.unwrap_or(0));
+    }
+    covered.sort();
+    if covered != [2, 3, 3] {
+        herd.fail(&format!(
+            "the first request should be covered by generation 2 and the two others by one follow-up, \
+             generation 3; the answers name {covered:?}: {runs:#?}"
+        ));
+    }
+    let started_gens = herd.started_generations();
+    if started_gens != [1, 2, 3] || status.generations().iter().any(|g| g.number > 3) {
+        herd.fail(&format!(
+            "exactly 2 new generations should start for 3 concurrent reloads; started {started_gens:?}; status {}",
+            status.0
+        ));
+    }
+    if status.state() != "running" || status.serving().map(|g| g.number) != Some(3) {
+        herd.fail(&format!("generation 3 should serve and no handoff be in flight: {}", status.0));
+    }
+    eprintln!("coalescing (clients): 3 reloads answered in {:?}", runs.iter().map(|r| r.took).max().unwrap());
+}
+
+#[test]
+fn sighups_during_a_handoff_coalesce() {
+    require_server!(Server::Gunicorn);
+    let (_deploy, herd) = slow_gunicorn("coalesce-hup", &[]);
+    herd.signal(libc::SIGHUP);
+    let ok = wait_until(Duration::from_secs(10), || herd.started_generations().contains(&2));
+    if !ok {
+        herd.fail("SIGHUP did not start generation 2");
+    }
+    // Three more while generation 2 boots (2 s): one follow-up reload for all of them.
+    for _ in 0..3 {
+        herd.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = herd.status();
+    if status.generation(2).map(|g| g.state) != Some("starting".into()) {
+        herd.fail(&format!("generation 2 should still be starting when the SIGHUPs arrive: {}", status.0));
+    }
+    let status = herd.wait_status("generation 3 serving, no handoff in flight", Duration::from_secs(30), |s| {
+        s.state() == "running" && s.serving().is_some_and(|g| g.number >= 3)
+    });
+    let started_gens = herd.started_generations();
+    if started_gens != [1, 2, 3] || status.serving().map(|g| g.number) != Some(3) {
+        herd.fail(&format!(
+            "SIGHUPs during a handoff should start exactly one follow-up generation; started {started_gens:?}; \
+             status {}",
+            status.0
+        ));
+    }
+    if !herd.proc.stderr().contains("reload requested while a handoff is in flight") {
+        herd.fail("sockherd should log that the SIGHUPs were queued behind the handoff");
+    }
+}
+
+// ----- 5. SIGTERM during a handoff stops both generations --------------------------------------------
+
+#[test]
+fn sigterm_during_a_handoff_stops_both_generations() {
+    require_server!(Server::Gunicorn);
+    let (_deploy, mut herd) = slow_gunicorn("term-handoff", &["--stop-timeout", "10s"]);
+    let started = Instant::now();
+    let client = herd.spawn_client("reload");
+    // Generation 2 is booting (its workers sleep in the import): master + 2 workers.
+    let mut family = Vec::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let status = herd.status();
+        family = descendants(herd.pid());
+        let (Some(g1), Some(g2)) = (status.serving(), status.generation(2)) else { return false };
+        let python = exe(g1.pid);
+        g2.state == "starting"
+            && members_running(&family, g1.pid, &python) == 3
+            && members_running(&family, g2.pid, &python) == 3
+    });
+    if !ok {
+        herd.fail(&format!("never saw both generations complete while generation 2 starts: {family:?}"));
+    }
+    let term_at = Instant::now();
+    herd.signal(libc::SIGTERM);
+    let Some(status) = herd.proc.wait_timeout(Duration::from_secs(12)) else {
+        herd.fail("sockherd did not exit within its stop timeout (10s) after SIGTERM");
+    };
+    let stop_took = term_at.elapsed();
+    if status.code() != Some(0) {
+        herd.fail(&format!(
+            "sockherd should exit 0 when the serving generation stops cleanly, got {status:?} (signal {:?})",
+            status.signal()
+        ));
+    }
+    let leftovers = still_alive(&family);
+    if !leftovers.is_empty() {
+        let described: Vec<String> = leftovers.iter().map(|&p| format!("{p} ({})", cmdline(p))).collect();
+        herd.fail(&format!("processes left after sockherd exited: {described:?}"));
+    }
+    let run = herd.finish_client(client, started, Duration::from_secs(10));
+    if run.status.success() || !run.stderr.contains("stopping") {
+        herd.fail(&format!("the pending `sockherd reload` should fail, saying the service stops: {run:?}"));
+    }
+    eprintln!("SIGTERM mid-handoff: sockherd exited 0 after {stop_took:?}; {} processes stopped", family.len());
 }
