@@ -1,5 +1,6 @@
 //! Zero-downtime reloads with `sockherd run`: a new generation on the same sockets, readiness,
-//! drain, rollback of broken or hung releases, coalescing, and stopping mid-handoff.
+//! drain, rollback of broken or hung releases, coalescing, stopping mid-handoff, leaks over many
+//! reloads, and a crash of the serving generation.
 //!
 //! Releases use a capistrano layout: `releases/<name>/` holds a copy of the example app and a
 //! RELEASE file, `current` is a symlink flipped atomically (symlink to a temporary name, then
@@ -1197,4 +1198,106 @@ fn sigterm_during_a_handoff_stops_both_generations() {
         herd.fail(&format!("the pending `sockherd reload` should fail, saying the service stops: {run:?}"));
     }
     eprintln!("SIGTERM mid-handoff: sockherd exited 0 after {stop_took:?}; {} processes stopped", family.len());
+}
+
+// ----- 6. many reloads leak nothing --------------------------------------------------------------------
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_hundred_reloads_leak_nothing() {
+    require!("python3");
+    const RELOADS: u64 = 200;
+    let dir = TempDir::new("many");
+    let report = dir.join("report.json").display().to_string();
+    let mut herd = Herd::start(
+        dir.path(),
+        &["--ready", "exec"],
+        &[probe().display().to_string(), report, "serve".to_string()],
+        &[],
+    );
+    herd.wait_serving(Duration::from_secs(10));
+    herd.wait_settled(Duration::from_secs(10));
+    let (fds_before, procs_before, rss_before) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+
+    let started = Instant::now();
+    for i in 0..RELOADS {
+        let run = herd.reload(Duration::from_secs(30));
+        if !run.status.success() {
+            herd.fail(&format!("reload {} of {RELOADS} failed: {run:?}", i + 1));
+        }
+    }
+    let reloads_took = started.elapsed();
+    let last = herd.wait_settled(Duration::from_secs(60));
+    let settled_took = started.elapsed();
+    if last.number != RELOADS + 1 {
+        herd.fail(&format!("generation {} should serve after {RELOADS} reloads: {last:?}", RELOADS + 1));
+    }
+    // `--ready exec` is ready before the server runs its code: wait until the last generation
+    // answers itself, so that its start-up (and any launcher shim) is over before counting.
+    let answered = wait_until(Duration::from_secs(10), || {
+        http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("probe {}", last.pid))
+    });
+    if !answered {
+        herd.fail(&format!("the last generation (pid {}) never answered", last.pid));
+    }
+    let (fds_after, procs_after, rss_after) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+    eprintln!(
+        "{RELOADS} reloads: {reloads_took:?} ({:?} each), all drained after {settled_took:?}; \
+         sockherd fds {fds_before} -> {fds_after}; descendants {procs_before} -> {procs_after}; \
+         VmRSS {rss_before} KiB -> {rss_after} KiB ({} build)",
+        reloads_took / RELOADS as u32,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    if fds_after != fds_before || procs_after != procs_before {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", herd.pid()))
+            .map(|d| d.flatten().map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default())).collect())
+            .unwrap_or_default();
+        herd.fail(&format!(
+            "{RELOADS} reloads leaked: fds {fds_before} -> {fds_after} ({fds:?}), descendants {procs_before} -> {procs_after}"
+        ));
+    }
+}
+
+// ----- 7. the serving generation crashing takes the service down ---------------------------------------
+
+#[test]
+fn crash_of_the_serving_generation_exits_nonzero() {
+    require_server!(Server::Gunicorn);
+    let deploy = Deploy::new("crash", &["r1"]);
+    let mut herd = Herd::start_server(&deploy, Server::Gunicorn, &[], &[]);
+    herd.wait_serving(Duration::from_secs(20));
+    let g1 = herd.wait_settled(Duration::from_secs(10));
+    let mut family = Vec::new();
+    let python = exe(g1.pid);
+    let complete = wait_until(Duration::from_secs(10), || {
+        family = descendants(herd.pid());
+        members_running(&family, g1.pid, &python) == 3
+    });
+    if !complete {
+        herd.fail(&format!("generation 1 never showed its master and 2 workers: {family:?}"));
+    }
+    send_signal(g1.pid, libc::SIGKILL);
+    let status = herd.proc.wait_exit(Duration::from_secs(30));
+    if status.code() != Some(137) {
+        herd.fail(&format!("sockherd should exit 137 (128 + SIGKILL) when its server is killed: {status:?}"));
+    }
+    if !herd.proc.stderr().contains("exited on its own") {
+        herd.fail("sockherd should say the serving generation exited on its own");
+    }
+    let leftovers = still_alive(&family);
+    if !leftovers.is_empty() {
+        herd.fail(&format!("processes left after sockherd exited: {leftovers:?}"));
+    }
 }
