@@ -13,8 +13,8 @@ use crate::command::{self, Launch};
 use crate::control::{self, Request};
 use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
-use crate::native::NativeReload;
 use crate::log;
+use crate::native::NativeReload;
 use crate::readiness::Readiness;
 use crate::signal::Signal;
 use crate::socket::Socket;
@@ -275,7 +275,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             let pid = supervisor_pid(&args.control)?;
             if args.native || args.flavor.is_some() || !control::supervisor_listening(pid) {
                 if !args.native {
-                    log::info(format!("pid {pid} is not a sockherd supervisor: driving the server's own upgrade")).emit();
+                    log::info(format!("pid {pid} is not a sockherd supervisor: driving the server's own upgrade"))
+                        .emit();
                 }
                 let reload = NativeReload {
                     pid,

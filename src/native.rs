@@ -151,7 +151,8 @@ fn check_notify_access(notifier: &Notifier) -> Result<()> {
         );
     }
     let Some(unit) = own_unit() else {
-        log::warn("cannot tell which unit this is (no .service in /proc/self/cgroup); not checking NotifyAccess=").emit();
+        log::warn("cannot tell which unit this is (no .service in /proc/self/cgroup); not checking NotifyAccess=")
+            .emit();
         return Ok(());
     };
     let out = std::process::Command::new("systemctl")
@@ -168,7 +169,9 @@ fn check_notify_access(notifier: &Notifier) -> Result<()> {
     }
     let access = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if access != "all" {
-        bail!("{unit} has NotifyAccess={access}: systemd would ignore MAINPID= from the reload and lose the new master; set NotifyAccess=all");
+        bail!(
+            "{unit} has NotifyAccess={access}: systemd would ignore MAINPID= from the reload and lose the new master; set NotifyAccess=all"
+        );
     }
     Ok(())
 }
@@ -196,7 +199,10 @@ impl NativeReload {
         let children_before: Vec<Pid> = processes().iter().filter(|p| p.ppid == old).map(|p| p.pid).collect();
         let pidfile_before = self.pidfile.as_ref().and_then(read_pidfile);
         let started = Instant::now();
-        log::info(format!("native upgrade of {flavor} master {old}: sending SIGUSR2")).kind("reload").field("PID", old).emit();
+        log::info(format!("native upgrade of {flavor} master {old}: sending SIGUSR2"))
+            .kind("reload")
+            .field("PID", old)
+            .emit();
         sys::kill(old, Signal::USR2.0).with_context(|| format!("failed to send SIGUSR2 to {old}"))?;
 
         // Find the new master: the pid file names a new live pid, or a new child of the old
@@ -211,9 +217,9 @@ impl NativeReload {
                     break pid;
                 }
             }
-            let candidate = processes().into_iter().find(|p| {
-                p.ppid == old && !children_before.contains(&p.pid) && is_new_master_title(flavor, &p.title)
-            });
+            let candidate = processes()
+                .into_iter()
+                .find(|p| p.ppid == old && !children_before.contains(&p.pid) && is_new_master_title(flavor, &p.title));
             if let Some(p) = candidate {
                 break p.pid;
             }
@@ -222,18 +228,26 @@ impl NativeReload {
                 if oldbin.exists() {
                     oldbin_seen = true;
                 } else if oldbin_seen && self.pidfile.as_ref().and_then(read_pidfile) == Some(old) {
-                    bail!("the new master exited before it was ready (the old master took its pid file back); old master {old} still serving");
+                    bail!(
+                        "the new master exited before it was ready (the old master took its pid file back); old master {old} still serving"
+                    );
                 }
             }
             if !alive(old) {
                 bail!("the old master {old} exited during the upgrade");
             }
             if Instant::now() >= deadline {
-                bail!("no new master appeared within {:?} after SIGUSR2 to {old}; {old} still serving", self.ready_timeout);
+                bail!(
+                    "no new master appeared within {:?} after SIGUSR2 to {old}; {old} still serving",
+                    self.ready_timeout
+                );
             }
             std::thread::sleep(POLL);
         };
-        log::info(format!("new {flavor} master {new} started; waiting for {expected_workers} worker(s)")).kind("spawn").field("PID", new).emit();
+        log::info(format!("new {flavor} master {new} started; waiting for {expected_workers} worker(s)"))
+            .kind("spawn")
+            .field("PID", new)
+            .emit();
 
         // Wait until it has its workers, or fail.
         loop {
@@ -262,11 +276,15 @@ impl NativeReload {
             log::warn(format!("systemd did not confirm MAINPID={new} (BARRIER=1): {e}")).emit();
         }
         let handed = if notifier.is_enabled() { format!("; MAINPID={new} sent to systemd") } else { String::new() };
-        log::info(format!("new master {new} ready after {} ms{handed}; stopping old master {old} with {}", ready_after.as_millis(), flavor.graceful_signal()))
-            .kind("ready")
-            .field("PID", new)
-            .field("HANDOFF_MS", ready_after.as_millis())
-            .emit();
+        log::info(format!(
+            "new master {new} ready after {} ms{handed}; stopping old master {old} with {}",
+            ready_after.as_millis(),
+            flavor.graceful_signal()
+        ))
+        .kind("ready")
+        .field("PID", new)
+        .field("HANDOFF_MS", ready_after.as_millis())
+        .emit();
 
         // Gracefully stop the old master.
         let graceful = flavor.graceful_signal();
@@ -274,15 +292,28 @@ impl NativeReload {
         let drain_started = Instant::now();
         while alive(old) {
             if drain_started.elapsed() >= self.drain_timeout {
-                log::warn(format!("old master {old} still running {:?} after {graceful}: killing it", self.drain_timeout)).kind("kill").emit();
+                log::warn(format!(
+                    "old master {old} still running {:?} after {graceful}: killing it",
+                    self.drain_timeout
+                ))
+                .kind("kill")
+                .emit();
                 kill_tree(old);
                 break;
             }
             std::thread::sleep(POLL);
         }
         let drained = drain_started.elapsed();
-        log::info(format!("old master {old} gone after {} ms", drained.as_millis())).kind("drain").field("PID", old).field("DRAIN_MS", drained.as_millis()).emit();
-        Ok(format!("new {flavor} master {new} serves (ready after {} ms; old master {old} drained in {} ms)", ready_after.as_millis(), drained.as_millis()))
+        log::info(format!("old master {old} gone after {} ms", drained.as_millis()))
+            .kind("drain")
+            .field("PID", old)
+            .field("DRAIN_MS", drained.as_millis())
+            .emit();
+        Ok(format!(
+            "new {flavor} master {new} serves (ready after {} ms; old master {old} drained in {} ms)",
+            ready_after.as_millis(),
+            drained.as_millis()
+        ))
     }
 }
 
@@ -307,7 +338,10 @@ pub fn start_nginx(argv: &[std::ffi::OsString], launch: &crate::command::Launch<
     loop {
         if let Some((reaped, status)) = sys::reap_any().context("waitpid failed")? {
             if reaped == pid {
-                bail!("nginx (pid {pid}) exited with {} before it was ready", crate::generation::describe_status(status));
+                bail!(
+                    "nginx (pid {pid}) exited with {} before it was ready",
+                    crate::generation::describe_status(status)
+                );
             }
         }
         if workers_of(Flavor::Nginx, pid) > 0 {
@@ -324,9 +358,12 @@ pub fn start_nginx(argv: &[std::ffi::OsString], launch: &crate::command::Launch<
     if let Err(e) = notifier.barrier(Duration::from_secs(5)) {
         log::warn(format!("systemd did not confirm MAINPID={pid} (BARRIER=1): {e}")).emit();
     }
-    log::info(format!("nginx master {pid} is serving; handed over to {}", if notifier.is_enabled() { "systemd" } else { "its own care (no NOTIFY_SOCKET)" }))
-        .kind("ready")
-        .field("PID", pid)
-        .emit();
+    log::info(format!(
+        "nginx master {pid} is serving; handed over to {}",
+        if notifier.is_enabled() { "systemd" } else { "its own care (no NOTIFY_SOCKET)" }
+    ))
+    .kind("ready")
+    .field("PID", pid)
+    .emit();
     Ok(0)
 }

@@ -327,6 +327,7 @@ impl Check {
         match self {
             Check::Exec => "exec".into(),
             Check::Notify { .. } => "READY=1 on its NOTIFY_SOCKET never came".into(),
+            Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
             Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
             Check::Delay { .. } => "the delay had not passed".into(),
         }

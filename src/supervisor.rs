@@ -65,6 +65,9 @@ struct Handoff {
     waiters: Vec<ConnId>,
     /// Started by SIGHUP (systemd's notify-reload) rather than by a control request.
     by_signal: bool,
+    /// Once the new generation is ready: when, and the old generations it sent draining. The
+    /// handoff ends when none of those still holds a public socket (none can accept any more).
+    ready: Option<(Duration, Vec<u64>)>,
 }
 
 /// How long after a SIGHUP-started handoff ended a `join` request still gets its outcome: the
@@ -96,6 +99,8 @@ pub struct Supervisor {
     signals: SignalQueue,
     control: ControlServer,
     runtime_dir: PathBuf,
+    /// Inodes of the public sockets, to tell when a draining generation stopped accepting.
+    socket_inodes: Vec<u64>,
     generations: Vec<Generation>,
     next_number: u64,
     state: State,
@@ -121,6 +126,7 @@ impl Supervisor {
         let runtime_dir = make_runtime_dir()?;
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval().map(|interval| (interval / 2, Instant::now()));
+        let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let mut supervisor = Supervisor {
             config,
             sockets,
@@ -128,6 +134,7 @@ impl Supervisor {
             signals,
             control,
             runtime_dir,
+            socket_inodes,
             generations: Vec::new(),
             next_number: 1,
             state: State::Running,
@@ -232,6 +239,9 @@ impl Supervisor {
                 }
                 _ => {}
             }
+        }
+        if self.handoff.as_ref().is_some_and(|h| h.ready.is_some()) {
+            deadlines.push(Instant::now() + Duration::from_millis(20));
         }
         deadlines.extend(self.control.next_timer());
         if let Some((_, next)) = self.watchdog {
@@ -438,6 +448,28 @@ impl Supervisor {
                 self.stop(false, &message);
             }
         }
+        // A handoff whose new generation is ready ends when no drained generation can accept.
+        if let Some((ready_after, drained)) = self.handoff.as_ref().and_then(|h| h.ready.clone()) {
+            let accepting = self
+                .generations
+                .iter()
+                .filter(|g| drained.contains(&g.number))
+                .any(|g| g.holds_sockets(&self.socket_inodes));
+            if !accepting {
+                let new = self.handoff.as_ref().map(|h| h.new).unwrap_or_default();
+                let described =
+                    self.generation(new).map(|g| g.describe()).unwrap_or_else(|| format!("generation {new}"));
+                let took = self.handoff.as_ref().map(|h| h.started.elapsed()).unwrap_or_default();
+                self.finish_reload(
+                    true,
+                    format!(
+                        "{described} serves (ready after {} ms, old generation closed its sockets after {} ms)",
+                        ready_after.as_millis(),
+                        took.as_millis()
+                    ),
+                );
+            }
+        }
         // Forget generations that are completely gone.
         let now = Instant::now();
         let (gone, alive): (Vec<Generation>, Vec<Generation>) =
@@ -543,7 +575,9 @@ impl Supervisor {
         let now = Instant::now();
         let drain_timeout = self.config.drain_timeout;
         let stop_signal = self.config.stop_signal;
+        let mut drained = Vec::new();
         for old in self.generations.iter_mut().filter(|g| g.role == Role::Serving && g.number != number) {
+            drained.push(old.number);
             log::info(format!("draining {} with {stop_signal}", old.describe()))
                 .kind("drain_start")
                 .field("GENERATION", old.number)
@@ -554,10 +588,10 @@ impl Supervisor {
             }
             old.role = Role::Draining { since: now, kill_at: now + drain_timeout, killed: false };
         }
-        match &self.handoff {
+        match &mut self.handoff {
             Some(handoff) if handoff.new == number => {
-                let took = handoff.started.elapsed();
-                self.finish_reload(true, format!("{described} serves (handoff took {} ms)", took.as_millis()));
+                // Answered in advance(), once the old generation stopped accepting.
+                handoff.ready = Some((handoff.started.elapsed(), drained));
             }
             _ => {
                 // Generation 1: the service is up.
@@ -638,7 +672,7 @@ impl Supervisor {
         self.extend_timeout(self.config.ready_timeout);
         match self.spawn_generation() {
             Ok(new) => {
-                self.handoff = Some(Handoff { new, started, waiters, by_signal });
+                self.handoff = Some(Handoff { new, started, waiters, by_signal, ready: None });
                 let status = self.status_line();
                 self.notifier.send(&[format!("{STATUS}={status}")]);
             }
@@ -646,7 +680,7 @@ impl Supervisor {
                 let serving = self.serving().map(|g| g.describe()).unwrap_or_default();
                 let message = format!("{:#}; {serving} still serving", e);
                 log::error(format!("reload failed: {message}")).kind("rollback").emit();
-                self.handoff = Some(Handoff { new: 0, started, waiters, by_signal });
+                self.handoff = Some(Handoff { new: 0, started, waiters, by_signal, ready: None });
                 self.finish_reload(false, message);
             }
         }

@@ -127,8 +127,7 @@ fn unicorn_native_broken_release_keeps_the_old_master() {
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     d.flip("r3");
-    let during = d.sdbox.ok(
-        r#"
+    let during = d.sdbox.ok(r#"
 (fail=0; ok=0; while [ ! -e /tmp/broken.stop ]; do
    if curl -sS -m 30 http://127.0.0.1:8080/ 2>&1 | grep -q '^release=r1'; then ok=$((ok+1)); else fail=$((fail+1)); fi
  done; echo "ok=$ok fail=$fail" >/tmp/broken.result) &
@@ -136,8 +135,7 @@ loop=$!
 systemctl reload app >/tmp/broken.out 2>&1; echo "code=$?"
 sleep 0.5; touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
 journalctl -u app -o cat --no-pager | grep -i 'native upgrade failed' | tail -1
-"#,
-    );
+"#);
     eprintln!("unicorn native broken: {}", during.replace('\n', " "));
     if value(&during, "code") == Some("0") {
         d.sdbox.fail(&format!("a native reload onto a broken release succeeded:\n{during}"));
@@ -188,8 +186,11 @@ fn native_reload_refuses_a_unit_without_notify_access_all() {
 #[test]
 fn native_reload_refuses_gunicorn() {
     let dir = common::TempDir::new("native-gunicorn");
-    let (status, _, stderr) =
-        common::run_sockherd(&["reload", "--native", "--flavor", "gunicorn", "--pid", "1"], dir.path(), std::time::Duration::from_secs(10));
+    let (status, _, stderr) = common::run_sockherd(
+        &["reload", "--native", "--flavor", "gunicorn", "--pid", "1"],
+        dir.path(),
+        std::time::Duration::from_secs(10),
+    );
     if status.code() != Some(1) || !stderr.contains("EBADF") || !stderr.contains("sockherd run --flavor gunicorn") {
         panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
     }

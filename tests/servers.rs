@@ -53,18 +53,8 @@ impl Server {
                 conf("gunicorn/gunicorn.conf.py"),
                 "app:app".into(),
             ],
-            Server::Unicorn => vec![
-                "unicorn".into(),
-                "-c".into(),
-                conf("unicorn/unicorn.conf.rb"),
-                "config.ru".into(),
-            ],
-            Server::Puma => vec![
-                "puma".into(),
-                "-C".into(),
-                conf("puma/puma.rb"),
-                "config.ru".into(),
-            ],
+            Server::Unicorn => vec!["unicorn".into(), "-c".into(), conf("unicorn/unicorn.conf.rb"), "config.ru".into()],
+            Server::Puma => vec!["puma".into(), "-C".into(), conf("puma/puma.rb"), "config.ru".into()],
         };
         args
     }
@@ -99,26 +89,10 @@ fn start(server: Server, mode: Mode, dir: &TempDir) -> Service {
         Mode::Run => "run",
         Mode::Exec => "exec",
     };
-    let mut cmd = sockherd_cmd(&[
-        mode_arg,
-        "--flavor",
-        server.flavor(),
-        "--listen",
-        &addr,
-        "--listen",
-    ]);
-    cmd.arg(&sock)
-        .arg("--chdir")
-        .arg(&app)
-        .arg("--")
-        .args(server.command());
+    let mut cmd = sockherd_cmd(&[mode_arg, "--flavor", server.flavor(), "--listen", &addr, "--listen"]);
+    cmd.arg(&sock).arg("--chdir").arg(&app).arg("--").args(server.command());
     let proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    Service {
-        proc,
-        addr,
-        port,
-        sock,
-    }
+    Service { proc, addr, port, sock }
 }
 
 /// `master=<pid>` from the example app's answer.
@@ -139,39 +113,25 @@ fn loopback_hex() -> String {
 /// Listening TCP sockets (from /proc/net/tcp and tcp6) on `port`, any address.
 fn tcp_listeners_on(port: u16) -> Vec<(String, u64)> {
     let suffix = format!(":{port:04X}");
-    listening_inodes()
-        .into_iter()
-        .filter(|(addr, _)| addr.ends_with(&suffix) && !addr.starts_with('/'))
-        .collect()
+    listening_inodes().into_iter().filter(|(addr, _)| addr.ends_with(&suffix) && !addr.starts_with('/')).collect()
 }
 
 /// The inode of the listening socket at `addr` (127.0.0.1:port) or unix `path`.
 fn listening_inode_tcp(port: u16) -> Option<u64> {
     let want = format!("{}:{port:04X}", loopback_hex());
-    listening_inodes()
-        .into_iter()
-        .find(|(a, _)| *a == want)
-        .map(|(_, i)| i)
+    listening_inodes().into_iter().find(|(a, _)| *a == want).map(|(_, i)| i)
 }
 
 fn listening_inode_unix(path: &Path) -> Option<u64> {
     let want = path.display().to_string();
-    listening_inodes()
-        .into_iter()
-        .find(|(a, _)| *a == want)
-        .map(|(_, i)| i)
+    listening_inodes().into_iter().find(|(a, _)| *a == want).map(|(_, i)| i)
 }
 
 /// Waits until the tree under `root` has at least `n` processes, so every worker has booted.
 fn wait_for_processes(proc: &mut Proc, root: i32, n: usize) {
-    let ok = wait_until(BOOT, || {
-        descendants(root).len() >= n || proc.try_status().is_some()
-    });
+    let ok = wait_until(BOOT, || descendants(root).len() >= n || proc.try_status().is_some());
     if !ok || proc.try_status().is_some() {
-        proc.fail(&format!(
-            "expected at least {n} processes under pid {root}, found {:?}",
-            descendants(root)
-        ));
+        proc.fail(&format!("expected at least {n} processes under pid {root}, found {:?}", descendants(root)));
     }
 }
 
@@ -182,12 +142,7 @@ fn wait_for_processes(proc: &mut Proc, root: i32, n: usize) {
 fn serves_only_inherited_sockets(server: Server, mode: Mode) {
     let dir = TempDir::new(&format!("{}-{mode:?}", server.flavor()).to_lowercase());
     let default_before = tcp_listeners_on(server.default_port());
-    let Service {
-        mut proc,
-        addr,
-        port,
-        sock,
-    } = start(server, mode, &dir);
+    let Service { mut proc, addr, port, sock } = start(server, mode, &dir);
     let pid = proc.pid();
 
     let over_tcp = wait_http_ok(&mut proc, &addr, BOOT);
@@ -199,9 +154,7 @@ fn serves_only_inherited_sockets(server: Server, mode: Mode) {
     }
     let master = master_of(&proc, &over_tcp);
     if master_of(&proc, &over_unix) != master {
-        proc.fail(&format!(
-            "TCP and unix answers come from different masters: {over_tcp:?} {over_unix:?}"
-        ));
+        proc.fail(&format!("TCP and unix answers come from different masters: {over_tcp:?} {over_unix:?}"));
     }
 
     let allowed = match mode {
@@ -217,31 +170,28 @@ fn serves_only_inherited_sockets(server: Server, mode: Mode) {
             let ours = socket_inodes(pid);
             let theirs = socket_inodes(master);
             let listening: Vec<u64> = listening_inodes().into_iter().map(|(_, i)| i).collect();
-            let held: Vec<u64> = ours
-                .iter()
-                .copied()
-                .filter(|i| listening.contains(i))
-                .collect();
+            let held: Vec<u64> = ours.iter().copied().filter(|i| listening.contains(i)).collect();
             if held.len() != 2 || !held.iter().all(|i| theirs.contains(i)) {
-                proc.fail(&format!("sockherd's listening sockets {held:?} are not all held by the master {master} ({theirs:?})"));
+                proc.fail(&format!(
+                    "sockherd's listening sockets {held:?} are not all held by the master {master} ({theirs:?})"
+                ));
             }
             ours
         }
         Mode::Exec => {
             // exec keeps the pid: the server's master is the process we started.
             if master != pid {
-                proc.fail(&format!(
-                    "under exec the master should be pid {pid}, the app says {master}"
-                ));
+                proc.fail(&format!("under exec the master should be pid {pid}, the app says {master}"));
             }
             wait_for_processes(&mut proc, pid, WORKERS);
-            let tcp = listening_inode_tcp(port)
-                .unwrap_or_else(|| proc.fail(&format!("{addr} is not listening")));
+            let tcp = listening_inode_tcp(port).unwrap_or_else(|| proc.fail(&format!("{addr} is not listening")));
             let unix = listening_inode_unix(&sock)
                 .unwrap_or_else(|| proc.fail(&format!("{} is not listening", sock.display())));
             let held = socket_inodes(pid);
             if !held.contains(&tcp) || !held.contains(&unix) {
-                proc.fail(&format!("the master {pid} does not hold the sockets sockherd bound ({tcp}, {unix}): {held:?}"));
+                proc.fail(&format!(
+                    "the master {pid} does not hold the sockets sockherd bound ({tcp}, {unix}): {held:?}"
+                ));
             }
             vec![tcp, unix]
         }
@@ -249,20 +199,12 @@ fn serves_only_inherited_sockets(server: Server, mode: Mode) {
 
     let foreign = foreign_listeners(pid, &allowed);
     if !foreign.is_empty() {
-        proc.fail(&format!(
-            "the server bound listeners of its own: {foreign:?} (allowed: {allowed:?})"
-        ));
+        proc.fail(&format!("the server bound listeners of its own: {foreign:?} (allowed: {allowed:?})"));
     }
     let default_after = tcp_listeners_on(server.default_port());
-    let appeared: Vec<_> = default_after
-        .iter()
-        .filter(|l| !default_before.contains(l))
-        .collect();
+    let appeared: Vec<_> = default_after.iter().filter(|l| !default_before.contains(l)).collect();
     if !appeared.is_empty() {
-        proc.fail(&format!(
-            "something started listening on the default port {}: {appeared:?}",
-            server.default_port()
-        ));
+        proc.fail(&format!("something started listening on the default port {}: {appeared:?}", server.default_port()));
     }
 }
 
@@ -314,10 +256,7 @@ struct FullResponse {
 
 impl FullResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -325,28 +264,13 @@ fn read_response(mut stream: TcpStream) -> std::io::Result<FullResponse> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not an HTTP response: {text:?}"),
-        )
-    };
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(FullResponse {
-        status,
-        headers,
-        body: body.to_string(),
-    })
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Ok(FullResponse { status, headers, body: body.to_string() })
 }
 
 /// Whether the connection from local port `client_port` to 127.0.0.1:`server_port` has been
@@ -355,15 +279,11 @@ fn read_response(mut stream: TcpStream) -> std::io::Result<FullResponse> {
 fn accepted_by(pids: &[i32], server_port: u16, client_port: u16) -> bool {
     let local = format!("{}:{server_port:04X}", loopback_hex());
     let remote = format!("{}:{client_port:04X}", loopback_hex());
-    let inode = std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .find_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.len() > 9 && cols[1] == local && cols[2] == remote && cols[3] == "01")
-                .then(|| cols[9].parse::<u64>().unwrap_or(0))
-        });
+    let inode = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() > 9 && cols[1] == local && cols[2] == remote && cols[3] == "01")
+            .then(|| cols[9].parse::<u64>().unwrap_or(0))
+    });
     match inode {
         Some(inode) if inode != 0 => pids.iter().any(|&p| socket_inodes(p).contains(&inode)),
         _ => false,
@@ -374,32 +294,20 @@ fn accepted_by(pids: &[i32], server_port: u16, client_port: u16) -> bool {
 /// sockherd exits 0, and no process of the service is left.
 fn term_stops_gracefully(server: Server) {
     let dir = TempDir::new(&format!("{}-graceful", server.flavor()));
-    let Service {
-        mut proc,
-        addr,
-        port,
-        sock,
-    } = start(server, Mode::Run, &dir);
+    let Service { mut proc, addr, port, sock } = start(server, Mode::Run, &dir);
     let pid = proc.pid();
     wait_http_ok(&mut proc, &addr, BOOT);
     wait_http_ok_unix(&mut proc, &sock, BOOT);
     wait_for_processes(&mut proc, pid, 1 + WORKERS);
     let family = descendants(pid);
 
-    let mut stream =
-        TcpStream::connect(&addr).unwrap_or_else(|e| proc.fail(&format!("connect {addr}: {e}")));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = TcpStream::connect(&addr).unwrap_or_else(|e| proc.fail(&format!("connect {addr}: {e}")));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let client_port = stream.local_addr().unwrap().port();
     let sent = Instant::now();
-    stream
-        .write_all(b"GET /slow?s=2 HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET /slow?s=2 HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let client = std::thread::spawn(move || read_response(stream));
-    if !wait_until(Duration::from_secs(10), || {
-        accepted_by(&family, port, client_port)
-    }) {
+    if !wait_until(Duration::from_secs(10), || accepted_by(&family, port, client_port)) {
         proc.fail("no worker accepted the slow request within 10s");
     }
 
@@ -408,21 +316,11 @@ fn term_stops_gracefully(server: Server) {
     let took = sent.elapsed();
     let status = proc.wait_exit(Duration::from_secs(30));
 
-    let response = response.unwrap_or_else(|e| {
-        proc.fail(&format!(
-            "the in-flight request failed during the graceful stop: {e}"
-        ))
-    });
-    let length: Option<usize> = response
-        .header("Content-Length")
-        .and_then(|l| l.parse().ok());
-    if response.status != 200
-        || !response.body.starts_with("release=app pid=")
-        || length != Some(response.body.len())
-    {
-        proc.fail(&format!(
-            "the in-flight request did not complete: {response:?}"
-        ));
+    let response =
+        response.unwrap_or_else(|e| proc.fail(&format!("the in-flight request failed during the graceful stop: {e}")));
+    let length: Option<usize> = response.header("Content-Length").and_then(|l| l.parse().ok());
+    if response.status != 200 || !response.body.starts_with("release=app pid=") || length != Some(response.body.len()) {
+        proc.fail(&format!("the in-flight request did not complete: {response:?}"));
     }
     if took < Duration::from_millis(1900) {
         proc.fail(&format!("the slow request answered after {took:?}, before its 2s sleep could finish: {response:?}"));
@@ -432,9 +330,7 @@ fn term_stops_gracefully(server: Server) {
     }
     let left: Vec<i32> = family.iter().copied().filter(|&p| pid_alive(p)).collect();
     if !left.is_empty() {
-        proc.fail(&format!(
-            "processes of the service outlived the stop: {left:?} (of {family:?})"
-        ));
+        proc.fail(&format!("processes of the service outlived the stop: {left:?} (of {family:?})"));
     }
 }
 
@@ -465,10 +361,7 @@ fn support(script: &str) -> PathBuf {
 
 /// Waits for a file a support script writes once it is set up, and returns its content.
 fn wait_for_file(proc: &mut Proc, path: &Path) -> String {
-    if !wait_until(Duration::from_secs(15), || {
-        path.exists() || proc.try_status().is_some()
-    }) || !path.exists()
-    {
+    if !wait_until(Duration::from_secs(15), || path.exists() || proc.try_status().is_some()) || !path.exists() {
         proc.fail(&format!("{} never appeared", path.display()));
     }
     std::fs::read_to_string(path).unwrap()
@@ -477,21 +370,12 @@ fn wait_for_file(proc: &mut Proc, path: &Path) -> String {
 /// The process group of a process.
 fn pgid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn json_number(json: &str, key: &str) -> Option<i32> {
     let rest = &json[json.find(&format!("\"{key}\":"))? + key.len() + 3..];
-    rest.trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// What a `--stop-timeout 1s` stop of tests/support/stubborn_server.py came to.
@@ -509,15 +393,8 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
     let dir = TempDir::new(tag);
     let report = dir.join("report.json");
     let port = free_port();
-    let mut cmd = sockherd_cmd(&[
-        "run",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--stop-timeout",
-        "1s",
-        "--",
-        "python3",
-    ]);
+    let mut cmd =
+        sockherd_cmd(&["run", "--listen", &format!("127.0.0.1:{port}"), "--stop-timeout", "1s", "--", "python3"]);
     cmd.arg(support("stubborn_server.py")).arg(&report);
     if master_obeys {
         cmd.arg("master-obeys");
@@ -525,8 +402,7 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     let pid = proc.pid();
     let json = wait_for_file(&mut proc, &report);
-    let (Some(master), Some(child)) = (json_number(&json, "pid"), json_number(&json, "child"))
-    else {
+    let (Some(master), Some(child)) = (json_number(&json, "pid"), json_number(&json, "child")) else {
         proc.fail(&format!("bad report {json:?}"));
     };
     if ppid(master) != Some(pid) || pgid(child) != Some(master) {
@@ -547,20 +423,14 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
         ));
     }
     if took < Duration::from_millis(950) {
-        proc.fail(&format!(
-            "sockherd exited after {took:?}, before the 1s --stop-timeout"
-        ));
+        proc.fail(&format!("sockherd exited after {took:?}, before the 1s --stop-timeout"));
     }
     if took > Duration::from_secs(6) {
-        proc.fail(&format!(
-            "sockherd took {took:?} to enforce a 1s --stop-timeout"
-        ));
+        proc.fail(&format!("sockherd took {took:?} to enforce a 1s --stop-timeout"));
     }
     let left: Vec<i32> = family.iter().copied().filter(|&p| pid_alive(p)).collect();
     if !left.is_empty() || pid_alive(child) {
-        proc.fail(&format!(
-            "processes survived the SIGKILL: {left:?} (of {family:?}, child {child})"
-        ));
+        proc.fail(&format!("processes survived the SIGKILL: {left:?} (of {family:?}, child {child})"));
     }
     Killed { proc, status, took }
 }
@@ -570,7 +440,9 @@ fn stop_timeout_kills_the_whole_process_group_of_a_server_ignoring_term() {
     require!("python3");
     let Killed { proc, status, took } = stop_after_timeout("stop-timeout", false);
     if status.code() != Some(137) {
-        proc.fail(&format!("sockherd should exit 137 (128 + SIGKILL) when the server had to be killed (after {took:?})"));
+        proc.fail(&format!(
+            "sockherd should exit 137 (128 + SIGKILL) when the server had to be killed (after {took:?})"
+        ));
     }
 }
 
@@ -581,7 +453,9 @@ fn stop_timeout_kills_a_worker_that_outlives_its_obedient_master_and_reports_fai
     require!("python3");
     let Killed { proc, status, took } = stop_after_timeout("stop-timeout-worker", true);
     if status.success() {
-        proc.fail(&format!("sockherd exited 0 although the stop needed SIGKILL after the 1s --stop-timeout (exited after {took:?})"));
+        proc.fail(&format!(
+            "sockherd exited 0 although the stop needed SIGKILL after the 1s --stop-timeout (exited after {took:?})"
+        ));
     }
 }
 
@@ -590,24 +464,11 @@ fn quit_sends_the_fast_signal(flavor: &str, expected: &str) {
     let dir = TempDir::new(&format!("fast-{flavor}"));
     let report = dir.join("report");
     let sock = dir.join("app.sock");
-    let mut cmd = sockherd_cmd(&[
-        "run",
-        "--flavor",
-        flavor,
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--listen",
-    ]);
-    cmd.arg(&sock)
-        .arg("--")
-        .arg("python3")
-        .arg(support("signal_logger.py"))
-        .arg(&report);
+    let mut cmd =
+        sockherd_cmd(&["run", "--flavor", flavor, "--listen", &format!("127.0.0.1:{}", free_port()), "--listen"]);
+    cmd.arg(&sock).arg("--").arg("python3").arg(support("signal_logger.py")).arg(&report);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    let server: i32 = wait_for_file(&mut proc, &report)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| proc.fail("bad report"));
+    let server: i32 = wait_for_file(&mut proc, &report).trim().parse().unwrap_or_else(|_| proc.fail("bad report"));
     if ppid(server) != Some(proc.pid()) {
         proc.fail(&format!("the server {server} is not sockherd's child"));
     }
@@ -615,9 +476,7 @@ fn quit_sends_the_fast_signal(flavor: &str, expected: &str) {
     let status = proc.wait_exit(Duration::from_secs(15));
     let got = std::fs::read_to_string(dir.join("report.signals")).unwrap_or_default();
     if got != format!("{expected}\n") {
-        proc.fail(&format!(
-            "QUIT to sockherd should reach the {flavor} server as SIG{expected}, it got {got:?}"
-        ));
+        proc.fail(&format!("QUIT to sockherd should reach the {flavor} server as SIG{expected}, it got {got:?}"));
     }
     if status.code() != Some(0) {
         proc.fail("sockherd should exit 0 after a requested stop the server obeyed");
@@ -641,16 +500,9 @@ fn server_exiting_with_status_3_makes_sockherd_exit_3() {
     require!("sh");
     let dir = TempDir::new("exit-3");
     let listen = format!("127.0.0.1:{}", free_port());
-    let (status, _, stderr) = run_sockherd(
-        &["run", "--listen", &listen, "--", "sh", "-c", "exit 3"],
-        dir.path(),
-        Duration::from_secs(15),
-    );
-    assert_eq!(
-        status.code(),
-        Some(3),
-        "sockherd should exit with the server's status 3; stderr:\n{stderr}"
-    );
+    let (status, _, stderr) =
+        run_sockherd(&["run", "--listen", &listen, "--", "sh", "-c", "exit 3"], dir.path(), Duration::from_secs(15));
+    assert_eq!(status.code(), Some(3), "sockherd should exit with the server's status 3; stderr:\n{stderr}");
 }
 
 #[test]
@@ -664,16 +516,12 @@ fn server_killed_by_sigkill_makes_sockherd_exit_137() {
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_http_ok(&mut proc, &addr, BOOT);
     let json = wait_for_file(&mut proc, &report);
-    let server =
-        json_number(&json, "pid").unwrap_or_else(|| proc.fail(&format!("bad report {json:?}")));
+    let server = json_number(&json, "pid").unwrap_or_else(|| proc.fail(&format!("bad report {json:?}")));
     if ppid(server) != Some(proc.pid()) {
         proc.fail(&format!("the probe {server} is not sockherd's child"));
     }
     // The probe is our own descendant (sockherd's child), killed by its pid.
-    let _ = std::process::Command::new("kill")
-        .arg("-9")
-        .arg(server.to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg("-9").arg(server.to_string()).status();
     let status = proc.wait_exit(Duration::from_secs(15));
     if status.code() != Some(137) {
         proc.fail("sockherd should exit 137 (128 + SIGKILL) when its server was killed by SIGKILL");

@@ -164,7 +164,9 @@ impl Server {
             ),
             Server::Unicorn | Server::UnicornNative => prerequisite(have("unicorn"), "program unicorn"),
             Server::Puma => prerequisite(have("puma"), "program puma"),
-            Server::Nginx => prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)"),
+            Server::Nginx => {
+                prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)")
+            }
         }
     }
 }
