@@ -136,7 +136,8 @@ fn own_unit() -> Option<String> {
     cgroup.lines().filter_map(|l| l.rsplit('/').next()).find(|name| name.ends_with(".service")).map(str::to_string)
 }
 
-/// systemd drops MAINPID= from any process but the main one unless NotifyAccess=all.
+/// systemd drops MAINPID= from any process but the main one unless NotifyAccess=all (and does
+/// not even give the reload process a NOTIFY_SOCKET under NotifyAccess=main).
 fn check_notify_access(notifier: &Notifier) -> Result<()> {
     // systemd sets INVOCATION_ID for every process of a unit; without it there is no systemd to
     // hand the pid to, and the upgrade is just the server's own.
@@ -144,16 +145,15 @@ fn check_notify_access(notifier: &Notifier) -> Result<()> {
         log::info("not running under systemd: upgrading without a MAINPID handoff").emit();
         return Ok(());
     }
-    if !notifier.is_enabled() {
-        bail!(
-            "NOTIFY_SOCKET is not set, so systemd would not learn the new master's pid: \
-             set NotifyAccess=all in the unit (native mode needs it to hand MAINPID over)"
-        );
-    }
     let Some(unit) = own_unit() else {
-        log::warn("cannot tell which unit this is (no .service in /proc/self/cgroup); not checking NotifyAccess=")
-            .emit();
-        return Ok(());
+        if notifier.is_enabled() {
+            log::warn("cannot tell which unit this is (no .service in /proc/self/cgroup); not checking NotifyAccess=")
+                .emit();
+            return Ok(());
+        }
+        bail!(
+            "NOTIFY_SOCKET is not set, so systemd would not learn the new master's pid: set NotifyAccess=all in the unit"
+        );
     };
     let out = std::process::Command::new("systemctl")
         .args(["show", "--property=NotifyAccess", "--value", &unit])
@@ -168,7 +168,7 @@ fn check_notify_access(notifier: &Notifier) -> Result<()> {
         );
     }
     let access = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if access != "all" {
+    if access != "all" || !notifier.is_enabled() {
         bail!(
             "{unit} has NotifyAccess={access}: systemd would ignore MAINPID= from the reload and lose the new master; set NotifyAccess=all"
         );

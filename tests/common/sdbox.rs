@@ -5,6 +5,7 @@
 
 use super::*;
 use std::process::Output;
+use std::time::Duration;
 
 /// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
 pub fn systemd_254_tree() -> PathBuf {
@@ -230,7 +231,12 @@ systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-h
         if !answer.starts_with(expected) {
             self.sdbox.fail(&format!("first request (socket activation) answered {answer:?}"));
         }
-        let active = self.sdbox.property("ActiveState");
+        // The first answer can come a moment before READY=1 reached systemd.
+        let mut active = String::new();
+        wait_until(Duration::from_secs(30), || {
+            active = self.sdbox.property("ActiveState");
+            active != "activating"
+        });
         if active != "active" {
             self.sdbox.fail(&format!("app.service is {active} after activation"));
         }
