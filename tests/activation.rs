@@ -20,15 +20,8 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Prefixes of every variable that describes inherited sockets in some server's convention.
 /// The probe's variables with these prefixes must be exactly the flavor's set.
-const CONVENTION_PREFIXES: &[&str] = &[
-    "LISTEN_",
-    "UNICORN_",
-    "GUNICORN_",
-    "SERVER_STARTER_",
-    "EINHORN_",
-    "NGINX",
-    "PUMA_INHERIT_",
-];
+const CONVENTION_PREFIXES: &[&str] =
+    &["LISTEN_", "UNICORN_", "GUNICORN_", "SERVER_STARTER_", "EINHORN_", "NGINX", "PUMA_INHERIT_"];
 
 /// Stale convention variables the activator puts in sockherd's environment: sockets sockherd
 /// does not have. None of them may reach the server.
@@ -70,10 +63,8 @@ fn probe_env() -> PathBuf {
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("run python3");
+        let out =
+            Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("run python3");
         PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
     })
 }
@@ -87,11 +78,8 @@ struct Report {
 impl Report {
     fn read(path: &Path) -> Option<Report> {
         let text = std::fs::read_to_string(path).ok()?;
-        let map = text
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_string(), unescape(v)))
-            .collect();
+        let map =
+            text.lines().filter_map(|line| line.split_once('=')).map(|(k, v)| (k.to_string(), unescape(v))).collect();
         Some(Report { text, map })
     }
 
@@ -100,15 +88,11 @@ impl Report {
     }
 
     fn pid(&self) -> i32 {
-        self.get("pid")
-            .and_then(|p| p.parse().ok())
-            .expect("report has a pid")
+        self.get("pid").and_then(|p| p.parse().ok()).expect("report has a pid")
     }
 
     fn ppid(&self) -> i32 {
-        self.get("ppid")
-            .and_then(|p| p.parse().ok())
-            .expect("report has a ppid")
+        self.get("ppid").and_then(|p| p.parse().ok()).expect("report has a ppid")
     }
 
     fn env(&self, name: &str) -> Option<&str> {
@@ -119,10 +103,7 @@ impl Report {
     fn convention_env(&self) -> BTreeMap<String, String> {
         self.map
             .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("env.")
-                    .map(|name| (name.to_string(), v.clone()))
-            })
+            .filter_map(|(k, v)| k.strip_prefix("env.").map(|name| (name.to_string(), v.clone())))
             .filter(|(name, _)| CONVENTION_PREFIXES.iter().any(|p| name.starts_with(p)))
             .collect()
     }
@@ -155,22 +136,13 @@ fn expected_env(flavor: &str, pid: i32, tcp: &str, unix: &Path) -> BTreeMap<Stri
     let pid = pid.to_string();
     let unix = unix.display().to_string();
     let pairs: Vec<(&str, String)> = match flavor {
-        "systemd" => vec![
-            ("LISTEN_FDS", "2".into()),
-            ("LISTEN_PID", pid),
-            ("LISTEN_FDNAMES", "http:admin".into()),
-        ],
+        "systemd" => vec![("LISTEN_FDS", "2".into()), ("LISTEN_PID", pid), ("LISTEN_FDNAMES", "http:admin".into())],
         "gunicorn" | "puma" => vec![("LISTEN_FDS", "2".into()), ("LISTEN_PID", pid)],
         "unicorn" => vec![("UNICORN_FD", "3,4".into())],
-        "server-starter" => vec![
-            ("SERVER_STARTER_PORT", format!("{tcp}=3;{unix}=4")),
-            ("SERVER_STARTER_GENERATION", "1".into()),
-        ],
-        "einhorn" => vec![
-            ("EINHORN_FD_COUNT", "2".into()),
-            ("EINHORN_FD_0", "3".into()),
-            ("EINHORN_FD_1", "4".into()),
-        ],
+        "server-starter" => {
+            vec![("SERVER_STARTER_PORT", format!("{tcp}=3;{unix}=4")), ("SERVER_STARTER_GENERATION", "1".into())]
+        }
+        "einhorn" => vec![("EINHORN_FD_COUNT", "2".into()), ("EINHORN_FD_0", "3".into()), ("EINHORN_FD_1", "4".into())],
         "nginx" => vec![("NGINX", "3;4;".into())],
         other => panic!("no expectation for flavor {other}"),
     };
@@ -180,12 +152,7 @@ fn expected_env(flavor: &str, pid: i32, tcp: &str, unix: &Path) -> BTreeMap<Stri
 /// The inode of the socket at descriptor `fd` of process `pid`, if that is a socket.
 fn fd_socket_inode(pid: i32, fd: i32) -> Option<u64> {
     let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    target
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// The inode of the listening unix socket bound to `path`, from /proc/net/unix. (Not
@@ -193,17 +160,11 @@ fn fd_socket_inode(pid: i32, fd: i32) -> Option<u64> {
 /// thousands of TIME_WAIT lines and takes seconds to read, too slow to poll.)
 fn listening_unix_inode(path: &Path) -> Option<u64> {
     let path = path.to_str()?;
-    std::fs::read_to_string("/proc/net/unix")
-        .ok()?
-        .lines()
-        .skip(1)
-        .find_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // Flags 00010000 = __SO_ACCEPTCON (listening); column 6 is the inode, 7 the path.
-            (cols.len() > 7 && cols[3] == "00010000" && cols[7] == path)
-                .then(|| cols[6].parse().ok())
-                .flatten()
-        })
+    std::fs::read_to_string("/proc/net/unix").ok()?.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Flags 00010000 = __SO_ACCEPTCON (listening); column 6 is the inode, 7 the path.
+        (cols.len() > 7 && cols[3] == "00010000" && cols[7] == path).then(|| cols[6].parse().ok()).flatten()
+    })
 }
 
 /// A `systemd-socket-activate` waiting for its first connection, with sockherd as its command.
@@ -226,37 +187,17 @@ impl Activator {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let sock = dir.join("admin.sock");
-        assert!(
-            sock.as_os_str().len() < 100,
-            "unix socket path too long: {}",
-            sock.display()
-        );
+        assert!(sock.as_os_str().len() < 100, "unix socket path too long: {}", sock.display());
         let report = dir.join("report");
         let mut cmd = Command::new("systemd-socket-activate");
-        cmd.current_dir(dir.path())
-            .arg("-l")
-            .arg(&addr)
-            .arg("-l")
-            .arg(&sock)
-            .arg("--fdname=http:admin");
+        cmd.current_dir(dir.path()).arg("-l").arg(&addr).arg("-l").arg(&sock).arg("--fdname=http:admin");
         for var in setenv {
             cmd.arg("-E").arg(var);
         }
         cmd.arg("--").arg(sockherd()).args(sockherd_args);
-        cmd.arg("--")
-            .arg(python())
-            .arg(probe_env())
-            .arg(&report)
-            .arg("serve");
+        cmd.arg("--").arg(python()).arg(probe_env()).arg(&report).arg("serve");
         // The activator passes on sockets it inherited itself: it must not think it has any.
-        for var in [
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "LISTEN_FDNAMES",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "WATCHDOG_PID",
-        ] {
+        for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             cmd.env_remove(var);
         }
         let mut proc = Proc::spawn(cmd, dir.path(), "activator");
@@ -265,26 +206,14 @@ impl Activator {
         let mut inodes = None;
         let ready = wait_until(PATIENCE, || {
             let pid = proc.pid();
-            let unix =
-                fd_socket_inode(pid, 4).filter(|ino| listening_unix_inode(&sock) == Some(*ino));
+            let unix = fd_socket_inode(pid, 4).filter(|ino| listening_unix_inode(&sock) == Some(*ino));
             inodes = fd_socket_inode(pid, 3).zip(unix);
             inodes.is_some() || proc.try_status().is_some()
         });
         let Some((tcp_inode, unix_inode)) = inodes.filter(|_| ready) else {
-            proc.fail(&format!(
-                "the activator never listened on {addr} (fd 3) and {} (fd 4)",
-                sock.display()
-            ));
+            proc.fail(&format!("the activator never listened on {addr} (fd 3) and {} (fd 4)", sock.display()));
         };
-        Activator {
-            proc,
-            _dir: dir,
-            addr,
-            sock,
-            report,
-            tcp_inode,
-            unix_inode,
-        }
+        Activator { proc, _dir: dir, addr, sock, report, tcp_inode, unix_inode }
     }
 
     /// Connects to the TCP socket (which makes the activator exec sockherd) and waits for the
@@ -297,9 +226,7 @@ impl Activator {
         wait_until(PATIENCE, || report.exists() || proc.try_status().is_some());
         match Report::read(&report) {
             Some(r) => (r, stream),
-            None => self
-                .proc
-                .fail("the probe wrote no report after the triggering connection"),
+            None => self.proc.fail("the probe wrote no report after the triggering connection"),
         }
     }
 
@@ -311,11 +238,7 @@ impl Activator {
     }
 
     fn fail(&self, problems: &[String], report: &Report) -> ! {
-        self.proc.fail(&format!(
-            "{}\n--- probe report:\n{}",
-            problems.join("\n"),
-            report.text
-        ))
+        self.proc.fail(&format!("{}\n--- probe report:\n{}", problems.join("\n"), report.text))
     }
 
     /// Everything a flavor promises about the handed-over sockets, checked in one report: the
@@ -327,21 +250,15 @@ impl Activator {
         let want = expected_env(flavor, pid, &self.addr, &self.sock);
         let got = report.convention_env();
         if got != want {
-            problems.push(format!(
-                "{flavor} convention variables: got {got:?}, want exactly {want:?}"
-            ));
+            problems.push(format!("{flavor} convention variables: got {got:?}, want exactly {want:?}"));
         }
         if report.get("fds") != Some("3,4") {
-            problems.push(format!(
-                "descriptors from 3 up: got {:?}, want exactly 3,4 (no leaks)",
-                report.get("fds")
-            ));
+            problems.push(format!("descriptors from 3 up: got {:?}, want exactly 3,4 (no leaks)", report.get("fds")));
         }
         let sock = self.sock.display().to_string();
-        for (fd, inode, family, address) in [
-            (3, self.tcp_inode, "inet", self.addr.as_str()),
-            (4, self.unix_inode, "unix", sock.as_str()),
-        ] {
+        for (fd, inode, family, address) in
+            [(3, self.tcp_inode, "inet", self.addr.as_str()), (4, self.unix_inode, "unix", sock.as_str())]
+        {
             let inode = inode.to_string();
             for (key, want) in [
                 ("socket", "1"),
@@ -352,10 +269,7 @@ impl Activator {
                 ("address", address),
             ] {
                 if report.fd(fd, key) != Some(want) {
-                    problems.push(format!(
-                        "fd {fd} {key}: got {:?}, want {want:?}",
-                        report.fd(fd, key)
-                    ));
+                    problems.push(format!("fd {fd} {key}: got {:?}, want {want:?}", report.fd(fd, key)));
                 }
             }
         }
@@ -364,9 +278,7 @@ impl Activator {
             // exec keeps the pid: activator, sockherd and the probe are one process.
             Mode::Exec => {
                 if pid != sockherd_pid {
-                    problems.push(format!(
-                        "exec: probe pid {pid} is not sockherd's pid {sockherd_pid}"
-                    ));
+                    problems.push(format!("exec: probe pid {pid} is not sockherd's pid {sockherd_pid}"));
                 }
             }
             Mode::Run => {
@@ -381,9 +293,7 @@ impl Activator {
                     || exe.as_ref().map(std::fs::canonicalize).and_then(Result::ok)
                         != std::fs::canonicalize(sockherd()).ok()
                 {
-                    problems.push(format!(
-                        "run: the probe's parent runs {exe:?}, not sockherd"
-                    ));
+                    problems.push(format!("run: the probe's parent runs {exe:?}, not sockherd"));
                 }
             }
         }
@@ -400,22 +310,13 @@ impl Activator {
         let answer = stream
             .write_all(b"GET / HTTP/1.0\r\n\r\n")
             .and_then(|_| stream.read_to_string(&mut raw))
-            .map(|_| {
-                raw.split_once("\r\n\r\n")
-                    .map(|(_, body)| body.to_string())
-                    .unwrap_or_default()
-            });
+            .map(|_| raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default());
         if answer.as_deref().ok() != Some(want.as_str()) {
-            problems.push(format!(
-                "the triggering TCP connection got {answer:?}, want {want:?}"
-            ));
+            problems.push(format!("the triggering TCP connection got {answer:?}, want {want:?}"));
         }
         match http_get_unix(&self.sock, "/") {
             Ok(r) if r.status == 200 && r.body == want => {}
-            other => problems.push(format!(
-                "GET over {} got {other:?}, want {want:?}",
-                self.sock.display()
-            )),
+            other => problems.push(format!("GET over {} got {other:?}, want {want:?}", self.sock.display())),
         }
         problems
     }
@@ -425,11 +326,8 @@ impl Activator {
 /// the two activated sockets, and serves on them.
 fn hands_over(mode: Mode, flavor: &str) {
     require!("systemd-socket-activate", "python3");
-    let mut act = Activator::start(
-        TempDir::new(&format!("{}-{flavor}", mode.arg())),
-        &[],
-        &[mode.arg(), "--flavor", flavor],
-    );
+    let mut act =
+        Activator::start(TempDir::new(&format!("{}-{flavor}", mode.arg())), &[], &[mode.arg(), "--flavor", flavor]);
     let (report, stream) = act.trigger();
     let mut problems = act.check_handover(mode, flavor, &report);
     problems.extend(act.check_serving(stream, report.pid()));
@@ -473,11 +371,8 @@ fn stale_variables_are_dropped(mode: Mode, flavor: &str) {
     require!("systemd-socket-activate", "python3");
     let mut setenv = STALE.to_vec();
     setenv.push("SOCKHERD_TEST_MARK=kept");
-    let mut act = Activator::start(
-        TempDir::new(&format!("stale-{}", mode.arg())),
-        &setenv,
-        &[mode.arg(), "--flavor", flavor],
-    );
+    let mut act =
+        Activator::start(TempDir::new(&format!("stale-{}", mode.arg())), &setenv, &[mode.arg(), "--flavor", flavor]);
     let (report, _stream) = act.trigger();
     let mut problems = act.check_handover(mode, flavor, &report);
     if report.env("SOCKHERD_TEST_MARK") != Some("kept") {
@@ -505,9 +400,7 @@ fn exec_drops_stale_convention_variables() {
 /// sockherd started directly with LISTEN_PID naming another process (pid 1) and LISTEN_FDS set.
 fn foreign_listen_pid_cmd(args: &[&str]) -> Command {
     let mut cmd = sockherd_cmd(args);
-    cmd.env("LISTEN_FDS", "1")
-        .env("LISTEN_PID", "1")
-        .env("LISTEN_FDNAMES", "junk");
+    cmd.env("LISTEN_FDS", "1").env("LISTEN_PID", "1").env("LISTEN_FDNAMES", "junk");
     cmd
 }
 
@@ -519,10 +412,7 @@ fn foreign_listen_pid_means_not_activated_so_listen_is_bound() {
     let addr = format!("127.0.0.1:{port}");
     let report_path = dir.join("report");
     let mut cmd = foreign_listen_pid_cmd(&["run", "--listen", &format!("{addr},name=web"), "--"]);
-    cmd.arg(python())
-        .arg(probe_env())
-        .arg(&report_path)
-        .arg("serve");
+    cmd.arg(python()).arg(probe_env()).arg(&report_path).arg("serve");
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     let served = wait_http_ok(&mut proc, &addr, PATIENCE);
     let Some(report) = Report::read(&report_path) else {
@@ -530,46 +420,27 @@ fn foreign_listen_pid_means_not_activated_so_listen_is_bound() {
     };
     let pid = report.pid();
     let mut problems = Vec::new();
-    let want: BTreeMap<String, String> = [
-        ("LISTEN_FDS", "1".to_string()),
-        ("LISTEN_PID", pid.to_string()),
-        ("LISTEN_FDNAMES", "web".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let want: BTreeMap<String, String> =
+        [("LISTEN_FDS", "1".to_string()), ("LISTEN_PID", pid.to_string()), ("LISTEN_FDNAMES", "web".to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     if report.convention_env() != want {
-        problems.push(format!(
-            "convention variables: got {:?}, want exactly {want:?}",
-            report.convention_env()
-        ));
+        problems.push(format!("convention variables: got {:?}, want exactly {want:?}", report.convention_env()));
     }
     // The socket sockherd bound and holds is the one the probe has.
     let owned = socket_inodes(proc.pid());
     let inode = report.fd(3, "inode").and_then(|i| i.parse().ok());
     if !inode.is_some_and(|i| owned.contains(&i)) {
-        problems.push(format!(
-            "fd 3 inode {inode:?} is none of the sockets sockherd holds: {owned:?}"
-        ));
+        problems.push(format!("fd 3 inode {inode:?} is none of the sockets sockherd holds: {owned:?}"));
     }
-    for (key, want) in [
-        ("socket", "1"),
-        ("cloexec", "0"),
-        ("listening", "1"),
-        ("address", addr.as_str()),
-    ] {
+    for (key, want) in [("socket", "1"), ("cloexec", "0"), ("listening", "1"), ("address", addr.as_str())] {
         if report.fd(3, key) != Some(want) {
-            problems.push(format!(
-                "fd 3 {key}: got {:?}, want {want:?}",
-                report.fd(3, key)
-            ));
+            problems.push(format!("fd 3 {key}: got {:?}, want {want:?}", report.fd(3, key)));
         }
     }
     if report.get("fds") != Some("3") {
-        problems.push(format!(
-            "descriptors from 3 up: got {:?}, want exactly 3",
-            report.get("fds")
-        ));
+        problems.push(format!("descriptors from 3 up: got {:?}, want exactly 3", report.get("fds")));
     }
     if report.ppid() != proc.pid() || served.body != format!("probe {pid}\n") {
         problems.push(format!(
@@ -579,11 +450,7 @@ fn foreign_listen_pid_means_not_activated_so_listen_is_bound() {
         ));
     }
     if !problems.is_empty() {
-        proc.fail(&format!(
-            "{}\n--- probe report:\n{}",
-            problems.join("\n"),
-            report.text
-        ));
+        proc.fail(&format!("{}\n--- probe report:\n{}", problems.join("\n"), report.text));
     }
 }
 
@@ -612,25 +479,19 @@ fn foreign_listen_pid_without_listen_fails_naming_listen_pid() {
 fn listen_with_activation_is_refused(mode: Mode) {
     require!("systemd-socket-activate", "python3");
     let other = format!("127.0.0.1:{}", free_port());
-    let mut act = Activator::start(
-        TempDir::new(&format!("refuse-{}", mode.arg())),
-        &[],
-        &[mode.arg(), "--listen", &other],
-    );
+    let mut act =
+        Activator::start(TempDir::new(&format!("refuse-{}", mode.arg())), &[], &[mode.arg(), "--listen", &other]);
     let status = act.trigger_expecting_exit();
     let stderr = act.proc.stderr();
     if status.code() != Some(1) {
-        act.proc
-            .fail("sockherd should exit 1 when --listen is given under socket activation");
+        act.proc.fail("sockherd should exit 1 when --listen is given under socket activation");
     }
     if !stderr.contains("--listen") || !stderr.contains("--fallback") {
-        act.proc
-            .fail("the refusal should name --listen and --fallback");
+        act.proc.fail("the refusal should name --listen and --fallback");
     }
     // sockherd logs "sockherd: listening on ADDRESS" for each socket it binds itself.
     if stderr.contains("sockherd: listening on") || act.report.exists() {
-        act.proc
-            .fail("sockherd bound --listen or started the server although it refused");
+        act.proc.fail("sockherd bound --listen or started the server although it refused");
     }
 }
 
@@ -652,16 +513,7 @@ fn fallback_prefers_activated_sockets(mode: Mode) {
     let dir = TempDir::new(&format!("fallback-{}", mode.arg()));
     let other_sock = dir.join("other.sock");
     let other_unix = format!("{},name=other2", other_sock.display());
-    let args = [
-        mode.arg(),
-        "--fallback",
-        "--listen",
-        &other_tcp,
-        "--listen",
-        &other_unix,
-        "--flavor",
-        "systemd",
-    ];
+    let args = [mode.arg(), "--fallback", "--listen", &other_tcp, "--listen", &other_unix, "--flavor", "systemd"];
     let mut act = Activator::start(dir, &[], &args);
     let (report, stream) = act.trigger();
     let mut problems = act.check_handover(mode, "systemd", &report);
@@ -673,10 +525,7 @@ fn fallback_prefers_activated_sockets(mode: Mode) {
     }
     if mode == Mode::Run {
         let held = socket_inodes(act.proc.pid());
-        if held
-            .iter()
-            .any(|ino| *ino != act.tcp_inode && *ino != act.unix_inode)
-        {
+        if held.iter().any(|ino| *ino != act.tcp_inode && *ino != act.unix_inode) {
             problems.push(format!(
                 "sockherd holds sockets {held:?}, not just the activated {} and {}",
                 act.tcp_inode, act.unix_inode
@@ -684,10 +533,7 @@ fn fallback_prefers_activated_sockets(mode: Mode) {
         }
     }
     if other_sock.exists() {
-        problems.push(format!(
-            "the --listen socket {} was created too",
-            other_sock.display()
-        ));
+        problems.push(format!("the --listen socket {} was created too", other_sock.display()));
     }
     if !problems.is_empty() {
         act.fail(&problems, &report);

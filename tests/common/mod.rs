@@ -306,7 +306,8 @@ pub struct Response {
 }
 
 fn http_exchange(mut stream: impl Read + Write, path: &str) -> std::io::Result<Response> {
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    // One write: a server that answers after its first read must see the whole request.
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
