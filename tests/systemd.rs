@@ -244,3 +244,44 @@ cat /tmp/r.err 2>/dev/null | head -3
         d.sdbox.fail(&format!("systemctl restart did not start a new main process: {pids}"));
     }
 }
+
+/// contrib/deploy/deploy.sh against the shipped gunicorn units: a good release deploys and
+/// serves; a broken one fails the deploy, keeps the previous release serving and points
+/// `current` back at it.
+#[test]
+fn deploy_recipe_deploys_and_fails_loudly() {
+    require!("curl");
+    let Some(d) = Deployment::install("deploy", Server::Gunicorn, None, false) else { return };
+    d.start();
+    let deploy = common::repo().join("contrib/deploy/deploy.sh");
+    let good = d.sdbox.sh(&format!(
+        "cp -a /srv/app/releases/r2 /tmp/good && echo good > /tmp/good/RELEASE && chown -R app:app /tmp/good && {} /tmp/good /srv/app app",
+        deploy.display()
+    ));
+    let answer = d.sdbox.ok("curl -sS -m 10 http://127.0.0.1:8080/");
+    if !good.status.success() || !answer.starts_with("release=good") {
+        d.sdbox.fail(&format!(
+            "a good deploy: {:?} {}, then served {answer:?}",
+            good.status,
+            String::from_utf8_lossy(&good.stderr)
+        ));
+    }
+    let before = d.sdbox.ok("readlink /srv/app/current");
+    let bad = d.sdbox.sh(&format!(
+        "cp -a /srv/app/releases/r3 /tmp/bad && chown -R app:app /tmp/bad && {} /tmp/bad /srv/app app",
+        deploy.display()
+    ));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let after = d.sdbox.ok("readlink /srv/app/current");
+    let answer = d.sdbox.ok("curl -sS -m 10 http://127.0.0.1:8080/");
+    if bad.status.success()
+        || !stderr.contains("reload of app failed")
+        || after != before
+        || !answer.starts_with("release=good")
+    {
+        d.sdbox.fail(&format!(
+            "a broken deploy: {:?} {stderr}; current {before:?} -> {after:?}; served {answer:?}",
+            bad.status
+        ));
+    }
+}
