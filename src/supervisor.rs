@@ -836,15 +836,19 @@ impl Supervisor {
             .generations
             .iter()
             .map(|g| {
+                let processes = g.process_count();
+                // Workers: the group's other processes (the master, until reaped, is one of them).
+                let workers = processes.saturating_sub(usize::from(g.exit.is_none()));
                 format!(
-                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"app_status\":{}}}",
+                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},\"app_status\":{}}}",
                     g.number,
                     g.pid,
                     g.role.name(),
                     json_opt(g.release.as_ref().map(|r| r.display().to_string())),
                     utc(g.started_at),
                     now.duration_since(g.started_at).unwrap_or_default().as_secs_f64(),
-                    g.process_count(),
+                    processes,
+                    workers,
                     json_opt(g.app_status.clone())
                 )
             })

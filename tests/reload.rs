@@ -198,10 +198,13 @@ impl Herd {
         }
     }
 
-    /// Starts `sockherd <verb> --pid <us>` without waiting.
+    /// Starts `sockherd <verb...> --pid <us>` without waiting (`verb` may carry options).
     fn spawn_client(&self, verb: &str) -> Proc {
-        let tag = format!("{verb}-{}", CLIENTS.fetch_add(1, Ordering::SeqCst));
-        Proc::spawn(sockherd_cmd(&[verb, "--pid", &self.pid().to_string()]), &self.dir, &tag)
+        let tag = format!("{}-{}", verb.replace(' ', ""), CLIENTS.fetch_add(1, Ordering::SeqCst));
+        let pid = self.pid().to_string();
+        let mut args: Vec<&str> = verb.split(' ').collect();
+        args.extend(["--pid", &pid]);
+        Proc::spawn(sockherd_cmd(&args), &self.dir, &tag)
     }
 
     fn reload(&self, timeout: Duration) -> ClientRun {
@@ -209,7 +212,7 @@ impl Herd {
     }
 
     fn status(&self) -> Status {
-        let run = self.client("status", Duration::from_secs(10));
+        let run = self.client("status --json", Duration::from_secs(10));
         if !run.status.success() {
             self.fail(&format!("`sockherd status` failed: {run:?}"));
         }
