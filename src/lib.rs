@@ -24,8 +24,10 @@ pub mod protocol;
 pub mod readiness;
 pub mod signal;
 pub mod socket;
+pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod unitgen;
 
 use std::process::ExitCode;
 
