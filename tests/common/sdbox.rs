@@ -95,7 +95,12 @@ impl SdBox {
 
     /// Panics with the message and the box's view of app.service: status and journal.
     pub fn fail(&self, message: &str) -> ! {
-        let state = self.sh("systemctl status app.service app-http.socket --no-pager -l 2>&1 | head -40; echo '--- journal:'; journalctl -u app --no-pager -o short-monotonic 2>&1 | tail -150");
+        self.fail_unit("app", message)
+    }
+
+    /// Panics with the message and the box's view of `<unit>.service`: status and journal.
+    pub fn fail_unit(&self, unit: &str, message: &str) -> ! {
+        let state = self.sh(&format!("systemctl status '{unit}.service' '{unit}*.socket' --no-pager -l 2>&1 | head -40; echo '--- journal:'; journalctl -u '{unit}*' --no-pager -o short-monotonic 2>&1 | tail -150"));
         panic!("{message}\n--- box {}:\n{}", self.name, String::from_utf8_lossy(&state.stdout));
     }
 
@@ -182,18 +187,8 @@ impl Deployment {
     /// Boots a box and installs the app with releases r1 and r2 (r3: broken), current -> r1,
     /// and, with `notify_reload`, the notify-reload drop-in. Does not start anything.
     pub fn install(tag: &str, server: Server, lower: Option<&Path>, notify_reload: bool) -> Option<Deployment> {
-        if !server.available() {
-            return None;
-        }
-        let sdbox = SdBox::boot(tag, lower)?;
+        let deployment = Deployment::install_app(tag, server, lower)?;
         let units = repo().join("units");
-        let mut copies = String::new();
-        for release in ["r1", "r2", "r3"] {
-            for file in server.release_files() {
-                copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
-            }
-            copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
-        }
         let dropin = if notify_reload {
             format!(
                 "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n",
@@ -202,6 +197,32 @@ impl Deployment {
         } else {
             String::new()
         };
+        deployment.sdbox.ok(&format!(
+            "set -e
+cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
+{dropin}systemctl daemon-reload
+systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
+",
+            units = units.display(),
+            flavor = server.unit_dir(),
+        ));
+        Some(deployment)
+    }
+
+    /// Boots a box and installs everything but the units: /usr/bin/sockherd, user app, releases
+    /// r1, r2 and r3 (broken) under /srv/app, current -> r1, /srv/app/shared/venv.
+    pub fn install_app(tag: &str, server: Server, lower: Option<&Path>) -> Option<Deployment> {
+        if !server.available() {
+            return None;
+        }
+        let sdbox = SdBox::boot(tag, lower)?;
+        let mut copies = String::new();
+        for release in ["r1", "r2", "r3"] {
+            for file in server.release_files() {
+                copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
+            }
+            copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
+        }
         sdbox.ok(&format!(
             "set -e
 useradd --system --user-group --no-create-home app
@@ -211,14 +232,9 @@ mkdir -p /srv/app/releases/r1 /srv/app/releases/r2 /srv/app/releases/r3 /srv/app
 ln -s {venv} /srv/app/shared/venv
 ln -s releases/r1 /srv/app/current
 chown -R app:app /srv/app
-cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
-{dropin}systemctl daemon-reload
-systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
 ",
             bin = sockherd().display(),
             venv = test_venv().display(),
-            units = units.display(),
-            flavor = server.unit_dir(),
         ));
         Some(Deployment { sdbox, server })
     }
