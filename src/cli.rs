@@ -353,7 +353,11 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
                 Ok(_) => "LISTEN_FDS=0".to_string(),
             };
             if args.listen.is_empty() {
-                bail!("no sockets to hand over: not socket-activated ({reason}) and no --listen given");
+                bail!(
+                    "no sockets to hand over: not socket-activated ({reason}) and no --listen given; give \
+                     --listen (e.g. --listen 127.0.0.1:8080), or start it from a socket unit (`sockherd unit` \
+                     writes one)"
+                );
             }
             let mut sockets = Vec::with_capacity(args.listen.len());
             for spec in &args.listen {
@@ -427,8 +431,14 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                     log::info(format!("reload succeeded: {message}")).emit();
                     Ok(0)
                 }
-                Some(("error", message)) => bail!("reload failed: {message}"),
-                _ => bail!("unexpected answer from the supervisor (pid {pid}): {answer:?}"),
+                Some(("error", message)) => bail!(
+                    "reload failed: {message} (why: the new generation's own output, in the unit's journal or \
+                     sockherd's stderr)"
+                ),
+                _ => bail!(
+                    "unexpected answer from the supervisor (pid {pid}): {answer:?}; is it another sockherd \
+                     version? Restart the service after upgrading sockherd"
+                ),
             }
         }
         Command::Status(args) => status(args),
