@@ -3,7 +3,7 @@
 //! follows the new master each time.
 mod common;
 
-use common::sdbox::{Deployment, Server};
+use common::sdbox::{Deployment, Server, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -37,14 +37,6 @@ echo "masters=$(pgrep -u app -f 'master' | wc -l)"
 true
 "#
     ))
-}
-
-fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
-    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
-}
-
-fn number(report: &str, key: &str) -> u64 {
-    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Every reload succeeded, MainPID changed each time to a live master, and no request failed.

@@ -4,7 +4,7 @@
 //! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, systemd_254_tree};
+use common::sdbox::{Deployment, Server, report_number as number, report_value as value, systemd_254_tree};
 
 const RELOADS: usize = 10;
 
@@ -45,14 +45,6 @@ grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^
 true
 "#
     ))
-}
-
-fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
-    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
-}
-
-fn number(report: &str, key: &str) -> u64 {
-    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// The whole life of the service on one systemd: activation, reloads under load, a new

@@ -7,6 +7,16 @@ use super::*;
 use std::process::Output;
 use std::time::Duration;
 
+/// A value of a `key=value` report printed by a script run in a box.
+pub fn report_value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
+}
+
+/// A number of such a report (0 when missing).
+pub fn report_number(report: &str, key: &str) -> u64 {
+    report_value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
 pub fn systemd_254_tree() -> PathBuf {
     std::env::var_os("SOCKHERD_SYSTEMD_254")
