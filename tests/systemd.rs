@@ -277,3 +277,25 @@ fn deploy_recipe_deploys_and_fails_loudly() {
         ));
     }
 }
+
+/// WatchdogSec=: sockherd pings systemd while the serving generation lives, so systemd sees
+/// fresh pings (WatchdogTimestamp advances) and never kills the service.
+#[test]
+fn watchdog_pings_while_the_generation_serves() {
+    require!("curl");
+    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, None, false) else { return };
+    d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    let mut stamps = std::collections::BTreeSet::new();
+    let pinged = common::wait_until(std::time::Duration::from_secs(10), || {
+        stamps.insert(d.sdbox.property("WatchdogTimestampMonotonic"));
+        stamps.len() >= 4
+    });
+    if !pinged {
+        d.sdbox.fail(&format!("WatchdogTimestamp did not advance: {stamps:?}"));
+    }
+    if d.sdbox.property("MainPID") != main_pid || d.sdbox.property("NRestarts") != "0" {
+        d.sdbox.fail("the watchdog restarted the service");
+    }
+}
