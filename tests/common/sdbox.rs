@@ -37,6 +37,10 @@ fn sdbox_script() -> PathBuf {
 
 pub struct SdBox {
     pub name: String,
+    /// Held for the box's life: boxes share the host's cgroup tree (there is no cgroup namespace),
+    /// so two boxes running units of the same name would share, and kill, each other's cgroup.
+    /// One box at a time, across test threads and processes.
+    _lock: std::fs::File,
 }
 
 static BOXES: AtomicU32 = AtomicU32::new(0);
@@ -59,6 +63,9 @@ impl SdBox {
                 return None;
             }
         }
+        std::fs::create_dir_all("/run/sockherd-sdbox").expect("create /run/sockherd-sdbox");
+        let lock = std::fs::File::create("/run/sockherd-sdbox/lock").expect("open the box lock");
+        lock.lock().expect("take the box lock");
         let name = format!("{tag}-{}-{}", std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
         let mut cmd = Command::new(sdbox_script());
         cmd.args(["start", &name, "--bind"]).arg(repo());
@@ -77,7 +84,7 @@ impl SdBox {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Some(SdBox { name })
+        Some(SdBox { name, _lock: lock })
     }
 
     /// Runs a bash script inside the box.
