@@ -230,13 +230,23 @@ ln -s releases/r1 /srv/app/current
 chown -R app:app /srv/app
 cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
 {dropin}systemctl daemon-reload
-systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
 ",
             bin = sockherd().display(),
             venv = test_venv().display(),
             units = units.display(),
             flavor = server.unit_dir(),
         ));
+        // The units as shipped must pass systemd's own checks: verify, and an exposure score
+        // below 3.0 (systemd-analyze counts tenths: --threshold=30).
+        let checks = sdbox.sh(
+            "cd /etc/systemd/system && systemd-analyze verify app.service app-http.socket app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/'; \
+             echo verify=${PIPESTATUS[0]}; \
+             systemd-analyze security --offline=yes --threshold=30 app.service 2>&1 | tail -1; echo security=${PIPESTATUS[0]}",
+        );
+        let checks = String::from_utf8_lossy(&checks.stdout).into_owned();
+        if !checks.contains("verify=0") || !checks.contains("security=0") {
+            sdbox.fail(&format!("the shipped units fail systemd-analyze:\n{checks}"));
+        }
         Some(Deployment { sdbox, server })
     }
 
