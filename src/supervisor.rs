@@ -88,8 +88,8 @@ enum StopCause {
     Requested,
     /// The serving generation exited on its own: exit non-zero so systemd's Restart= acts.
     Crashed { status: ExitStatus },
-    /// Generation 1 never became ready.
-    StartFailed { message: String },
+    /// Generation 1 never became ready: it exited (with this status), or missed its deadline.
+    StartFailed { message: String, status: Option<ExitStatus> },
 }
 
 pub struct Supervisor {
@@ -620,7 +620,8 @@ impl Supervisor {
         } else if self.state == State::Running {
             let message = format!("{described} {why}");
             log::error(format!("start failed: {message}")).kind("rollback").field("GENERATION", number).emit();
-            self.stop_cause = Some(StopCause::StartFailed { message });
+            let status = self.generation(number).and_then(|g| g.exit);
+            self.stop_cause = Some(StopCause::StartFailed { message, status });
             self.stop(true, "the first generation failed to start");
         }
     }
@@ -739,10 +740,10 @@ impl Supervisor {
         self.extend_timeout(self.config.stop_timeout);
         for generation in &mut self.generations {
             let signal = match generation.role {
-                // A generation that is not serving yet has nothing to drain.
-                Role::Starting { .. } | Role::Failed => fast_signal,
-                Role::Serving | Role::Draining { .. } if fast => fast_signal,
-                Role::Serving => stop_signal,
+                Role::Failed => continue, // already killed
+                _ if fast => fast_signal,
+                // A starting generation may already answer on the shared sockets: it drains too.
+                Role::Serving | Role::Starting { .. } => stop_signal,
                 Role::Draining { .. } => continue, // already told
             };
             if generation.exit.is_none() || sys::group_alive(generation.pid) {
@@ -771,7 +772,13 @@ impl Supervisor {
 
     fn exit_code(&self) -> Result<u8> {
         match &self.stop_cause {
-            Some(StopCause::StartFailed { message }) => Err(anyhow!("{message}")),
+            // A server that exited before it was ready: its own status, as a shell would
+            // report it (never 0: the service did not start). A deadline missed: our failure.
+            Some(StopCause::StartFailed { status: Some(status), .. }) => Ok(match shell_code(*status) {
+                0 => 1,
+                code => code,
+            }),
+            Some(StopCause::StartFailed { message, status: None }) => Err(anyhow!("{message}")),
             Some(StopCause::Crashed { status }) => Ok(match shell_code(*status) {
                 0 => 1, // a server that quits by itself is down all the same
                 code => code,
