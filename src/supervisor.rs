@@ -594,9 +594,13 @@ impl Supervisor {
                 handoff.ready = Some((handoff.started.elapsed(), drained));
             }
             _ => {
-                // Generation 1: the service is up.
+                // Generation 1: the service is up. A reload asked for while it started was
+                // queued behind it: start it now.
                 let status = self.status_line();
                 self.notifier.send(&[READY.to_string(), format!("{STATUS}={status}")]);
+                if let Some(waiters) = self.pending_reload.take() {
+                    self.begin_reload(waiters, false);
+                }
             }
         }
     }

@@ -65,3 +65,19 @@ fn reload_from_another_user_is_refused() {
         proc.fail("the refused request must start nothing and be logged");
     }
 }
+
+/// A reload asked for while generation 1 is still starting waits for it, then runs.
+#[test]
+fn reload_during_the_first_start_runs_once_it_is_ready() {
+    require!("python3");
+    let dir = TempDir::new("early-reload");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "delay:1.5", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    proc.wait_for_stderr("started generation 1", Duration::from_secs(10));
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "20s"]).output().unwrap();
+    if !out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("generation 2") {
+        proc.fail(&format!("early reload: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+}
