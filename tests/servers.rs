@@ -318,8 +318,8 @@ fn term_stops_gracefully(server: Server) {
     let sent = Instant::now();
     stream.write_all(b"GET /slow?s=2 HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let client = std::thread::spawn(move || read_response(stream));
-    if !wait_until(Duration::from_secs(10), || accepted_by(&family, port, client_port)) {
-        proc.fail("no worker accepted the slow request within 10s");
+    if !wait_until(Duration::from_secs(30), || accepted_by(&family, port, client_port)) {
+        proc.fail("no worker accepted the slow request within 30s");
     }
 
     proc.signal(15);
