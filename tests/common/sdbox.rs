@@ -55,13 +55,13 @@ impl SdBox {
         {
             return None;
         }
-        if let Some(lower) = lower {
-            if !prerequisite(
+        if let Some(lower) = lower
+            && !prerequisite(
                 lower.join("usr/lib/systemd/systemd").exists(),
                 &format!("systemd tree at {} (tests/support/fetch-systemd-254)", lower.display()),
-            ) {
-                return None;
-            }
+            )
+        {
+            return None;
         }
         std::fs::create_dir_all("/run/sockherd-sdbox").expect("create /run/sockherd-sdbox");
         let lock = std::fs::File::create("/run/sockherd-sdbox/lock").expect("open the box lock");
