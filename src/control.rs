@@ -42,6 +42,9 @@ struct Conn {
     deadline: Instant,
     /// A request was read; the connection now only waits for its answer.
     answered_later: bool,
+    /// The peer may not control us: its request gets a refusal (once read: closing with the
+    /// request unread would reset the connection and lose the answer).
+    denied: Option<u32>,
 }
 
 pub struct ControlServer {
@@ -81,17 +84,11 @@ impl ControlServer {
                         Err(_) => continue,
                     };
                     let our_uid = sys::geteuid();
-                    if peer_uid != 0 && peer_uid != our_uid {
+                    let denied = peer_uid != 0 && peer_uid != our_uid;
+                    if denied {
                         log::warn(format!("refused control request from pid {peer_pid} (uid {peer_uid}): only root and uid {our_uid} may control this service"))
                             .kind("denied")
                             .emit();
-                        let mut stream = stream;
-                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                        let _ = writeln!(
-                            stream,
-                            "error permission denied: only root and uid {our_uid} may control this service"
-                        );
-                        continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
@@ -104,6 +101,7 @@ impl ControlServer {
                         buf: Vec::new(),
                         deadline: Instant::now() + REQUEST_TIMEOUT,
                         answered_later: false,
+                        denied: denied.then_some(our_uid),
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -135,6 +133,10 @@ impl ControlServer {
                 Err(_) => break true,
             }
         };
+        if let Some(our_uid) = conn.denied.filter(|_| closed || conn.buf.contains(&b'\n')) {
+            self.reply(id, &format!("error permission denied: only root and uid {our_uid} may control this service"));
+            return None;
+        }
         if let Some(end) = conn.buf.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&conn.buf[..end]).trim().to_string();
             let request = match line.as_str() {

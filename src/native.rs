@@ -212,10 +212,12 @@ impl NativeReload {
         let oldbin = self.pidfile.as_ref().map(|p| PathBuf::from(format!("{}.oldbin", p.display())));
         let mut oldbin_seen = false;
         let new = loop {
-            if let Some(pid) = self.pidfile.as_ref().and_then(read_pidfile) {
-                if pid != old && Some(pid) != pidfile_before && alive(pid) {
-                    break pid;
-                }
+            if let Some(pid) = self.pidfile.as_ref().and_then(read_pidfile)
+                && pid != old
+                && Some(pid) != pidfile_before
+                && alive(pid)
+            {
+                break pid;
             }
             let candidate = processes()
                 .into_iter()
@@ -336,13 +338,10 @@ pub fn start_nginx(argv: &[std::ffi::OsString], launch: &crate::command::Launch<
     let pid = crate::command::spawn(argv, launch)?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some((reaped, status)) = sys::reap_any().context("waitpid failed")? {
-            if reaped == pid {
-                bail!(
-                    "nginx (pid {pid}) exited with {} before it was ready",
-                    crate::generation::describe_status(status)
-                );
-            }
+        if let Some((reaped, status)) = sys::reap_any().context("waitpid failed")?
+            && reaped == pid
+        {
+            bail!("nginx (pid {pid}) exited with {} before it was ready", crate::generation::describe_status(status));
         }
         if workers_of(Flavor::Nginx, pid) > 0 {
             break;

@@ -88,8 +88,8 @@ enum StopCause {
     Requested,
     /// The serving generation exited on its own: exit non-zero so systemd's Restart= acts.
     Crashed { status: ExitStatus },
-    /// Generation 1 never became ready.
-    StartFailed { message: String },
+    /// Generation 1 never became ready: it exited (with this status), or missed its deadline.
+    StartFailed { message: String, status: Option<ExitStatus> },
 }
 
 pub struct Supervisor {
@@ -187,10 +187,10 @@ impl Supervisor {
                     }
                     Source::Notify(number) => self.on_notify(number),
                     Source::Probe(number) => {
-                        if let Some(generation) = self.generation_mut(number) {
-                            if generation.check.on_probe_readable(Instant::now()) == Verdict::Ready {
-                                self.on_ready(number);
-                            }
+                        if let Some(generation) = self.generation_mut(number)
+                            && generation.check.on_probe_readable(Instant::now()) == Verdict::Ready
+                        {
+                            self.on_ready(number);
                         }
                     }
                 }
@@ -279,17 +279,17 @@ impl Supervisor {
         for message in readiness::read_notify(socket) {
             // The socket is private to the generation; still, a live sender must belong to its
             // process group. A sender already gone (a short-lived notify helper) is accepted.
-            if let Some(sender) = message.sender {
-                if let Some(pgid) = sys::getpgid(sender) {
-                    if pgid != generation.pid && sender != generation.pid {
-                        log::warn(format!(
-                            "ignored a notification from pid {sender}, which is not part of {}",
-                            generation.describe()
-                        ))
-                        .emit();
-                        continue;
-                    }
-                }
+            if let Some(sender) = message.sender
+                && let Some(pgid) = sys::getpgid(sender)
+                && pgid != generation.pid
+                && sender != generation.pid
+            {
+                log::warn(format!(
+                    "ignored a notification from pid {sender}, which is not part of {}",
+                    generation.describe()
+                ))
+                .emit();
+                continue;
             }
             if let Some(status) = message.status {
                 generation.app_status = Some(status);
@@ -306,13 +306,13 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
-        if let Some((interval, next)) = self.watchdog {
-            if now >= next {
-                if self.generations.iter().any(|g| g.role == Role::Serving && g.exit.is_none()) {
-                    self.notifier.send(&[WATCHDOG.to_string()]);
-                }
-                self.watchdog = Some((interval, now + interval));
+        if let Some((interval, next)) = self.watchdog
+            && now >= next
+        {
+            if self.generations.iter().any(|g| g.role == Role::Serving && g.exit.is_none()) {
+                self.notifier.send(&[WATCHDOG.to_string()]);
             }
+            self.watchdog = Some((interval, now + interval));
         }
         let mut became_ready = Vec::new();
         let mut timed_out = Vec::new();
@@ -336,35 +336,32 @@ impl Supervisor {
             self.on_start_failed(number, format!("not ready within {timeout:?} ({why})"));
         }
         for generation in &mut self.generations {
-            if let Role::Draining { since, kill_at, killed: false } = generation.role {
-                if now >= kill_at {
-                    log::warn(format!(
-                        "{} still running {:.0?} after it was told to stop: sending SIGKILL to its process group",
-                        generation.describe(),
-                        self.config.drain_timeout
-                    ))
-                    .kind("kill")
-                    .field("GENERATION", generation.number)
-                    .field("PID", generation.pid)
-                    .emit();
-                    generation.kill();
-                    generation.role = Role::Draining { since, kill_at, killed: true };
-                }
-            }
-        }
-        if let State::Stopping { deadline } = self.state {
-            if now >= deadline {
+            if let Role::Draining { since, kill_at, killed: false } = generation.role
+                && now >= kill_at
+            {
                 log::warn(format!(
-                    "still running {:.0?} after the stop signal: sending SIGKILL",
-                    self.config.stop_timeout
+                    "{} still running {:.0?} after it was told to stop: sending SIGKILL to its process group",
+                    generation.describe(),
+                    self.config.drain_timeout
                 ))
                 .kind("kill")
+                .field("GENERATION", generation.number)
+                .field("PID", generation.pid)
                 .emit();
-                for generation in &mut self.generations {
-                    generation.kill();
-                }
-                self.state = State::Killing;
+                generation.kill();
+                generation.role = Role::Draining { since, kill_at, killed: true };
             }
+        }
+        if let State::Stopping { deadline } = self.state
+            && now >= deadline
+        {
+            log::warn(format!("still running {:.0?} after the stop signal: sending SIGKILL", self.config.stop_timeout))
+                .kind("kill")
+                .emit();
+            for generation in &mut self.generations {
+                generation.kill();
+            }
+            self.state = State::Killing;
         }
     }
 
@@ -382,10 +379,11 @@ impl Supervisor {
             let now = Instant::now();
             let mut check_ready = None;
             for generation in &mut self.generations {
-                if let Some(verdict) = generation.check.on_reaped(pid, status.success(), now) {
-                    if verdict == Verdict::Ready && matches!(generation.role, Role::Starting { .. }) {
-                        check_ready = Some(generation.number);
-                    }
+                if let Some(verdict) = generation.check.on_reaped(pid, status.success(), now)
+                    && verdict == Verdict::Ready
+                    && matches!(generation.role, Role::Starting { .. })
+                {
+                    check_ready = Some(generation.number);
                 }
             }
             if let Some(number) = check_ready {
@@ -396,10 +394,10 @@ impl Supervisor {
                 continue;
             };
             generation.exit = Some(status);
-            if let Some((number, primary_status)) = &mut self.primary {
-                if *number == generation.number {
-                    *primary_status = Some(status);
-                }
+            if let Some((number, primary_status)) = &mut self.primary
+                && *number == generation.number
+            {
+                *primary_status = Some(status);
             }
             let expected = generation.stop_sent.is_some();
             let message = format!(
@@ -433,20 +431,20 @@ impl Supervisor {
         }
         // The serving generation exited on its own: the service is down. Stop the rest and exit
         // non-zero, so systemd restarts us (the socket unit keeps the sockets; clients queue).
-        if self.state == State::Running {
-            if let Some(generation) = self.generations.iter().find(|g| g.role == Role::Serving && g.exit.is_some()) {
-                let status = generation.exit.expect("checked");
-                let message = format!(
-                    "{} exited on its own ({}); stopping the service",
-                    generation.describe(),
-                    describe_status(status)
-                );
-                let number = generation.number;
-                log::error(message.clone()).kind("crash").field("GENERATION", number).emit();
-                self.primary = Some((number, Some(status)));
-                self.stop_cause = Some(StopCause::Crashed { status });
-                self.stop(false, &message);
-            }
+        if self.state == State::Running
+            && let Some(generation) = self.generations.iter().find(|g| g.role == Role::Serving && g.exit.is_some())
+        {
+            let status = generation.exit.expect("checked");
+            let message = format!(
+                "{} exited on its own ({}); stopping the service",
+                generation.describe(),
+                describe_status(status)
+            );
+            let number = generation.number;
+            log::error(message.clone()).kind("crash").field("GENERATION", number).emit();
+            self.primary = Some((number, Some(status)));
+            self.stop_cause = Some(StopCause::Crashed { status });
+            self.stop(false, &message);
         }
         // A handoff whose new generation is ready ends when no drained generation can accept.
         if let Some((ready_after, drained)) = self.handoff.as_ref().and_then(|h| h.ready.clone()) {
@@ -594,9 +592,13 @@ impl Supervisor {
                 handoff.ready = Some((handoff.started.elapsed(), drained));
             }
             _ => {
-                // Generation 1: the service is up.
+                // Generation 1: the service is up. A reload asked for while it started was
+                // queued behind it: start it now.
                 let status = self.status_line();
                 self.notifier.send(&[READY.to_string(), format!("{STATUS}={status}")]);
+                if let Some(waiters) = self.pending_reload.take() {
+                    self.begin_reload(waiters, false);
+                }
             }
         }
     }
@@ -620,7 +622,8 @@ impl Supervisor {
         } else if self.state == State::Running {
             let message = format!("{described} {why}");
             log::error(format!("start failed: {message}")).kind("rollback").field("GENERATION", number).emit();
-            self.stop_cause = Some(StopCause::StartFailed { message });
+            let status = self.generation(number).and_then(|g| g.exit);
+            self.stop_cause = Some(StopCause::StartFailed { message, status });
             self.stop(true, "the first generation failed to start");
         }
     }
@@ -632,11 +635,12 @@ impl Supervisor {
             handoff.waiters.push(id);
             return;
         }
-        if let Some((ended, answer)) = self.unjoined.take() {
-            if ended.elapsed() < JOIN_WINDOW && self.handoff.is_none() {
-                self.control.reply(id, &answer);
-                return;
-            }
+        if let Some((ended, answer)) = self.unjoined.take()
+            && ended.elapsed() < JOIN_WINDOW
+            && self.handoff.is_none()
+        {
+            self.control.reply(id, &answer);
+            return;
         }
         self.request_reload(Some(id), false);
     }
@@ -739,16 +743,16 @@ impl Supervisor {
         self.extend_timeout(self.config.stop_timeout);
         for generation in &mut self.generations {
             let signal = match generation.role {
-                // A generation that is not serving yet has nothing to drain.
-                Role::Starting { .. } | Role::Failed => fast_signal,
-                Role::Serving | Role::Draining { .. } if fast => fast_signal,
-                Role::Serving => stop_signal,
+                Role::Failed => continue, // already killed
+                _ if fast => fast_signal,
+                // A starting generation may already answer on the shared sockets: it drains too.
+                Role::Serving | Role::Starting { .. } => stop_signal,
                 Role::Draining { .. } => continue, // already told
             };
-            if generation.exit.is_none() || sys::group_alive(generation.pid) {
-                if let Err(e) = generation.signal(signal) {
-                    log::warn(format!("failed to send {signal} to {}: {e}", generation.describe())).emit();
-                }
+            if (generation.exit.is_none() || sys::group_alive(generation.pid))
+                && let Err(e) = generation.signal(signal)
+            {
+                log::warn(format!("failed to send {signal} to {}: {e}", generation.describe())).emit();
             }
             if let Some(pid) = generation.check.running_command() {
                 let _ = sys::kill_group(pid, libc::SIGKILL);
@@ -771,7 +775,13 @@ impl Supervisor {
 
     fn exit_code(&self) -> Result<u8> {
         match &self.stop_cause {
-            Some(StopCause::StartFailed { message }) => Err(anyhow!("{message}")),
+            // A server that exited before it was ready: its own status, as a shell would
+            // report it (never 0: the service did not start). A deadline missed: our failure.
+            Some(StopCause::StartFailed { status: Some(status), .. }) => Ok(match shell_code(*status) {
+                0 => 1,
+                code => code,
+            }),
+            Some(StopCause::StartFailed { message, status: None }) => Err(anyhow!("{message}")),
             Some(StopCause::Crashed { status }) => Ok(match shell_code(*status) {
                 0 => 1, // a server that quits by itself is down all the same
                 code => code,

@@ -3,16 +3,18 @@
 //! follows the new master each time.
 mod common;
 
-use common::sdbox::{Deployment, Server};
+use common::sdbox::{Deployment, Server, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
 /// `systemctl reload` `reloads` times under load (hey with 4 keep-alive connections, curl
 /// loops on TCP and unix); reports MainPID after each reload and the load's outcome.
 fn native_reloads_under_load(d: &Deployment, reloads: usize) -> String {
+    let hey_flags = std::env::var("SOCKHERD_TEST_HEY_FLAGS").unwrap_or_default();
     d.sdbox.ok(&format!(
         r#"
 set -u
+HEY_FLAGS="{hey_flags}"
 rm -f /tmp/load.*
 loop() {{ local name=$1; shift; local ok=0 fail=0
   while [ ! -e /tmp/load.stop ]; do
@@ -21,7 +23,7 @@ loop() {{ local name=$1; shift; local ok=0 fail=0
   done; echo "$name.ok=$ok $name.fail=$fail" >/tmp/load.$name.result; }}
 loop tcp http://127.0.0.1:8080/ & tcp=$!
 loop unix --unix-socket /run/app.sock http://app/ & unix=$!
-hey -z 300s -c 4 http://127.0.0.1:8080/ >/tmp/load.hey 2>&1 & hey=$!
+hey -z 300s -c 4 $HEY_FLAGS http://127.0.0.1:8080/ >/tmp/load.hey 2>&1 & hey=$!
 echo "mainpid.0=$(systemctl show -P MainPID app)"
 for i in $(seq {reloads}); do
   if ! out=$(systemctl reload app 2>&1); then echo "reload.failed=$i $out"; fi
@@ -37,14 +39,6 @@ echo "masters=$(pgrep -u app -f 'master' | wc -l)"
 true
 "#
     ))
-}
-
-fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
-    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
-}
-
-fn number(report: &str, key: &str) -> u64 {
-    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Every reload succeeded, MainPID changed each time to a live master, and no request failed.

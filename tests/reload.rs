@@ -374,7 +374,7 @@ impl Traffic {
                     let mut i = t as u64;
                     while !flag.load(Ordering::SeqCst) {
                         let at = Instant::now();
-                        let (via, result) = if i % 2 == 0 {
+                        let (via, result) = if i.is_multiple_of(2) {
                             ("tcp", http_get(&addr, "/"))
                         } else {
                             ("unix", http_get_unix(&sock, "/"))

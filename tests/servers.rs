@@ -90,7 +90,13 @@ fn start(server: Server, mode: Mode, dir: &TempDir) -> Service {
         Mode::Exec => "exec",
     };
     let mut cmd = sockherd_cmd(&[mode_arg, "--flavor", server.flavor(), "--listen", &addr, "--listen"]);
-    cmd.arg(&sock).arg("--chdir").arg(&app).arg("--").args(server.command());
+    cmd.arg(&sock).arg("--chdir").arg(&app);
+    if mode == Mode::Run {
+        // The flavors' default readiness probe hands the generation one more socket of its own
+        // (tests/activation.rs covers it); here only the sockets sockherd was told to bind count.
+        cmd.args(["--ready", "delay:1"]);
+    }
+    cmd.arg("--").args(server.command());
     let proc = Proc::spawn(cmd, dir.path(), "sockherd");
     Service { proc, addr, port, sock }
 }
@@ -169,7 +175,12 @@ fn serves_only_inherited_sockets(server: Server, mode: Mode) {
             wait_for_processes(&mut proc, pid, 1 + WORKERS);
             let ours = socket_inodes(pid);
             let theirs = socket_inodes(master);
-            let listening: Vec<u64> = listening_inodes().into_iter().map(|(_, i)| i).collect();
+            // Not sockherd's own control socket (@sockherd/<pid>/control).
+            let listening: Vec<u64> = listening_inodes()
+                .into_iter()
+                .filter(|(path, _)| !path.starts_with("@sockherd/"))
+                .map(|(_, i)| i)
+                .collect();
             let held: Vec<u64> = ours.iter().copied().filter(|i| listening.contains(i)).collect();
             if held.len() != 2 || !held.iter().all(|i| theirs.contains(i)) {
                 proc.fail(&format!(
@@ -307,8 +318,8 @@ fn term_stops_gracefully(server: Server) {
     let sent = Instant::now();
     stream.write_all(b"GET /slow?s=2 HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let client = std::thread::spawn(move || read_response(stream));
-    if !wait_until(Duration::from_secs(10), || accepted_by(&family, port, client_port)) {
-        proc.fail("no worker accepted the slow request within 10s");
+    if !wait_until(Duration::from_secs(30), || accepted_by(&family, port, client_port)) {
+        proc.fail("no worker accepted the slow request within 30s");
     }
 
     proc.signal(15);
@@ -393,8 +404,17 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
     let dir = TempDir::new(tag);
     let report = dir.join("report.json");
     let port = free_port();
-    let mut cmd =
-        sockherd_cmd(&["run", "--listen", &format!("127.0.0.1:{port}"), "--stop-timeout", "1s", "--", "python3"]);
+    let mut cmd = sockherd_cmd(&[
+        "run",
+        "--ready",
+        "exec",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--stop-timeout",
+        "1s",
+        "--",
+        "python3",
+    ]);
     cmd.arg(support("stubborn_server.py")).arg(&report);
     if master_obeys {
         cmd.arg("master-obeys");
@@ -464,8 +484,16 @@ fn quit_sends_the_fast_signal(flavor: &str, expected: &str) {
     let dir = TempDir::new(&format!("fast-{flavor}"));
     let report = dir.join("report");
     let sock = dir.join("app.sock");
-    let mut cmd =
-        sockherd_cmd(&["run", "--flavor", flavor, "--listen", &format!("127.0.0.1:{}", free_port()), "--listen"]);
+    let mut cmd = sockherd_cmd(&[
+        "run",
+        "--ready",
+        "exec",
+        "--flavor",
+        flavor,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--listen",
+    ]);
     cmd.arg(&sock).arg("--").arg("python3").arg(support("signal_logger.py")).arg(&report);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     let server: i32 = wait_for_file(&mut proc, &report).trim().parse().unwrap_or_else(|_| proc.fail("bad report"));
@@ -511,7 +539,7 @@ fn server_killed_by_sigkill_makes_sockherd_exit_137() {
     let dir = TempDir::new("exit-137");
     let report = dir.join("report.json");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = sockherd_cmd(&["run", "--listen", &addr, "--"]);
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &addr, "--"]);
     cmd.arg(probe()).arg(&report).arg("serve");
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_http_ok(&mut proc, &addr, BOOT);

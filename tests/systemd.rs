@@ -4,7 +4,7 @@
 //! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, systemd_254_tree};
+use common::sdbox::{Deployment, Server, report_number as number, report_value as value, systemd_254_tree};
 
 const RELOADS: usize = 10;
 
@@ -45,14 +45,6 @@ grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^
 true
 "#
     ))
-}
-
-fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
-    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
-}
-
-fn number(report: &str, key: &str) -> u64 {
-    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// The whole life of the service on one systemd: activation, reloads under load, a new
@@ -283,5 +275,27 @@ fn deploy_recipe_deploys_and_fails_loudly() {
             "a broken deploy: {:?} {stderr}; current {before:?} -> {after:?}; served {answer:?}",
             bad.status
         ));
+    }
+}
+
+/// WatchdogSec=: sockherd pings systemd while the serving generation lives, so systemd sees
+/// fresh pings (WatchdogTimestamp advances) and never kills the service.
+#[test]
+fn watchdog_pings_while_the_generation_serves() {
+    require!("curl");
+    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, None, false) else { return };
+    d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    let mut stamps = std::collections::BTreeSet::new();
+    let pinged = common::wait_until(std::time::Duration::from_secs(10), || {
+        stamps.insert(d.sdbox.property("WatchdogTimestampMonotonic"));
+        stamps.len() >= 4
+    });
+    if !pinged {
+        d.sdbox.fail(&format!("WatchdogTimestamp did not advance: {stamps:?}"));
+    }
+    if d.sdbox.property("MainPID") != main_pid || d.sdbox.property("NRestarts") != "0" {
+        d.sdbox.fail("the watchdog restarted the service");
     }
 }

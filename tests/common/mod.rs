@@ -278,10 +278,10 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     let mut all: Vec<(i32, i32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            if let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
-                if let Some(pp) = ppid(p) {
-                    all.push((p, pp));
-                }
+            if let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+                && let Some(pp) = ppid(p)
+            {
+                all.push((p, pp));
             }
         }
     }
@@ -367,14 +367,12 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for entry in entries.flatten() {
-            if let Ok(target) = std::fs::read_link(entry.path()) {
-                if let Some(ino) =
+            if let Ok(target) = std::fs::read_link(entry.path())
+                && let Some(ino) =
                     target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'))
-                {
-                    if let Ok(ino) = ino.parse() {
-                        out.push(ino);
-                    }
-                }
+                && let Ok(ino) = ino.parse()
+            {
+                out.push(ino);
             }
         }
     }
@@ -412,10 +410,10 @@ pub fn foreign_listeners(root: i32, allowed: &[u64]) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for pid in pids {
         for ino in socket_inodes(pid) {
-            if !allowed.contains(&ino) {
-                if let Some((addr, _)) = listening.iter().find(|(_, i)| *i == ino) {
-                    out.push((addr.clone(), ino));
-                }
+            if !allowed.contains(&ino)
+                && let Some((addr, _)) = listening.iter().find(|(_, i)| *i == ino)
+            {
+                out.push((addr.clone(), ino));
             }
         }
     }

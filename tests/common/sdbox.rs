@@ -7,6 +7,16 @@ use super::*;
 use std::process::Output;
 use std::time::Duration;
 
+/// A value of a `key=value` report printed by a script run in a box.
+pub fn report_value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
+}
+
+/// A number of such a report (0 when missing).
+pub fn report_number(report: &str, key: &str) -> u64 {
+    report_value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
 pub fn systemd_254_tree() -> PathBuf {
     std::env::var_os("SOCKHERD_SYSTEMD_254")
@@ -27,6 +37,10 @@ fn sdbox_script() -> PathBuf {
 
 pub struct SdBox {
     pub name: String,
+    /// Held for the box's life: boxes share the host's cgroup tree (there is no cgroup namespace),
+    /// so two boxes running units of the same name would share, and kill, each other's cgroup.
+    /// One box at a time, across test threads and processes.
+    _lock: std::fs::File,
 }
 
 static BOXES: AtomicU32 = AtomicU32::new(0);
@@ -41,14 +55,17 @@ impl SdBox {
         {
             return None;
         }
-        if let Some(lower) = lower {
-            if !prerequisite(
+        if let Some(lower) = lower
+            && !prerequisite(
                 lower.join("usr/lib/systemd/systemd").exists(),
                 &format!("systemd tree at {} (tests/support/fetch-systemd-254)", lower.display()),
-            ) {
-                return None;
-            }
+            )
+        {
+            return None;
         }
+        std::fs::create_dir_all("/run/sockherd-sdbox").expect("create /run/sockherd-sdbox");
+        let lock = std::fs::File::create("/run/sockherd-sdbox/lock").expect("open the box lock");
+        lock.lock().expect("take the box lock");
         let name = format!("{tag}-{}-{}", std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
         let mut cmd = Command::new(sdbox_script());
         cmd.args(["start", &name, "--bind"]).arg(repo());
@@ -67,7 +84,7 @@ impl SdBox {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Some(SdBox { name })
+        Some(SdBox { name, _lock: lock })
     }
 
     /// Runs a bash script inside the box.
@@ -197,15 +214,26 @@ impl Deployment {
         } else {
             String::new()
         };
-        deployment.sdbox.ok(&format!(
+        let sdbox = &deployment.sdbox;
+        sdbox.ok(&format!(
             "set -e
 cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
 {dropin}systemctl daemon-reload
-systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
 ",
             units = units.display(),
             flavor = server.unit_dir(),
         ));
+        // The units as shipped must pass systemd's own checks: verify, and an exposure score
+        // below 3.0 (systemd-analyze counts tenths: --threshold=30).
+        let checks = sdbox.sh(
+            "cd /etc/systemd/system && systemd-analyze verify app.service app-http.socket app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/'; \
+             echo verify=${PIPESTATUS[0]}; \
+             systemd-analyze security --offline=yes --threshold=30 app.service 2>&1 | tail -1; echo security=${PIPESTATUS[0]}",
+        );
+        let checks = String::from_utf8_lossy(&checks.stdout).into_owned();
+        if !checks.contains("verify=0") || !checks.contains("security=0") {
+            sdbox.fail(&format!("the shipped units fail systemd-analyze:\n{checks}"));
+        }
         Some(deployment)
     }
 
