@@ -44,13 +44,13 @@ pub fn service_name(arg: &str) -> Result<String, String> {
     if name.ends_with(".service") {
         return Ok(name.to_string());
     }
-    if let Some((stem, kind)) = name.rsplit_once('.') {
-        if OTHER_TYPES.contains(&kind) {
-            return Err(format!(
-                "'{name}' is a {kind} unit; sockherd status takes the service that runs sockherd \
-                 (for a socket unit usually {stem}.service, or the one its Service= names)"
-            ));
-        }
+    if let Some((stem, kind)) = name.rsplit_once('.')
+        && OTHER_TYPES.contains(&kind)
+    {
+        return Err(format!(
+            "'{name}' is a {kind} unit; sockherd status takes the service that runs sockherd \
+             (for a socket unit usually {stem}.service, or the one its Service= names)"
+        ));
     }
     Ok(format!("{name}.service"))
 }
