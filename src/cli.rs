@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
 use crate::command::{self, Launch};
@@ -14,16 +14,33 @@ use crate::control::{self, Request};
 use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
 use crate::log;
+use crate::native::NativeReload;
 use crate::readiness::Readiness;
 use crate::signal::Signal;
 use crate::socket::Socket;
+use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
+use crate::unitgen::{self, UnitSpec};
+
+/// Exit codes, for `--help` and the man page's EXIT STATUS.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0    success; for run, a clean stop
+  1    sockherd failed (bad environment, socket, readiness, a rolled-back reload, a supervisor
+       that cannot be reached)
+  2    invalid command line
+  3    status UNIT: the unit is not active
+  4    status UNIT: no such unit
+  126  run/exec: the command cannot be executed
+  127  run/exec: the command was not found
+  other  run/exec: the server's own exit status, or 128 + the signal that killed it";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "sockherd",
     version,
     about = "Hands systemd's (or its own) listening sockets to preforking app servers and reloads them without dropping a connection",
+    after_long_help = EXIT_STATUS,
     propagate_version = true
 )]
 pub struct Cli {
@@ -45,9 +62,158 @@ enum Command {
     Exec(ExecArgs),
     /// Ask a running `sockherd run` to start a new generation, and wait until it serves (exit
     /// 0) or the reload failed and the old generation still serves (exit 1). For ExecReload=.
-    Reload(ControlArgs),
-    /// Print a running supervisor's generations, sockets and last reload as JSON.
-    Status(ControlArgs),
+    /// When the main process is a unicorn or nginx master instead (native mode), drive its own
+    /// USR2 upgrade and hand the new master's pid to systemd.
+    Reload(ReloadArgs),
+    /// Show a running supervisor's generations, sockets, readiness and last reload; given a
+    /// unit, what systemd knows of it too. Exit 0 when it answered (and the unit is active), 1
+    /// when it cannot be reached, 3 when the unit is not active, 4 when there is no such unit.
+    Status(StatusArgs),
+    /// Write (or print) a .socket + .service pair for an app from the shipped templates, ready
+    /// for `systemctl enable --now NAME.socket`; the reload style follows the systemd version.
+    Unit(UnitArgs),
+    /// Generate the man pages or shell completions from this command line's definition (for
+    /// packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// A systemd service running `sockherd run` (NAME or NAME.service): asks systemd for its
+    /// state and MainPID (`systemctl show`), then the supervisor at that pid.
+    #[arg(value_name = "UNIT", conflicts_with = "pid")]
+    unit: Option<String>,
+
+    /// The supervisor's pid (default: $MAINPID).
+    #[arg(long, value_name = "PID")]
+    pid: Option<i32>,
+
+    /// Print JSON: the supervisor's own status; with UNIT, an object with systemd's view and
+    /// the supervisor's status under "supervisor" (null when there is none).
+    #[arg(long)]
+    json: bool,
+
+    /// How long to wait for the supervisor's answer.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: Seconds,
+}
+
+#[derive(Args, Debug)]
+struct UnitArgs {
+    /// The service's name: NAME.service, and NAME.socket (one --listen) or NAME-<fd name>.socket
+    /// (several).
+    #[arg(value_name = "NAME")]
+    name: String,
+
+    /// The server's dialect (as for `run`): picks the service template (gunicorn, unicorn, puma;
+    /// generic for the others).
+    #[arg(short, long, default_value = "systemd", value_name = "FLAVOR")]
+    flavor: Flavor,
+
+    /// A socket unit per spec (as for `run`): HOST:PORT, [V6]:PORT, /path or @abstract, with
+    /// ",name=NAME" for its FileDescriptorName= (default http, unix, sockN), ",mode=0660",
+    /// ",backlog=N".
+    #[arg(short = 'l', long = "listen", value_name = "SPEC", required = true)]
+    listen: Vec<ListenSpec>,
+
+    /// The user the service runs as (default: NAME).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
+    /// The group the service runs as and that owns unix socket files (default: the user's name).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+
+    /// The release directory for `run --chdir` (e.g. /srv/app/current), resolved anew at each
+    /// reload.
+    #[arg(short = 'C', long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
+    /// The readiness strategy for `run --ready` (default: the flavor's).
+    #[arg(long, value_name = "STRATEGY")]
+    ready: Option<Readiness>,
+
+    /// A path the sandboxed service may write (ReadWritePaths=); repeatable.
+    #[arg(long, value_name = "DIR")]
+    writable: Vec<PathBuf>,
+
+    /// The sockherd binary the units run (default: this one).
+    #[arg(long, value_name = "PATH")]
+    sockherd: Option<PathBuf>,
+
+    /// The systemd version the units are for (default: from `systemctl --version`): 253 and
+    /// later get Type=notify-reload.
+    #[arg(long, value_name = "N")]
+    systemd_version: Option<u32>,
+
+    /// Write the files into DIR (e.g. /etc/systemd/system) instead of printing them.
+    #[arg(short, long, value_name = "DIR")]
+    output: Option<PathBuf>,
+
+    /// Replace files that exist in --output.
+    #[arg(long, requires = "output")]
+    force: bool,
+
+    /// The server's command line.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// Man pages: sockherd.1 and one per command (sockherd-run.1, ...). Without --out, print
+    /// sockherd.1.
+    Man {
+        /// Write the pages into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// A completion script for SHELL. Without --out, print it.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        /// Write it into DIR (as sockherd.bash, _sockherd, sockherd.fish, ...).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ReloadArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+
+    /// Drive the server's own upgrade (USR2) instead of asking a supervisor; chosen
+    /// automatically when PID is not a `sockherd run` supervisor.
+    #[arg(long, conflicts_with = "join")]
+    native: bool,
+
+    /// Report the outcome of the reload a SIGHUP just started instead of starting another one
+    /// (for ExecReload= beside Type=notify-reload, where systemd sends SIGHUP first).
+    #[arg(long)]
+    join: bool,
+
+    /// Native mode: the server (default: told by the master's process title).
+    #[arg(long, value_name = "FLAVOR")]
+    flavor: Option<Flavor>,
+
+    /// Native mode: the server's pid file, to find the new master by (unicorn's `pid`,
+    /// nginx's `pid`). Without it, the new master is the old one's child titled "master".
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+
+    /// Native mode: workers the new master must have before it counts as ready (default: as
+    /// many as the old master has).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Native mode: how long the old master may drain after SIGQUIT before it is killed.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    drain_timeout: Seconds,
 }
 
 #[derive(Args, Debug)]
@@ -56,7 +222,8 @@ struct ControlArgs {
     #[arg(long, value_name = "PID")]
     pid: Option<i32>,
 
-    /// How long to wait for the answer.
+    /// How long to wait: for the supervisor's answer, or in native mode for the new master to
+    /// be ready.
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     timeout: Seconds,
 }
@@ -186,7 +353,11 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
                 Ok(_) => "LISTEN_FDS=0".to_string(),
             };
             if args.listen.is_empty() {
-                bail!("no sockets to hand over: not socket-activated ({reason}) and no --listen given");
+                bail!(
+                    "no sockets to hand over: not socket-activated ({reason}) and no --listen given; give \
+                     --listen (e.g. --listen 127.0.0.1:8080), or start it from a socket unit (`sockherd unit` \
+                     writes one)"
+                );
             }
             let mut sockets = Vec::with_capacity(args.listen.len());
             for spec in &args.listen {
@@ -228,30 +399,51 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 pass_notify: true,
                 extra_env: Vec::new(),
             };
+            if args.launch.flavor == Flavor::Nginx {
+                return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));
+            }
             Err(command::exec(&args.launch.command, &launch))
         }
         Command::Reload(args) => {
-            let pid = supervisor_pid(&args)?;
-            let answer = control::request(pid, Request::Reload, args.timeout.0)?;
+            let pid = supervisor_pid(&args.control)?;
+            if args.native || args.flavor.is_some() || !control::supervisor_listening(pid) {
+                if !args.native {
+                    log::info(format!("pid {pid} is not a sockherd supervisor: driving the server's own upgrade"))
+                        .emit();
+                }
+                let reload = NativeReload {
+                    pid,
+                    flavor: args.flavor,
+                    pidfile: args.pidfile,
+                    workers: args.workers,
+                    ready_timeout: args.control.timeout.0,
+                    drain_timeout: args.drain_timeout.0,
+                };
+                let summary = reload.run().context("native upgrade failed")?;
+                log::info(format!("reload succeeded: {summary}")).emit();
+                return Ok(0);
+            }
+            let request = if args.join { Request::Join } else { Request::Reload };
+            let answer = control::request(pid, request, args.control.timeout.0)?;
             let answer = answer.trim();
             match answer.split_once(' ') {
                 Some(("ok", message)) => {
                     log::info(format!("reload succeeded: {message}")).emit();
                     Ok(0)
                 }
-                Some(("error", message)) => bail!("reload failed: {message}"),
-                _ => bail!("unexpected answer from the supervisor (pid {pid}): {answer:?}"),
+                Some(("error", message)) => bail!(
+                    "reload failed: {message} (why: the new generation's own output, in the unit's journal or \
+                     sockherd's stderr)"
+                ),
+                _ => bail!(
+                    "unexpected answer from the supervisor (pid {pid}): {answer:?}; is it another sockherd \
+                     version? Restart the service after upgrading sockherd"
+                ),
             }
         }
-        Command::Status(args) => {
-            let pid = supervisor_pid(&args)?;
-            let answer = control::request(pid, Request::Status, args.timeout.0)?;
-            if let Some(message) = answer.strip_prefix("error ") {
-                bail!("{}", message.trim());
-            }
-            println!("{}", answer.trim());
-            Ok(0)
-        }
+        Command::Status(args) => status(args),
+        Command::Unit(args) => unit(args),
+        Command::Generate { what } => generate(what),
     }
 }
 
@@ -268,5 +460,268 @@ fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
             .filter(|p: &i32| *p > 0)
             .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`")),
         Err(_) => bail!("no supervisor given: pass --pid PID, or run it as ExecReload= where systemd sets $MAINPID"),
+    }
+}
+
+/// The supervisor's `status` answer (JSON), or why there is none.
+fn ask_status(pid: i32, timeout: Duration) -> Result<String> {
+    let answer = control::request(pid, Request::Status, timeout)?;
+    if let Some(message) = answer.strip_prefix("error ") {
+        let message = message.trim();
+        if message.starts_with("permission denied") {
+            bail!("the supervisor (pid {pid}) refused: {message}; run sockherd status as root (sudo) or as that user");
+        }
+        bail!("the supervisor (pid {pid}) answered: {message}");
+    }
+    Ok(answer.trim().to_string())
+}
+
+fn status(args: StatusArgs) -> Result<u8> {
+    let Some(unit_arg) = args.unit else {
+        let pid = match args.pid {
+            Some(pid) => pid,
+            None => supervisor_pid(&ControlArgs { pid: None, timeout: args.timeout }).map_err(|_| {
+                anyhow!(
+                    "no supervisor given: pass a unit (sockherd status app) or --pid PID (the pid of `sockherd run`)"
+                )
+            })?,
+        };
+        let answer = ask_status(pid, args.timeout.0)?;
+        if args.json {
+            println!("{answer}");
+        } else {
+            print!("{}", status::render(&answer)?);
+        }
+        return Ok(status::EXIT_OK);
+    };
+    let unit = status::service_name(&unit_arg).map_err(|e| anyhow!("invalid unit '{unit_arg}': {e}"))?;
+    let state = status::query_unit(&unit)?;
+    if !state.exists() {
+        if args.json {
+            println!("{}", state.to_json(None));
+        }
+        log::error(format!(
+            "unit {unit} not found (systemd has no such unit loaded); check the name with `systemctl list-units --all '*{}*'`",
+            unit.trim_end_matches(".service")
+        ))
+        .emit();
+        return Ok(status::EXIT_NO_UNIT);
+    }
+    let code = if state.is_active() { status::EXIT_OK } else { status::EXIT_NOT_ACTIVE };
+    let pid = state.main_pid;
+    // Only a `sockherd run` answers on its control socket; in native mode the main process is
+    // the server itself.
+    let supervisor = (pid > 0 && control::supervisor_listening(pid)).then(|| ask_status(pid, args.timeout.0));
+    if args.json {
+        let json = supervisor.as_ref().and_then(|r| r.as_ref().ok()).map(String::as_str);
+        println!("{}", state.to_json(json));
+    } else {
+        print!("{}", state.render());
+        match &supervisor {
+            Some(Ok(answer)) => print!("\n{}", status::render(answer)?),
+            Some(Err(_)) => {}
+            None if pid > 0 => println!(
+                "  main process {pid} is not a sockherd supervisor (native mode? then the server itself is the \
+                 main process: `systemctl status {unit}` shows its processes)"
+            ),
+            None => println!("  no main process"),
+        }
+    }
+    match supervisor {
+        Some(Err(e)) => {
+            Err(e.context(format!("{unit} is {}, but its supervisor did not tell its state", state.active_state)))
+        }
+        _ => Ok(code),
+    }
+}
+
+fn unit(args: UnitArgs) -> Result<u8> {
+    let name = unitgen::validate_name(&args.name).map_err(|e| anyhow!("invalid NAME '{}': {e}", args.name))?;
+    let user = args.user.unwrap_or_else(|| name.clone());
+    let group = args.group.unwrap_or_else(|| user.clone());
+    for (what, value) in [("--user", &user), ("--group", &group)] {
+        if value.is_empty() || value.chars().any(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(c))) {
+            bail!("invalid {what} '{value}': expected a user or group name (letters, digits, _ . -)");
+        }
+    }
+    for (what, path) in args.chdir.iter().map(|p| ("--chdir", p)).chain(args.writable.iter().map(|p| ("--writable", p)))
+    {
+        if !path.is_absolute() {
+            bail!("invalid {what} '{}': a unit needs an absolute path (e.g. /srv/{name}/current)", path.display());
+        }
+    }
+    let sockherd = match args.sockherd {
+        Some(path) => path,
+        None => std::env::current_exe().context(
+            "failed to find the path of this sockherd binary; pass --sockherd PATH (e.g. /usr/bin/sockherd)",
+        )?,
+    };
+    let systemd_version = match args.systemd_version {
+        Some(version) => version,
+        None => unitgen::installed_systemd_version()?,
+    };
+    let command = args
+        .command
+        .into_iter()
+        .map(|word| {
+            word.into_string()
+                .map_err(|word| anyhow!("the command's argument {word:?} is not UTF-8; a unit file cannot carry it"))
+        })
+        .collect::<Result<Vec<String>>>()?;
+    let spec = UnitSpec {
+        name,
+        flavor: args.flavor,
+        listen: args.listen,
+        user,
+        group,
+        chdir: args.chdir,
+        ready: args.ready.map(|r| r.to_string()),
+        writable: args.writable,
+        sockherd,
+        systemd_version,
+        command,
+    };
+    let files = unitgen::generate(&spec)?;
+    for warning in unitgen::warnings(&spec) {
+        log::warn(warning).emit();
+    }
+    let Some(dir) = args.output else {
+        print!("{}", unitgen::render(&files));
+        return Ok(0);
+    };
+    let written = unitgen::write(&files, &dir, args.force)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    let sockets: Vec<&str> = files.iter().map(|f| f.name.as_str()).filter(|n| n.ends_with(".socket")).collect();
+    println!("next: systemctl daemon-reload && systemctl enable --now {}", sockets.join(" "));
+    Ok(0)
+}
+
+/// A man page section beyond what clap describes: tagged paragraphs, or plain text (no tag).
+type ManSection = (&'static str, Vec<(String, String)>);
+
+/// `  TAG  text` lines (continuations indented deeper) → (tag, text) pairs.
+fn tagged(text: &str) -> Vec<(String, String)> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        match (indent, entries.last_mut()) {
+            (2, _) => {
+                let (tag, rest) = line.trim().split_once("  ").unwrap_or((line.trim(), ""));
+                entries.push((tag.to_string(), rest.trim().to_string()));
+            }
+            (_, Some((_, text))) if indent > 2 => {
+                text.push(' ');
+                text.push_str(line.trim());
+            }
+            _ => {}
+        }
+    }
+    entries
+}
+
+/// The top page's sections beyond what clap describes.
+fn man_extra_sections(subcommands: &[String]) -> Vec<ManSection> {
+    let mut see_also: Vec<String> = subcommands.iter().map(|s| format!("sockherd-{s}(1)")).collect();
+    see_also.extend(
+        ["systemctl(1)", "systemd.socket(5)", "systemd.service(5)", "sd_listen_fds(3)", "sd_notify(3)"]
+            .map(String::from),
+    );
+    vec![
+        ("EXIT STATUS", tagged(EXIT_STATUS)),
+        (
+            "FILES",
+            vec![
+                (
+                    "/usr/share/sockherd/units/".into(),
+                    "The unit templates: app-http.socket, app-unix.socket, FLAVOR/app.service, notify-reload.conf. \
+                     sockherd unit writes units from the same templates (compiled in)."
+                        .into(),
+                ),
+                (
+                    "/usr/share/sockherd/contrib/".into(),
+                    "Example apps, server configurations and a deploy script.".into(),
+                ),
+            ],
+        ),
+        ("SEE ALSO", vec![(String::new(), see_also.join(", "))]),
+    ]
+}
+
+/// roff-escapes one line of text.
+fn roff_line(line: &str) -> String {
+    let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with('.') || escaped.starts_with('\'') { format!("\\&{escaped}") } else { escaped }
+}
+
+/// A man page from clap's definition of `cmd`, with `extra` sections before VERSION.
+fn render_man(cmd: clap::Command, extra: &[ManSection]) -> Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(cmd.clone()).manual("sockherd manual");
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(&mut out)?;
+    }
+    for (heading, entries) in extra {
+        out.extend_from_slice(format!(".SH \"{heading}\"\n").as_bytes());
+        for (tag, text) in entries {
+            if tag.is_empty() {
+                out.extend_from_slice(format!("{}\n", roff_line(text)).as_bytes());
+            } else {
+                out.extend_from_slice(format!(".TP\n{}\n{}\n", roff_line(tag), roff_line(text)).as_bytes());
+            }
+        }
+    }
+    if cmd.get_version().is_some() {
+        man.render_version_section(&mut out)?;
+    }
+    Ok(out)
+}
+
+fn generate(what: Generate) -> Result<u8> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    match what {
+        Generate::Man { out } => {
+            let subcommands: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+            let names: Vec<String> = subcommands.iter().map(|s| s.get_name().to_string()).collect();
+            let top = render_man(cmd.clone(), &man_extra_sections(&names))?;
+            let Some(dir) = out else {
+                std::io::Write::write_all(&mut std::io::stdout(), &top).context("failed to write the man page")?;
+                return Ok(0);
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            let mut pages = vec![("sockherd.1".to_string(), top)];
+            for sub in subcommands {
+                let see_also = vec![("SEE ALSO", vec![(String::new(), "sockherd(1)".to_string())])];
+                let name = format!("sockherd-{}", sub.get_name());
+                let sub = sub.version(env!("CARGO_PKG_VERSION"));
+                pages.push((format!("{name}.1"), render_man(sub, &see_also)?));
+            }
+            for (file, page) in pages {
+                let path = dir.join(file);
+                std::fs::write(&path, page).with_context(|| format!("failed to write {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(0)
+        }
+        Generate::Completions { shell, out } => {
+            let Some(dir) = out else {
+                clap_complete::generate(shell, &mut cmd, "sockherd", &mut std::io::stdout());
+                return Ok(0);
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            let path = clap_complete::generate_to(shell, &mut cmd, "sockherd", &dir)
+                .with_context(|| format!("failed to write {shell} completions into {}", dir.display()))?;
+            println!("{}", path.display());
+            Ok(0)
+        }
     }
 }

@@ -179,10 +179,10 @@ pub fn exec(argv: &[OsString], launch: &Launch<'_>) -> anyhow::Error {
         Ok(i) => i,
         Err(e) => return e,
     };
-    if let Some(dir) = &launch.dir {
-        if let Err(e) = std::env::set_current_dir(dir) {
-            return anyhow::Error::new(e).context(format!("failed to change directory to {}", dir.display()));
-        }
+    if let Some(dir) = &launch.dir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        return anyhow::Error::new(e).context(format!("failed to change directory to {}", dir.display()));
     }
     exec_error(&program, image.exec())
 }

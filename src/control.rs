@@ -25,7 +25,11 @@ pub fn address(pid: Pid) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    /// Start a handoff (or queue one behind the handoff in flight) and answer with its outcome.
     Reload,
+    /// Answer with the outcome of the handoff a SIGHUP just started (systemd's notify-reload
+    /// sends SIGHUP, then runs ExecReload=); start one if there is none.
+    Join,
     Status,
 }
 
@@ -38,6 +42,9 @@ struct Conn {
     deadline: Instant,
     /// A request was read; the connection now only waits for its answer.
     answered_later: bool,
+    /// The peer may not control us: its request gets a refusal (once read: closing with the
+    /// request unread would reset the connection and lose the answer).
+    denied: Option<u32>,
 }
 
 pub struct ControlServer {
@@ -77,17 +84,11 @@ impl ControlServer {
                         Err(_) => continue,
                     };
                     let our_uid = sys::geteuid();
-                    if peer_uid != 0 && peer_uid != our_uid {
+                    let denied = peer_uid != 0 && peer_uid != our_uid;
+                    if denied {
                         log::warn(format!("refused control request from pid {peer_pid} (uid {peer_uid}): only root and uid {our_uid} may control this service"))
                             .kind("denied")
                             .emit();
-                        let mut stream = stream;
-                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                        let _ = writeln!(
-                            stream,
-                            "error permission denied: only root and uid {our_uid} may control this service"
-                        );
-                        continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
@@ -100,6 +101,7 @@ impl ControlServer {
                         buf: Vec::new(),
                         deadline: Instant::now() + REQUEST_TIMEOUT,
                         answered_later: false,
+                        denied: denied.then_some(our_uid),
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -131,10 +133,15 @@ impl ControlServer {
                 Err(_) => break true,
             }
         };
+        if let Some(our_uid) = conn.denied.filter(|_| closed || conn.buf.contains(&b'\n')) {
+            self.reply(id, &format!("error permission denied: only root and uid {our_uid} may control this service"));
+            return None;
+        }
         if let Some(end) = conn.buf.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&conn.buf[..end]).trim().to_string();
             let request = match line.as_str() {
                 "reload" => Request::Reload,
+                "join" => Request::Join,
                 "status" => Request::Status,
                 other => {
                     let message = format!("error unknown request '{other}' (expected reload or status)");
@@ -171,6 +178,11 @@ impl ControlServer {
     }
 }
 
+/// Whether a `sockherd run` supervisor with this pid answers on its control socket.
+pub fn supervisor_listening(pid: Pid) -> bool {
+    SocketAddr::from_abstract_name(address(pid).as_bytes()).and_then(|addr| UnixStream::connect_addr(&addr)).is_ok()
+}
+
 /// Client side: sends `request` to the supervisor with pid `pid` and returns its answer.
 pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> {
     let name = address(pid);
@@ -187,6 +199,7 @@ pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> 
     stream.set_read_timeout(Some(timeout))?;
     let line = match request {
         Request::Reload => "reload\n",
+        Request::Join => "join\n",
         Request::Status => "status\n",
     };
     stream.write_all(line.as_bytes()).context("failed to send the request")?;

@@ -84,6 +84,25 @@ impl Generation {
         }
     }
 
+    /// Whether a process of the generation still holds one of the sockets with these inodes,
+    /// i.e. may still accept a connection on them.
+    pub fn holds_sockets(&self, inodes: &[u64]) -> bool {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<Pid>().ok()))
+            .filter(|&pid| sys::getpgid(pid) == Some(self.pid))
+            .any(|pid| {
+                let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+                fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+                    target
+                        .to_str()
+                        .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok())
+                        .is_some_and(|ino| inodes.contains(&ino))
+                })
+            })
+    }
+
     /// Processes in the generation's group right now (master and workers).
     pub fn process_count(&self) -> usize {
         let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };

@@ -18,13 +18,16 @@ pub mod flavor;
 pub mod generation;
 pub mod listen;
 pub mod log;
+pub mod native;
 pub mod notify;
 pub mod protocol;
 pub mod readiness;
 pub mod signal;
 pub mod socket;
+pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod unitgen;
 
 use std::process::ExitCode;
 

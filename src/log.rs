@@ -108,10 +108,10 @@ impl Event {
         if self.level > logger.max_level {
             return;
         }
-        if let Sink::Journal(sock) = &logger.sink {
-            if sock.send(&self.journal_entry()).is_ok() {
-                return;
-            }
+        if let Sink::Journal(sock) = &logger.sink
+            && sock.send(&self.journal_entry()).is_ok()
+        {
+            return;
         }
         let prefix = match self.level {
             Level::Error => "error: ",

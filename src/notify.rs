@@ -84,10 +84,10 @@ fn connect(target: &str) -> io::Result<UnixDatagram> {
 /// The watchdog interval systemd expects pings at, when it is meant for us.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var(WATCHDOG_USEC).ok()?.parse().ok().filter(|u| *u > 0)?;
-    if let Ok(pid) = std::env::var(WATCHDOG_PID) {
-        if pid.parse::<i32>().ok() != Some(sys::getpid()) {
-            return None;
-        }
+    if let Ok(pid) = std::env::var(WATCHDOG_PID)
+        && pid.parse::<i32>().ok() != Some(sys::getpid())
+    {
+        return None;
     }
     Some(Duration::from_micros(usec))
 }

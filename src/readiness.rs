@@ -82,7 +82,9 @@ impl FromStr for Readiness {
             }
             ("probe", Some(path)) => Err(format!("probe path '{path}' must start with '/' and contain no spaces")),
             ("delay", Some(secs)) => match secs.parse::<f64>() {
-                Ok(s) if s.is_finite() && s >= 0.0 && s < 86400.0 => Ok(Readiness::Delay(Duration::from_secs_f64(s))),
+                Ok(s) if s.is_finite() && (0.0..86400.0).contains(&s) => {
+                    Ok(Readiness::Delay(Duration::from_secs_f64(s)))
+                }
                 _ => Err(format!("delay '{secs}' is not a number of seconds")),
             },
             ("cmd", Some(command)) if !command.trim().is_empty() => Ok(Readiness::Cmd(command.to_string())),
@@ -227,12 +229,12 @@ impl Check {
                 }
             }
             Check::Probe { addr, path, attempt, next_at, last_error } => {
-                if let Some(a) = attempt {
-                    if now >= a.deadline {
-                        *last_error = format!("probe request got no answer within {PROBE_ATTEMPT_TIMEOUT:?}");
-                        *attempt = None;
-                        *next_at = now;
-                    }
+                if let Some(a) = attempt
+                    && now >= a.deadline
+                {
+                    *last_error = format!("probe request got no answer within {PROBE_ATTEMPT_TIMEOUT:?}");
+                    *attempt = None;
+                    *next_at = now;
                 }
                 if attempt.is_none() && now >= *next_at {
                     match start_probe(*addr, path.as_deref().unwrap_or("/")) {
@@ -327,6 +329,7 @@ impl Check {
         match self {
             Check::Exec => "exec".into(),
             Check::Notify { .. } => "READY=1 on its NOTIFY_SOCKET never came".into(),
+            Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
             Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
             Check::Delay { .. } => "the delay had not passed".into(),
         }

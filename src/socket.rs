@@ -54,10 +54,11 @@ impl Socket {
     fn remove_created_file(&self) {
         if let Origin::Bound { created: Some((path, dev, ino)) } = &self.origin {
             use std::os::unix::fs::MetadataExt;
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
-                }
+            if let Ok(meta) = std::fs::symlink_metadata(path)
+                && meta.dev() == *dev
+                && meta.ino() == *ino
+            {
+                let _ = std::fs::remove_file(path);
             }
         }
     }

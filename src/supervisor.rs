@@ -63,7 +63,16 @@ struct Handoff {
     new: u64,
     started: Instant,
     waiters: Vec<ConnId>,
+    /// Started by SIGHUP (systemd's notify-reload) rather than by a control request.
+    by_signal: bool,
+    /// Once the new generation is ready: when, and the old generations it sent draining. The
+    /// handoff ends when none of those still holds a public socket (none can accept any more).
+    ready: Option<(Duration, Vec<u64>)>,
 }
+
+/// How long after a SIGHUP-started handoff ended a `join` request still gets its outcome: the
+/// ExecReload= process systemd starts after the SIGHUP may connect after a quick handoff ended.
+const JOIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// How the last reload ended, for STATUS= and `sockherd status`.
 struct ReloadOutcome {
@@ -79,8 +88,8 @@ enum StopCause {
     Requested,
     /// The serving generation exited on its own: exit non-zero so systemd's Restart= acts.
     Crashed { status: ExitStatus },
-    /// Generation 1 never became ready.
-    StartFailed { message: String },
+    /// Generation 1 never became ready: it exited (with this status), or missed its deadline.
+    StartFailed { message: String, status: Option<ExitStatus> },
 }
 
 pub struct Supervisor {
@@ -90,12 +99,16 @@ pub struct Supervisor {
     signals: SignalQueue,
     control: ControlServer,
     runtime_dir: PathBuf,
+    /// Inodes of the public sockets, to tell when a draining generation stopped accepting.
+    socket_inodes: Vec<u64>,
     generations: Vec<Generation>,
     next_number: u64,
     state: State,
     handoff: Option<Handoff>,
     /// Reload requests that arrived during a handoff: one follow-up reload for all of them.
     pending_reload: Option<Vec<ConnId>>,
+    /// The answer of the last handoff started by SIGHUP, until a `join` takes it.
+    unjoined: Option<(Instant, String)>,
     last_reload: Option<ReloadOutcome>,
     stop_cause: Option<StopCause>,
     /// The generation that was serving when the stop began: its exit status is ours.
@@ -113,6 +126,7 @@ impl Supervisor {
         let runtime_dir = make_runtime_dir()?;
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval().map(|interval| (interval / 2, Instant::now()));
+        let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let mut supervisor = Supervisor {
             config,
             sockets,
@@ -120,11 +134,13 @@ impl Supervisor {
             signals,
             control,
             runtime_dir,
+            socket_inodes,
             generations: Vec::new(),
             next_number: 1,
             state: State::Running,
             handoff: None,
             pending_reload: None,
+            unjoined: None,
             last_reload: None,
             stop_cause: None,
             primary: None,
@@ -171,10 +187,10 @@ impl Supervisor {
                     }
                     Source::Notify(number) => self.on_notify(number),
                     Source::Probe(number) => {
-                        if let Some(generation) = self.generation_mut(number) {
-                            if generation.check.on_probe_readable(Instant::now()) == Verdict::Ready {
-                                self.on_ready(number);
-                            }
+                        if let Some(generation) = self.generation_mut(number)
+                            && generation.check.on_probe_readable(Instant::now()) == Verdict::Ready
+                        {
+                            self.on_ready(number);
                         }
                     }
                 }
@@ -224,6 +240,9 @@ impl Supervisor {
                 _ => {}
             }
         }
+        if self.handoff.as_ref().is_some_and(|h| h.ready.is_some()) {
+            deadlines.push(Instant::now() + Duration::from_millis(20));
+        }
         deadlines.extend(self.control.next_timer());
         if let Some((_, next)) = self.watchdog {
             deadlines.push(next);
@@ -237,14 +256,15 @@ impl Supervisor {
         match signal {
             Signal::TERM | Signal::INT => self.stop(false, &format!("received {signal}")),
             Signal::QUIT => self.stop(true, &format!("received {signal}")),
-            Signal::HUP => self.request_reload(None),
+            Signal::HUP => self.request_reload(None, true),
             _ => {}
         }
     }
 
     fn on_request(&mut self, id: ConnId, request: Request) {
         match request {
-            Request::Reload => self.request_reload(Some(id)),
+            Request::Reload => self.request_reload(Some(id), false),
+            Request::Join => self.join_reload(id),
             Request::Status => {
                 let json = self.status_json();
                 self.control.reply(id, &json);
@@ -259,17 +279,17 @@ impl Supervisor {
         for message in readiness::read_notify(socket) {
             // The socket is private to the generation; still, a live sender must belong to its
             // process group. A sender already gone (a short-lived notify helper) is accepted.
-            if let Some(sender) = message.sender {
-                if let Some(pgid) = sys::getpgid(sender) {
-                    if pgid != generation.pid && sender != generation.pid {
-                        log::warn(format!(
-                            "ignored a notification from pid {sender}, which is not part of {}",
-                            generation.describe()
-                        ))
-                        .emit();
-                        continue;
-                    }
-                }
+            if let Some(sender) = message.sender
+                && let Some(pgid) = sys::getpgid(sender)
+                && pgid != generation.pid
+                && sender != generation.pid
+            {
+                log::warn(format!(
+                    "ignored a notification from pid {sender}, which is not part of {}",
+                    generation.describe()
+                ))
+                .emit();
+                continue;
             }
             if let Some(status) = message.status {
                 generation.app_status = Some(status);
@@ -286,13 +306,13 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
-        if let Some((interval, next)) = self.watchdog {
-            if now >= next {
-                if self.generations.iter().any(|g| g.role == Role::Serving && g.exit.is_none()) {
-                    self.notifier.send(&[WATCHDOG.to_string()]);
-                }
-                self.watchdog = Some((interval, now + interval));
+        if let Some((interval, next)) = self.watchdog
+            && now >= next
+        {
+            if self.generations.iter().any(|g| g.role == Role::Serving && g.exit.is_none()) {
+                self.notifier.send(&[WATCHDOG.to_string()]);
             }
+            self.watchdog = Some((interval, now + interval));
         }
         let mut became_ready = Vec::new();
         let mut timed_out = Vec::new();
@@ -316,35 +336,32 @@ impl Supervisor {
             self.on_start_failed(number, format!("not ready within {timeout:?} ({why})"));
         }
         for generation in &mut self.generations {
-            if let Role::Draining { since, kill_at, killed: false } = generation.role {
-                if now >= kill_at {
-                    log::warn(format!(
-                        "{} still running {:.0?} after it was told to stop: sending SIGKILL to its process group",
-                        generation.describe(),
-                        self.config.drain_timeout
-                    ))
-                    .kind("kill")
-                    .field("GENERATION", generation.number)
-                    .field("PID", generation.pid)
-                    .emit();
-                    generation.kill();
-                    generation.role = Role::Draining { since, kill_at, killed: true };
-                }
-            }
-        }
-        if let State::Stopping { deadline } = self.state {
-            if now >= deadline {
+            if let Role::Draining { since, kill_at, killed: false } = generation.role
+                && now >= kill_at
+            {
                 log::warn(format!(
-                    "still running {:.0?} after the stop signal: sending SIGKILL",
-                    self.config.stop_timeout
+                    "{} still running {:.0?} after it was told to stop: sending SIGKILL to its process group",
+                    generation.describe(),
+                    self.config.drain_timeout
                 ))
                 .kind("kill")
+                .field("GENERATION", generation.number)
+                .field("PID", generation.pid)
                 .emit();
-                for generation in &mut self.generations {
-                    generation.kill();
-                }
-                self.state = State::Killing;
+                generation.kill();
+                generation.role = Role::Draining { since, kill_at, killed: true };
             }
+        }
+        if let State::Stopping { deadline } = self.state
+            && now >= deadline
+        {
+            log::warn(format!("still running {:.0?} after the stop signal: sending SIGKILL", self.config.stop_timeout))
+                .kind("kill")
+                .emit();
+            for generation in &mut self.generations {
+                generation.kill();
+            }
+            self.state = State::Killing;
         }
     }
 
@@ -362,10 +379,11 @@ impl Supervisor {
             let now = Instant::now();
             let mut check_ready = None;
             for generation in &mut self.generations {
-                if let Some(verdict) = generation.check.on_reaped(pid, status.success(), now) {
-                    if verdict == Verdict::Ready && matches!(generation.role, Role::Starting { .. }) {
-                        check_ready = Some(generation.number);
-                    }
+                if let Some(verdict) = generation.check.on_reaped(pid, status.success(), now)
+                    && verdict == Verdict::Ready
+                    && matches!(generation.role, Role::Starting { .. })
+                {
+                    check_ready = Some(generation.number);
                 }
             }
             if let Some(number) = check_ready {
@@ -376,10 +394,10 @@ impl Supervisor {
                 continue;
             };
             generation.exit = Some(status);
-            if let Some((number, primary_status)) = &mut self.primary {
-                if *number == generation.number {
-                    *primary_status = Some(status);
-                }
+            if let Some((number, primary_status)) = &mut self.primary
+                && *number == generation.number
+            {
+                *primary_status = Some(status);
             }
             let expected = generation.stop_sent.is_some();
             let message = format!(
@@ -413,19 +431,41 @@ impl Supervisor {
         }
         // The serving generation exited on its own: the service is down. Stop the rest and exit
         // non-zero, so systemd restarts us (the socket unit keeps the sockets; clients queue).
-        if self.state == State::Running {
-            if let Some(generation) = self.generations.iter().find(|g| g.role == Role::Serving && g.exit.is_some()) {
-                let status = generation.exit.expect("checked");
-                let message = format!(
-                    "{} exited on its own ({}); stopping the service",
-                    generation.describe(),
-                    describe_status(status)
+        if self.state == State::Running
+            && let Some(generation) = self.generations.iter().find(|g| g.role == Role::Serving && g.exit.is_some())
+        {
+            let status = generation.exit.expect("checked");
+            let message = format!(
+                "{} exited on its own ({}); stopping the service",
+                generation.describe(),
+                describe_status(status)
+            );
+            let number = generation.number;
+            log::error(message.clone()).kind("crash").field("GENERATION", number).emit();
+            self.primary = Some((number, Some(status)));
+            self.stop_cause = Some(StopCause::Crashed { status });
+            self.stop(false, &message);
+        }
+        // A handoff whose new generation is ready ends when no drained generation can accept.
+        if let Some((ready_after, drained)) = self.handoff.as_ref().and_then(|h| h.ready.clone()) {
+            let accepting = self
+                .generations
+                .iter()
+                .filter(|g| drained.contains(&g.number))
+                .any(|g| g.holds_sockets(&self.socket_inodes));
+            if !accepting {
+                let new = self.handoff.as_ref().map(|h| h.new).unwrap_or_default();
+                let described =
+                    self.generation(new).map(|g| g.describe()).unwrap_or_else(|| format!("generation {new}"));
+                let took = self.handoff.as_ref().map(|h| h.started.elapsed()).unwrap_or_default();
+                self.finish_reload(
+                    true,
+                    format!(
+                        "{described} serves (ready after {} ms, old generation closed its sockets after {} ms)",
+                        ready_after.as_millis(),
+                        took.as_millis()
+                    ),
                 );
-                let number = generation.number;
-                log::error(message.clone()).kind("crash").field("GENERATION", number).emit();
-                self.primary = Some((number, Some(status)));
-                self.stop_cause = Some(StopCause::Crashed { status });
-                self.stop(false, &message);
             }
         }
         // Forget generations that are completely gone.
@@ -533,7 +573,9 @@ impl Supervisor {
         let now = Instant::now();
         let drain_timeout = self.config.drain_timeout;
         let stop_signal = self.config.stop_signal;
+        let mut drained = Vec::new();
         for old in self.generations.iter_mut().filter(|g| g.role == Role::Serving && g.number != number) {
+            drained.push(old.number);
             log::info(format!("draining {} with {stop_signal}", old.describe()))
                 .kind("drain_start")
                 .field("GENERATION", old.number)
@@ -544,15 +586,19 @@ impl Supervisor {
             }
             old.role = Role::Draining { since: now, kill_at: now + drain_timeout, killed: false };
         }
-        match &self.handoff {
+        match &mut self.handoff {
             Some(handoff) if handoff.new == number => {
-                let took = handoff.started.elapsed();
-                self.finish_reload(true, format!("{described} serves (handoff took {} ms)", took.as_millis()));
+                // Answered in advance(), once the old generation stopped accepting.
+                handoff.ready = Some((handoff.started.elapsed(), drained));
             }
             _ => {
-                // Generation 1: the service is up.
+                // Generation 1: the service is up. A reload asked for while it started was
+                // queued behind it: start it now.
                 let status = self.status_line();
                 self.notifier.send(&[READY.to_string(), format!("{STATUS}={status}")]);
+                if let Some(waiters) = self.pending_reload.take() {
+                    self.begin_reload(waiters, false);
+                }
             }
         }
     }
@@ -576,12 +622,30 @@ impl Supervisor {
         } else if self.state == State::Running {
             let message = format!("{described} {why}");
             log::error(format!("start failed: {message}")).kind("rollback").field("GENERATION", number).emit();
-            self.stop_cause = Some(StopCause::StartFailed { message });
+            let status = self.generation(number).and_then(|g| g.exit);
+            self.stop_cause = Some(StopCause::StartFailed { message, status });
             self.stop(true, "the first generation failed to start");
         }
     }
 
-    fn request_reload(&mut self, waiter: Option<ConnId>) {
+    /// A `join` request: the outcome of the SIGHUP-started handoff in flight, or of one that
+    /// just ended; otherwise a reload of its own.
+    fn join_reload(&mut self, id: ConnId) {
+        if let Some(handoff) = self.handoff.as_mut().filter(|h| h.by_signal) {
+            handoff.waiters.push(id);
+            return;
+        }
+        if let Some((ended, answer)) = self.unjoined.take()
+            && ended.elapsed() < JOIN_WINDOW
+            && self.handoff.is_none()
+        {
+            self.control.reply(id, &answer);
+            return;
+        }
+        self.request_reload(Some(id), false);
+    }
+
+    fn request_reload(&mut self, waiter: Option<ConnId>, by_signal: bool) {
         if self.state != State::Running {
             if let Some(id) = waiter {
                 self.control.reply(id, "error the service is stopping; not reloading");
@@ -598,10 +662,10 @@ impl Supervisor {
                 .emit();
             return;
         }
-        self.begin_reload(waiter.into_iter().collect());
+        self.begin_reload(waiter.into_iter().collect(), by_signal);
     }
 
-    fn begin_reload(&mut self, waiters: Vec<ConnId>) {
+    fn begin_reload(&mut self, waiters: Vec<ConnId>, by_signal: bool) {
         let started = Instant::now();
         log::info("reload: starting a new generation").kind("reload").emit();
         self.notifier.send(&[
@@ -612,7 +676,7 @@ impl Supervisor {
         self.extend_timeout(self.config.ready_timeout);
         match self.spawn_generation() {
             Ok(new) => {
-                self.handoff = Some(Handoff { new, started, waiters });
+                self.handoff = Some(Handoff { new, started, waiters, by_signal, ready: None });
                 let status = self.status_line();
                 self.notifier.send(&[format!("{STATUS}={status}")]);
             }
@@ -620,7 +684,7 @@ impl Supervisor {
                 let serving = self.serving().map(|g| g.describe()).unwrap_or_default();
                 let message = format!("{:#}; {serving} still serving", e);
                 log::error(format!("reload failed: {message}")).kind("rollback").emit();
-                self.handoff = Some(Handoff { new: 0, started, waiters });
+                self.handoff = Some(Handoff { new: 0, started, waiters, by_signal, ready: None });
                 self.finish_reload(false, message);
             }
         }
@@ -644,12 +708,13 @@ impl Supervisor {
         let status = self.status_line();
         self.notifier.send(&[READY.to_string(), format!("{STATUS}={status}")]);
         let answer = if ok { format!("ok {message}") } else { format!("error {message}") };
+        self.unjoined = handoff.by_signal.then(|| (Instant::now(), answer.clone()));
         for id in handoff.waiters {
             self.control.reply(id, &answer);
         }
         if let Some(waiters) = self.pending_reload.take() {
             if self.state == State::Running {
-                self.begin_reload(waiters);
+                self.begin_reload(waiters, false);
             } else {
                 for id in waiters {
                     self.control.reply(id, "error the service is stopping; not reloading");
@@ -678,16 +743,16 @@ impl Supervisor {
         self.extend_timeout(self.config.stop_timeout);
         for generation in &mut self.generations {
             let signal = match generation.role {
-                // A generation that is not serving yet has nothing to drain.
-                Role::Starting { .. } | Role::Failed => fast_signal,
-                Role::Serving | Role::Draining { .. } if fast => fast_signal,
-                Role::Serving => stop_signal,
+                Role::Failed => continue, // already killed
+                _ if fast => fast_signal,
+                // A starting generation may already answer on the shared sockets: it drains too.
+                Role::Serving | Role::Starting { .. } => stop_signal,
                 Role::Draining { .. } => continue, // already told
             };
-            if generation.exit.is_none() || sys::group_alive(generation.pid) {
-                if let Err(e) = generation.signal(signal) {
-                    log::warn(format!("failed to send {signal} to {}: {e}", generation.describe())).emit();
-                }
+            if (generation.exit.is_none() || sys::group_alive(generation.pid))
+                && let Err(e) = generation.signal(signal)
+            {
+                log::warn(format!("failed to send {signal} to {}: {e}", generation.describe())).emit();
             }
             if let Some(pid) = generation.check.running_command() {
                 let _ = sys::kill_group(pid, libc::SIGKILL);
@@ -710,19 +775,25 @@ impl Supervisor {
 
     fn exit_code(&self) -> Result<u8> {
         match &self.stop_cause {
-            Some(StopCause::StartFailed { message }) => Err(anyhow!("{message}")),
+            // A server that exited before it was ready: its own status, as a shell would
+            // report it (never 0: the service did not start). A deadline missed: our failure.
+            Some(StopCause::StartFailed { status: Some(status), .. }) => Ok(match shell_code(*status) {
+                0 => 1,
+                code => code,
+            }),
+            Some(StopCause::StartFailed { message, status: None }) => Err(anyhow!("{message}")),
             Some(StopCause::Crashed { status }) => Ok(match shell_code(*status) {
                 0 => 1, // a server that quits by itself is down all the same
                 code => code,
             }),
             Some(StopCause::Requested) | None => match self.primary {
-                Some((_, Some(status))) => {
-                    if self.state != State::Killing && self.config.flavor.is_clean_exit(status) {
-                        Ok(0)
-                    } else {
-                        Ok(shell_code(status))
-                    }
+                // A stop that needed SIGKILL failed, even if the master itself exited cleanly
+                // (a worker of its group ignored the stop): systemd must see a failure.
+                Some((_, Some(status))) if self.state == State::Killing => {
+                    Ok(if status.success() { 128 + libc::SIGKILL as u8 } else { shell_code(status) })
                 }
+                Some((_, Some(status))) if self.config.flavor.is_clean_exit(status) => Ok(0),
+                Some((_, Some(status))) => Ok(shell_code(status)),
                 // Stopped before anything served (TERM during the first start).
                 _ => Ok(if self.state == State::Killing { 137 } else { 0 }),
             },
@@ -775,15 +846,19 @@ impl Supervisor {
             .generations
             .iter()
             .map(|g| {
+                let processes = g.process_count();
+                // Workers: the group's other processes (the master, until reaped, is one of them).
+                let workers = processes.saturating_sub(usize::from(g.exit.is_none()));
                 format!(
-                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"app_status\":{}}}",
+                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},\"app_status\":{}}}",
                     g.number,
                     g.pid,
                     g.role.name(),
                     json_opt(g.release.as_ref().map(|r| r.display().to_string())),
                     utc(g.started_at),
                     now.duration_since(g.started_at).unwrap_or_default().as_secs_f64(),
-                    g.process_count(),
+                    processes,
+                    workers,
                     json_opt(g.app_status.clone())
                 )
             })

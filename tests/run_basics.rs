@@ -36,3 +36,48 @@ fn run_serves_tcp_and_unix_through_the_probe() {
         proc.fail("the unix socket file sockherd created was left behind");
     }
 }
+
+/// The control socket serves only root and the supervisor's own user: `sockherd reload` from
+/// another user is refused and starts nothing.
+#[test]
+fn reload_from_another_user_is_refused() {
+    require!("python3", "setpriv");
+    if !prerequisite(is_root(), "root (to run the client as another user)") {
+        return;
+    }
+    let dir = TempDir::new("peer");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(sockherd())
+        .args(["reload", "--pid", &proc.pid().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains("permission denied") {
+        proc.fail(&format!("reload as uid 65534: {:?} {stderr}", out.status));
+    }
+    if proc.stderr().contains("started generation 2") || !proc.stderr().contains("refused control request") {
+        proc.fail("the refused request must start nothing and be logged");
+    }
+}
+
+/// A reload asked for while generation 1 is still starting waits for it, then runs.
+#[test]
+fn reload_during_the_first_start_runs_once_it_is_ready() {
+    require!("python3");
+    let dir = TempDir::new("early-reload");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "delay:1.5", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    proc.wait_for_stderr("started generation 1", Duration::from_secs(10));
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "20s"]).output().unwrap();
+    if !out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("generation 2") {
+        proc.fail(&format!("early reload: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+}

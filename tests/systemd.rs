@@ -4,7 +4,7 @@
 //! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, systemd_254_tree};
+use common::sdbox::{Deployment, Server, report_number as number, report_value as value, systemd_254_tree};
 
 const RELOADS: usize = 10;
 
@@ -45,14 +45,6 @@ grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^
 true
 "#
     ))
-}
-
-fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
-    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
-}
-
-fn number(report: &str, key: &str) -> u64 {
-    value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// The whole life of the service on one systemd: activation, reloads under load, a new
@@ -242,5 +234,68 @@ cat /tmp/r.err 2>/dev/null | head -3
     let pids = value(&report, "mainpid").unwrap_or("");
     if pids.split("->").collect::<Vec<_>>().windows(2).any(|w| w[0] == w[1]) {
         d.sdbox.fail(&format!("systemctl restart did not start a new main process: {pids}"));
+    }
+}
+
+/// contrib/deploy/deploy.sh against the shipped gunicorn units: a good release deploys and
+/// serves; a broken one fails the deploy, keeps the previous release serving and points
+/// `current` back at it.
+#[test]
+fn deploy_recipe_deploys_and_fails_loudly() {
+    require!("curl");
+    let Some(d) = Deployment::install("deploy", Server::Gunicorn, None, false) else { return };
+    d.start();
+    let deploy = common::repo().join("contrib/deploy/deploy.sh");
+    let good = d.sdbox.sh(&format!(
+        "cp -a /srv/app/releases/r2 /tmp/good && echo good > /tmp/good/RELEASE && chown -R app:app /tmp/good && {} /tmp/good /srv/app app",
+        deploy.display()
+    ));
+    let answer = d.sdbox.ok("curl -sS -m 10 http://127.0.0.1:8080/");
+    if !good.status.success() || !answer.starts_with("release=good") {
+        d.sdbox.fail(&format!(
+            "a good deploy: {:?} {}, then served {answer:?}",
+            good.status,
+            String::from_utf8_lossy(&good.stderr)
+        ));
+    }
+    let before = d.sdbox.ok("readlink /srv/app/current");
+    let bad = d.sdbox.sh(&format!(
+        "cp -a /srv/app/releases/r3 /tmp/bad && chown -R app:app /tmp/bad && {} /tmp/bad /srv/app app",
+        deploy.display()
+    ));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let after = d.sdbox.ok("readlink /srv/app/current");
+    let answer = d.sdbox.ok("curl -sS -m 10 http://127.0.0.1:8080/");
+    if bad.status.success()
+        || !stderr.contains("reload of app failed")
+        || after != before
+        || !answer.starts_with("release=good")
+    {
+        d.sdbox.fail(&format!(
+            "a broken deploy: {:?} {stderr}; current {before:?} -> {after:?}; served {answer:?}",
+            bad.status
+        ));
+    }
+}
+
+/// WatchdogSec=: sockherd pings systemd while the serving generation lives, so systemd sees
+/// fresh pings (WatchdogTimestamp advances) and never kills the service.
+#[test]
+fn watchdog_pings_while_the_generation_serves() {
+    require!("curl");
+    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, None, false) else { return };
+    d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    let mut stamps = std::collections::BTreeSet::new();
+    let pinged = common::wait_until(std::time::Duration::from_secs(10), || {
+        stamps.insert(d.sdbox.property("WatchdogTimestampMonotonic"));
+        stamps.len() >= 4
+    });
+    if !pinged {
+        d.sdbox.fail(&format!("WatchdogTimestamp did not advance: {stamps:?}"));
+    }
+    if d.sdbox.property("MainPID") != main_pid || d.sdbox.property("NRestarts") != "0" {
+        d.sdbox.fail("the watchdog restarted the service");
     }
 }

@@ -113,7 +113,7 @@ fn serving_master(sockherd_pid: i32) -> Option<i32> {
 }
 
 fn run_status(pid: i32) -> (bool, String, String) {
-    let out = sockherd_cmd(&["status", "--pid", &pid.to_string()]).output().expect("run sockherd status");
+    let out = sockherd_cmd(&["status", "--json", "--pid", &pid.to_string()]).output().expect("run sockherd status");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -278,10 +278,10 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     let mut all: Vec<(i32, i32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            if let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
-                if let Some(pp) = ppid(p) {
-                    all.push((p, pp));
-                }
+            if let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+                && let Some(pp) = ppid(p)
+            {
+                all.push((p, pp));
             }
         }
     }
@@ -306,7 +306,8 @@ pub struct Response {
 }
 
 fn http_exchange(mut stream: impl Read + Write, path: &str) -> std::io::Result<Response> {
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    // One write: a server that answers after its first read must see the whole request.
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -366,14 +367,12 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for entry in entries.flatten() {
-            if let Ok(target) = std::fs::read_link(entry.path()) {
-                if let Some(ino) =
+            if let Ok(target) = std::fs::read_link(entry.path())
+                && let Some(ino) =
                     target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']'))
-                {
-                    if let Ok(ino) = ino.parse() {
-                        out.push(ino);
-                    }
-                }
+                && let Ok(ino) = ino.parse()
+            {
+                out.push(ino);
             }
         }
     }
@@ -411,10 +410,10 @@ pub fn foreign_listeners(root: i32, allowed: &[u64]) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for pid in pids {
         for ino in socket_inodes(pid) {
-            if !allowed.contains(&ino) {
-                if let Some((addr, _)) = listening.iter().find(|(_, i)| *i == ino) {
-                    out.push((addr.clone(), ino));
-                }
+            if !allowed.contains(&ino)
+                && let Some((addr, _)) = listening.iter().find(|(_, i)| *i == ino)
+            {
+                out.push((addr.clone(), ino));
             }
         }
     }

@@ -5,6 +5,17 @@
 
 use super::*;
 use std::process::Output;
+use std::time::Duration;
+
+/// A value of a `key=value` report printed by a script run in a box.
+pub fn report_value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
+}
+
+/// A number of such a report (0 when missing).
+pub fn report_number(report: &str, key: &str) -> u64 {
+    report_value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
 
 /// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
 pub fn systemd_254_tree() -> PathBuf {
@@ -26,6 +37,10 @@ fn sdbox_script() -> PathBuf {
 
 pub struct SdBox {
     pub name: String,
+    /// Held for the box's life: boxes share the host's cgroup tree (there is no cgroup namespace),
+    /// so two boxes running units of the same name would share, and kill, each other's cgroup.
+    /// One box at a time, across test threads and processes.
+    _lock: std::fs::File,
 }
 
 static BOXES: AtomicU32 = AtomicU32::new(0);
@@ -40,14 +55,17 @@ impl SdBox {
         {
             return None;
         }
-        if let Some(lower) = lower {
-            if !prerequisite(
+        if let Some(lower) = lower
+            && !prerequisite(
                 lower.join("usr/lib/systemd/systemd").exists(),
                 &format!("systemd tree at {} (tests/support/fetch-systemd-254)", lower.display()),
-            ) {
-                return None;
-            }
+            )
+        {
+            return None;
         }
+        std::fs::create_dir_all("/run/sockherd-sdbox").expect("create /run/sockherd-sdbox");
+        let lock = std::fs::File::create("/run/sockherd-sdbox/lock").expect("open the box lock");
+        lock.lock().expect("take the box lock");
         let name = format!("{tag}-{}-{}", std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
         let mut cmd = Command::new(sdbox_script());
         cmd.args(["start", &name, "--bind"]).arg(repo());
@@ -66,7 +84,7 @@ impl SdBox {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Some(SdBox { name })
+        Some(SdBox { name, _lock: lock })
     }
 
     /// Runs a bash script inside the box.
@@ -94,7 +112,12 @@ impl SdBox {
 
     /// Panics with the message and the box's view of app.service: status and journal.
     pub fn fail(&self, message: &str) -> ! {
-        let state = self.sh("systemctl status app.service app-http.socket --no-pager -l 2>&1 | head -40; echo '--- journal:'; journalctl -u app --no-pager -o short-monotonic 2>&1 | tail -150");
+        self.fail_unit("app", message)
+    }
+
+    /// Panics with the message and the box's view of `<unit>.service`: status and journal.
+    pub fn fail_unit(&self, unit: &str, message: &str) -> ! {
+        let state = self.sh(&format!("systemctl status '{unit}.service' '{unit}*.socket' --no-pager -l 2>&1 | head -40; echo '--- journal:'; journalctl -u '{unit}*' --no-pager -o short-monotonic 2>&1 | tail -150"));
         panic!("{message}\n--- box {}:\n{}", self.name, String::from_utf8_lossy(&state.stdout));
     }
 
@@ -115,15 +138,33 @@ pub enum Server {
     Gunicorn,
     Unicorn,
     Puma,
+    /// unicorn as the main process, upgraded by its own USR2 (units/unicorn-native).
+    UnicornNative,
+    /// nginx as the main process, binary upgrade by USR2 (units/nginx).
+    Nginx,
 }
 
 impl Server {
     pub fn flavor(self) -> &'static str {
         match self {
             Server::Gunicorn => "gunicorn",
-            Server::Unicorn => "unicorn",
+            Server::Unicorn | Server::UnicornNative => "unicorn",
             Server::Puma => "puma",
+            Server::Nginx => "nginx",
         }
+    }
+
+    /// The directory under units/ with this server's app.service.
+    pub fn unit_dir(self) -> &'static str {
+        match self {
+            Server::UnicornNative => "unicorn-native",
+            other => other.flavor(),
+        }
+    }
+
+    /// Whether its answers say `release=<rN>` (the example app; nginx answers by itself).
+    pub fn tells_release(self) -> bool {
+        self != Server::Nginx
     }
 
     /// Files of a release: the app and the server's config from contrib/.
@@ -132,6 +173,8 @@ impl Server {
             Server::Gunicorn => vec![contrib("app/app.py"), contrib("gunicorn/gunicorn.conf.py")],
             Server::Unicorn => vec![contrib("app/config.ru"), contrib("unicorn/unicorn.conf.rb")],
             Server::Puma => vec![contrib("app/config.ru"), contrib("puma/puma.rb")],
+            Server::UnicornNative => vec![contrib("app/config.ru"), contrib("unicorn/unicorn-native.conf.rb")],
+            Server::Nginx => vec![contrib("nginx/nginx.conf")],
         }
     }
 
@@ -142,8 +185,11 @@ impl Server {
                 test_venv().join("bin/gunicorn").exists(),
                 &format!("gunicorn in the world-readable venv {} (.ci/run makes it)", test_venv().display()),
             ),
-            Server::Unicorn => prerequisite(have("unicorn"), "program unicorn"),
+            Server::Unicorn | Server::UnicornNative => prerequisite(have("unicorn"), "program unicorn"),
             Server::Puma => prerequisite(have("puma"), "program puma"),
+            Server::Nginx => {
+                prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)")
+            }
         }
     }
 }
@@ -158,18 +204,8 @@ impl Deployment {
     /// Boots a box and installs the app with releases r1 and r2 (r3: broken), current -> r1,
     /// and, with `notify_reload`, the notify-reload drop-in. Does not start anything.
     pub fn install(tag: &str, server: Server, lower: Option<&Path>, notify_reload: bool) -> Option<Deployment> {
-        if !server.available() {
-            return None;
-        }
-        let sdbox = SdBox::boot(tag, lower)?;
+        let deployment = Deployment::install_app(tag, server, lower)?;
         let units = repo().join("units");
-        let mut copies = String::new();
-        for release in ["r1", "r2", "r3"] {
-            for file in server.release_files() {
-                copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
-            }
-            copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
-        }
         let dropin = if notify_reload {
             format!(
                 "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n",
@@ -178,6 +214,43 @@ impl Deployment {
         } else {
             String::new()
         };
+        let sdbox = &deployment.sdbox;
+        sdbox.ok(&format!(
+            "set -e
+cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
+{dropin}systemctl daemon-reload
+",
+            units = units.display(),
+            flavor = server.unit_dir(),
+        ));
+        // The units as shipped must pass systemd's own checks: verify, and an exposure score
+        // below 3.0 (systemd-analyze counts tenths: --threshold=30).
+        let checks = sdbox.sh(
+            "cd /etc/systemd/system && systemd-analyze verify app.service app-http.socket app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/'; \
+             echo verify=${PIPESTATUS[0]}; \
+             systemd-analyze security --offline=yes --threshold=30 app.service 2>&1 | tail -1; echo security=${PIPESTATUS[0]}",
+        );
+        let checks = String::from_utf8_lossy(&checks.stdout).into_owned();
+        if !checks.contains("verify=0") || !checks.contains("security=0") {
+            sdbox.fail(&format!("the shipped units fail systemd-analyze:\n{checks}"));
+        }
+        Some(deployment)
+    }
+
+    /// Boots a box and installs everything but the units: /usr/bin/sockherd, user app, releases
+    /// r1, r2 and r3 (broken) under /srv/app, current -> r1, /srv/app/shared/venv.
+    pub fn install_app(tag: &str, server: Server, lower: Option<&Path>) -> Option<Deployment> {
+        if !server.available() {
+            return None;
+        }
+        let sdbox = SdBox::boot(tag, lower)?;
+        let mut copies = String::new();
+        for release in ["r1", "r2", "r3"] {
+            for file in server.release_files() {
+                copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
+            }
+            copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
+        }
         sdbox.ok(&format!(
             "set -e
 useradd --system --user-group --no-create-home app
@@ -187,14 +260,9 @@ mkdir -p /srv/app/releases/r1 /srv/app/releases/r2 /srv/app/releases/r3 /srv/app
 ln -s {venv} /srv/app/shared/venv
 ln -s releases/r1 /srv/app/current
 chown -R app:app /srv/app
-cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service /etc/systemd/system/
-{dropin}systemctl daemon-reload
-systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-http.socket /etc/systemd/system/app-unix.socket 2>&1 | grep -v '^/lib/systemd/system/' || true
 ",
             bin = sockherd().display(),
             venv = test_venv().display(),
-            units = units.display(),
-            flavor = server.flavor(),
         ));
         Some(Deployment { sdbox, server })
     }
@@ -203,10 +271,16 @@ systemd-analyze verify /etc/systemd/system/app.service /etc/systemd/system/app-h
     pub fn start(&self) {
         self.sdbox.ok("systemctl start app-http.socket app-unix.socket");
         let answer = self.sdbox.ok("curl -sS -m 60 --retry 0 http://127.0.0.1:8080/");
-        if !answer.starts_with("release=r1") {
+        let expected = if self.server.tells_release() { "release=r1" } else { "nginx worker=" };
+        if !answer.starts_with(expected) {
             self.sdbox.fail(&format!("first request (socket activation) answered {answer:?}"));
         }
-        let active = self.sdbox.property("ActiveState");
+        // The first answer can come a moment before READY=1 reached systemd.
+        let mut active = String::new();
+        wait_until(Duration::from_secs(30), || {
+            active = self.sdbox.property("ActiveState");
+            active != "activating"
+        });
         if active != "active" {
             self.sdbox.fail(&format!("app.service is {active} after activation"));
         }

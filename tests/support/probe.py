@@ -51,7 +51,12 @@ def main():
             ready, _, _ = select.select(listeners, [], [])
             for l in ready:
                 conn, _ = l.accept()
-                conn.recv(65536)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
                 body = "probe %d\n" % os.getpid()
                 conn.sendall(("HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
                 conn.close()

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A small server for app.py that needs nothing but Python's standard library, so the quick start
+runs on a fresh machine. It speaks the systemd dialect, as any server sockherd's default flavor
+runs: it serves every socket passed in LISTEN_FDS (from fd 3, only if LISTEN_PID is its own
+pid), sends READY=1 to NOTIFY_SOCKET once it accepts, and on SIGTERM finishes the requests in
+flight, then exits 0.
+
+    sockherd run --listen 127.0.0.1:8080 --chdir contrib/app -- python3 serve.py
+"""
+import os
+import signal
+import socket
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+sys.path.insert(0, os.getcwd())
+from app import app  # noqa: E402  (the working directory is the release)
+
+
+class Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = False  # shutdown waits for requests in flight
+    block_on_close = True
+
+    def __init__(self, sock):
+        WSGIServer.__init__(self, sock.getsockname(), WSGIRequestHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.address_family = sock.family
+        self.server_name, self.server_port = "localhost", 0
+        self.setup_environ()
+        self.set_app(app)
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def inherited_sockets():
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        sys.exit("serve.py: no sockets: LISTEN_PID is not this process (run it under sockherd or systemd)")
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    sockets = []
+    for fd in range(3, 3 + count):
+        sock = socket.socket(fileno=fd)
+        if sock.type == socket.SOCK_STREAM:
+            sockets.append(sock)
+    return sockets
+
+
+def notify(message):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.sendall(message.encode())
+
+
+def main():
+    servers = []
+    for sock in inherited_sockets():
+        server = Server(sock)
+        server.RequestHandlerClass = QuietHandler
+        servers.append(server)
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1}) for s in servers]
+    for t in threads:
+        t.start()
+    notify("READY=1\nSTATUS=serving %d socket(s)" % len(servers))
+
+    def stop(signum, frame):
+        # Stop accepting, let requests in flight finish (server_close joins their threads).
+        for s in servers:
+            threading.Thread(target=s.shutdown).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for t in threads:
+        t.join()
+    for s in servers:
+        s.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+//! `sockherd status`: what a running supervisor says about itself (its `status` answer over the
+//! control socket, JSON), rendered as a short table for people; and, for a unit name, what
+//! systemd knows of the unit (`systemctl show`), followed by the supervisor at its MainPID.
+//!
+//! systemd is asked with `systemctl show`, not over D-Bus: it is on every machine that has the
+//! unit, speaks to the manager the way the operator's own `systemctl` does (same permissions,
+//! same errors), and keeps zbus and its runtime thread out of the binary. The supervisor itself
+//! never asks systemd anything for this.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The properties `sockherd status UNIT` reads, in the order shown.
+pub const UNIT_PROPERTIES: [&str; 6] =
+    ["LoadState", "ActiveState", "SubState", "MainPID", "StatusText", "NotifyAccess"];
+
+/// Exit codes of `sockherd status`, as `systemctl status` uses them where they overlap.
+pub const EXIT_OK: u8 = 0;
+/// The supervisor (or systemd) could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 1;
+/// The unit is not active (inactive, failed, activating, deactivating).
+pub const EXIT_NOT_ACTIVE: u8 = 3;
+/// No such unit.
+pub const EXIT_NO_UNIT: u8 = 4;
+
+// ----- the unit, from systemd ------------------------------------------------------------------
+
+/// `app` → `app.service`; `app.service` stays; other unit types are refused with the likely
+/// service named.
+pub fn service_name(arg: &str) -> Result<String, String> {
+    let name = arg.trim();
+    if name.is_empty() {
+        return Err("empty unit name (expected NAME or NAME.service, e.g. app)".into());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || ":_.-@\\".contains(*c))) {
+        return Err(format!(
+            "'{name}' is not a unit name: {c:?} is not allowed (letters, digits and : _ . - @ \\ only)"
+        ));
+    }
+    const OTHER_TYPES: [&str; 10] =
+        ["socket", "target", "timer", "mount", "path", "slice", "scope", "swap", "device", "automount"];
+    if name.ends_with(".service") {
+        return Ok(name.to_string());
+    }
+    if let Some((stem, kind)) = name.rsplit_once('.')
+        && OTHER_TYPES.contains(&kind)
+    {
+        return Err(format!(
+            "'{name}' is a {kind} unit; sockherd status takes the service that runs sockherd \
+             (for a socket unit usually {stem}.service, or the one its Service= names)"
+        ));
+    }
+    Ok(format!("{name}.service"))
+}
+
+/// What systemd says about a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    pub unit: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub main_pid: i32,
+    pub status_text: String,
+    pub notify_access: String,
+}
+
+impl UnitState {
+    /// Parses `systemctl show -p ...` output (`Key=value` lines; the order systemd prints them
+    /// in is its own, so no `--value`).
+    pub fn parse(unit: &str, text: &str) -> UnitState {
+        let mut state = UnitState { unit: unit.to_string(), ..UnitState::default() };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            let value = value.to_string();
+            match key {
+                "LoadState" => state.load_state = value,
+                "ActiveState" => state.active_state = value,
+                "SubState" => state.sub_state = value,
+                "MainPID" => state.main_pid = value.trim().parse().unwrap_or(0),
+                "StatusText" => state.status_text = value,
+                "NotifyAccess" => state.notify_access = value,
+                _ => {}
+            }
+        }
+        state
+    }
+
+    pub fn exists(&self) -> bool {
+        self.load_state != "not-found"
+    }
+
+    /// Active, or active and reloading: what `systemctl status` answers 0 for.
+    pub fn is_active(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "reloading")
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!("{}: {} ({})", self.unit, self.active_state, self.sub_state);
+        if self.main_pid > 0 {
+            let _ = write!(out, ", main pid {}", self.main_pid);
+        }
+        if !self.notify_access.is_empty() && self.notify_access != "none" {
+            let _ = write!(out, ", NotifyAccess={}", self.notify_access);
+        }
+        out.push('\n');
+        if !self.status_text.is_empty() {
+            let _ = writeln!(out, "  status: {}", self.status_text);
+        }
+        out
+    }
+
+    pub fn to_json(&self, supervisor: Option<&str>) -> String {
+        format!(
+            "{{\"unit\":{},\"load_state\":{},\"active_state\":{},\"sub_state\":{},\"main_pid\":{},\"status_text\":{},\"notify_access\":{},\"supervisor\":{}}}",
+            json_str(&self.unit),
+            json_str(&self.load_state),
+            json_str(&self.active_state),
+            json_str(&self.sub_state),
+            self.main_pid,
+            json_str(&self.status_text),
+            json_str(&self.notify_access),
+            supervisor.unwrap_or("null")
+        )
+    }
+}
+
+/// Asks systemd about `unit` with `systemctl show`.
+pub fn query_unit(unit: &str) -> Result<UnitState> {
+    let output = Command::new("systemctl")
+        .arg("show")
+        .arg(format!("--property={}", UNIT_PROPERTIES.join(",")))
+        .arg("--")
+        .arg(unit)
+        .output()
+        .with_context(|| {
+            format!(
+                "failed to run `systemctl show {unit}` to ask systemd about the unit (is this a systemd \
+                 machine?); to ask a supervisor directly, use `sockherd status --pid PID`"
+            )
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "`systemctl show {unit}` failed ({}): {}; to ask a supervisor directly, use `sockherd status --pid PID`",
+            output.status,
+            stderr.trim()
+        );
+    }
+    Ok(UnitState::parse(unit, &String::from_utf8_lossy(&output.stdout)))
+}
+
+// ----- the supervisor's answer, for people ---------------------------------------------------------
+
+/// Renders the supervisor's `status` JSON as a few lines and two small tables.
+pub fn render(json_text: &str) -> Result<String> {
+    let json = Json::parse(json_text.trim())
+        .map_err(|e| anyhow::anyhow!("the supervisor's status is not valid JSON ({e}): {json_text:?}"))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sockherd supervisor pid {}: {} (flavor {}, readiness {})",
+        num(json.get("pid")),
+        json.get("state").str().unwrap_or("?"),
+        json.get("flavor").str().unwrap_or("?"),
+        json.get("ready").str().unwrap_or("?"),
+    );
+    if let Some(line) = json.get("status").str() {
+        let _ = writeln!(out, "  {line}");
+    }
+
+    let generations = json.get("generations").arr();
+    out.push('\n');
+    if generations.is_empty() {
+        out.push_str("no generations\n");
+    } else {
+        let mut rows = vec![["GEN", "PID", "STATE", "WORKERS", "AGE", "RELEASE"].map(String::from).to_vec()];
+        for g in generations {
+            rows.push(vec![
+                num(g.get("number")),
+                num(g.get("pid")),
+                g.get("state").str().unwrap_or("?").to_string(),
+                // Older supervisors only told the group's size (master included).
+                match g.get("workers").num() {
+                    Some(w) => format!("{w}"),
+                    None => g.get("processes").num().map(|p| format!("{}", (p - 1.0).max(0.0))).unwrap_or_default(),
+                },
+                g.get("age_s").num().map(age).unwrap_or_default(),
+                g.get("release").str().unwrap_or("-").to_string(),
+            ]);
+        }
+        table(&mut out, &rows);
+        for g in generations {
+            if let Some(app) = g.get("app_status").str() {
+                let _ = writeln!(out, "  generation {} says: {app}", num(g.get("number")));
+            }
+        }
+    }
+
+    let sockets = json.get("sockets").arr();
+    out.push('\n');
+    if sockets.is_empty() {
+        out.push_str("no sockets\n");
+    } else {
+        let mut rows = vec![["FD", "NAME", "ADDRESS"].map(String::from).to_vec()];
+        for s in sockets {
+            rows.push(vec![
+                num(s.get("fd")),
+                s.get("name").str().unwrap_or("?").to_string(),
+                s.get("address").str().unwrap_or("?").to_string(),
+            ]);
+        }
+        table(&mut out, &rows);
+    }
+
+    out.push('\n');
+    let last = json.get("last_reload");
+    match last.get("ok").bool() {
+        None => out.push_str("last reload: none since start\n"),
+        Some(ok) => {
+            let _ = writeln!(
+                out,
+                "last reload: {} at {}, took {} ms: {}",
+                if ok { "ok" } else { "FAILED" },
+                last.get("at").str().unwrap_or("?"),
+                num(last.get("took_ms")),
+                last.get("message").str().unwrap_or("")
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn num(value: &Json) -> String {
+    value.num().map(|n| format!("{n}")).unwrap_or_else(|| "?".to_string())
+}
+
+/// `42s`, `5m07s`, `3h02m`, `2d04h`.
+pub fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, value) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(value);
+            } else {
+                let _ = write!(line, "{value:<width$}  ", width = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+// ----- a small JSON reader (the supervisor's answer is ours, small and flat) ---------------------
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+static NULL: Json = Json::Null;
+
+impl Json {
+    pub fn parse(text: &str) -> Result<Json, String> {
+        let mut reader = Reader { s: text.as_bytes(), i: 0 };
+        let value = reader.value(0)?;
+        reader.ws();
+        if reader.i != reader.s.len() {
+            return Err(format!("trailing text at byte {}", reader.i));
+        }
+        Ok(value)
+    }
+
+    /// The field `key` of an object, or null.
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&NULL),
+            _ => &NULL,
+        }
+    }
+
+    pub fn str(&self) -> Option<&str> {
+        if let Json::Str(s) = self { Some(s) } else { None }
+    }
+
+    pub fn num(&self) -> Option<f64> {
+        if let Json::Num(n) = self { Some(*n) } else { None }
+    }
+
+    pub fn bool(&self) -> Option<bool> {
+        if let Json::Bool(b) = self { Some(*b) } else { None }
+    }
+
+    pub fn arr(&self) -> &[Json] {
+        if let Json::Arr(a) = self { a } else { &[] }
+    }
+}
+
+struct Reader<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Reader<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.s.get(self.i).copied()
+    }
+
+    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
+        if self.s[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
+            Ok(value)
+        } else {
+            Err(format!("unexpected input at byte {}", self.i))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > 32 {
+            return Err("nested too deeply".into());
+        }
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                let mut fields = Vec::new();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(fields));
+                }
+                loop {
+                    self.ws();
+                    let key = self.string()?;
+                    if self.peek() != Some(b':') {
+                        return Err(format!("expected ':' at byte {}", self.i));
+                    }
+                    self.i += 1;
+                    fields.push((key, self.value(depth + 1)?));
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Json::Obj(fields));
+                        }
+                        _ => return Err(format!("expected ',' or '}}' at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Json::Arr(items));
+                        }
+                        _ => return Err(format!("expected ',' or ']' at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'"') => self.string().map(Json::Str),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(c) if c == b'-' || c.is_ascii_digit() => {
+                let start = self.i;
+                while self.s.get(self.i).is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+                    self.i += 1;
+                }
+                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
+                text.parse().map(Json::Num).map_err(|_| format!("bad number {text:?}"))
+            }
+            _ => Err(format!("unexpected input at byte {}", self.i)),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        if self.s.get(self.i) != Some(&b'"') {
+            return Err(format!("expected a string at byte {}", self.i));
+        }
+        self.i += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.s.get(self.i) {
+                None => return Err("unterminated string".into()),
+                Some(b'"') => {
+                    self.i += 1;
+                    return String::from_utf8(out).map_err(|e| e.to_string());
+                }
+                Some(b'\\') => {
+                    let escaped = *self.s.get(self.i + 1).ok_or("unterminated escape")?;
+                    self.i += 2;
+                    match escaped {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'u' => {
+                            let hex = self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?;
+                            let code = std::str::from_utf8(hex)
+                                .ok()
+                                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                                .ok_or("bad \\u escape")?;
+                            let c = char::from_u32(code).unwrap_or('\u{fffd}');
+                            out.extend_from_slice(c.to_string().as_bytes());
+                            self.i += 4;
+                        }
+                        other => out.push(other),
+                    }
+                }
+                Some(&c) => {
+                    out.push(c);
+                    self.i += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"pid":100,"state":"reloading","flavor":"gunicorn","ready":"probe","status":"serving generation 1 (pid 101, /srv/app/releases/r1); starting generation 2 (pid 202)","sockets":[{"fd":3,"name":"http","address":"127.0.0.1:8080"},{"fd":4,"name":"unix","address":"/run/app.sock"}],"generations":[{"number":1,"pid":101,"state":"serving","release":"/srv/app/releases/r1","started":"2026-11-22 05:20:01 UTC","age_s":3725.2,"processes":3,"workers":2,"app_status":null},{"number":2,"pid":202,"state":"starting","release":"/srv/app/releases/r2","started":"2026-11-22 06:22:04 UTC","age_s":2.0,"processes":1,"workers":0,"app_status":"booting \"x\""}],"last_reload":{"at":"2026-11-22 06:00:00 UTC","ok":false,"took_ms":1234,"message":"generation 2 exited"}}"#;
+
+    #[test]
+    fn renders_generations_sockets_and_last_reload() {
+        let text = render(SAMPLE).unwrap();
+        assert!(
+            text.starts_with("sockherd supervisor pid 100: reloading (flavor gunicorn, readiness probe)\n"),
+            "{text}"
+        );
+        assert!(text.contains("GEN  PID  STATE     WORKERS  AGE    RELEASE\n"), "{text}");
+        assert!(text.contains("1    101  serving   2        1h02m  /srv/app/releases/r1\n"), "{text}");
+        assert!(text.contains("2    202  starting  0        2s     /srv/app/releases/r2\n"), "{text}");
+        assert!(text.contains("generation 2 says: booting \"x\""), "{text}");
+        assert!(text.contains("FD  NAME  ADDRESS\n3   http  127.0.0.1:8080\n4   unix  /run/app.sock\n"), "{text}");
+        assert!(text.contains("last reload: FAILED at 2026-11-22 06:00:00 UTC, took 1234 ms: generation 2 exited"));
+    }
+
+    #[test]
+    fn no_reload_yet() {
+        let text = render(r#"{"pid":1,"state":"running","generations":[],"sockets":[],"last_reload":null}"#).unwrap();
+        assert!(text.contains("last reload: none since start"), "{text}");
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(render("ok fine").is_err());
+        assert!(Json::parse(r#"{"a":1"#).is_err());
+        assert!(Json::parse(r#"[1,2]x"#).is_err());
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(0.4), "0s");
+        assert_eq!(age(59.9), "59s");
+        assert_eq!(age(61.0), "1m01s");
+        assert_eq!(age(7322.0), "2h02m");
+        assert_eq!(age(190_000.0), "2d04h");
+    }
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(service_name("app").unwrap(), "app.service");
+        assert_eq!(service_name("app.service").unwrap(), "app.service");
+        assert_eq!(service_name("app@blue").unwrap(), "app@blue.service");
+        assert_eq!(service_name("my.app").unwrap(), "my.app.service");
+        assert!(service_name("app.socket").unwrap_err().contains("app.service"));
+        assert!(service_name("a b").unwrap_err().contains("not a unit name"));
+        assert!(service_name("").is_err());
+    }
+
+    #[test]
+    fn parses_systemctl_show() {
+        let state = UnitState::parse(
+            "app.service",
+            "MainPID=42\nNotifyAccess=main\nStatusText=serving generation 3 (pid 9)\nLoadState=loaded\nActiveState=active\nSubState=running\n",
+        );
+        assert_eq!(state.main_pid, 42);
+        assert!(state.is_active() && state.exists());
+        assert_eq!(state.status_text, "serving generation 3 (pid 9)");
+        let json = Json::parse(&state.to_json(Some(r#"{"pid":42}"#))).unwrap();
+        assert_eq!(json.get("supervisor").get("pid").num(), Some(42.0));
+        assert_eq!(json.get("active_state").str(), Some("active"));
+    }
+}
