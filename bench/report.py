@@ -225,7 +225,7 @@ def write_plot(report, outroot, path):
 def deploy_table(runs):
     out = ["| method | server | reloads ok | requests | failed | refused / reset / 5xx / timeout / other | "
            "p50 / p99 / max steady | p50 / p99 / max during reloads | longest gap (TCP / unix) | "
-           "reload → new serving (median / max) | sockherd handoff (median / max) |",
+           "reload → new serving (median / max) | sockherd: to ready (median / max); to the end of the handoff (median) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in runs:
         if d.get("skipped"):
@@ -237,14 +237,16 @@ def deploy_table(runs):
         e = d["errors"]
         s, w = d["steady"], d["during"]
         gaps = d.get("gaps", {})
-        h = d.get("handoff_ms") or []
+        hh = [list(x) if isinstance(x, (list, tuple)) else [x, x] for x in (d.get("handoff_ms") or [])]
+        h = [x[0] for x in hh]
+        hw = [x[1] for x in hh]
         out.append("| %s | %s | %d/%d | %d | **%d** (loadrec %d) | %d / %d / %d / %d / %d | %s / %s / %s | %s / %s / %s | %s / %s | %s / %s | %s |" % (
             d["label"], d["server"], d["reloads_ok"], len(d["reloads"]), d["requests"], d["failed"], d.get("recorder_failed", 0),
             e.get("refused", 0), e.get("reset", 0), e.get("5xx", 0), e.get("timeout", 0), e.get("other", 0),
             ms(s["p50"]), ms(s["p99"]), ms(s["max"]), ms(w["p50"]), ms(w["p99"]), ms(w["max"]),
             ms(gaps.get("tcp")), ms(gaps.get("unix")) if d.get("unix", True) else "n/a",
             ms(d["to_new"]["p50"]), ms(d["to_new"]["max"]),
-            ("%s / %s%s" % (ms(med(h)), ms(max(h)), "" if len(h) >= len(d["reloads"]) else " (%d of %d in the journal)" % (len(h), len(d["reloads"])))) if h else "-"))
+            ("%s / %s; %s%s" % (ms(med(h)), ms(max(h)), ms(med(hw)), "" if len(h) >= len(d["reloads"]) else " (%d of %d in the journal)" % (len(h), len(d["reloads"])))) if h else "-"))
     return out
 
 
@@ -339,8 +341,10 @@ def write_results(report, path, plot_rel):
              "until the old generation is gone). *Longest gap*: the longest time, from the first reload to the "
              "end of the last one, with no request completed on that transport. *Reload → new serving*: from "
              "the reload command until the first request answered by the new generation (a master pid, or for "
-             "in-place reloads a worker pid, never seen before). *sockherd handoff*: sockherd's own measure "
-             "(SOCKHERD_HANDOFF_MS, `sockherd status`), start of the new generation to ready." % (
+             "in-place reloads a worker pid, never seen before). *sockherd*: its own measures, from the reload request: "
+             "until the new generation was ready (\"ready after\" in the reload's message), and until the "
+             "handoff ended, which this build counts until the old generation closed its sockets "
+             "(SOCKHERD_HANDOFF_MS, `sockherd status`)." % (
                  "per", cfg["steady"]))
     L.append("")
     L.extend(deploy_table(deploy))
@@ -431,14 +435,15 @@ def write_results(report, path, plot_rel):
                  "generation is gone (+0.3 s), per reload, not its children's; the driver asks sockherd "
                  "nothing in that window (`sockherd status` walks /proc, which would be counted)." % sc.get("reloads", 0))
         L.append("")
-        L.append("| sockets | workers | handoff median (min–max) | sockherd CPU per reload, median | sockherd RSS after | failed reloads |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("| sockets | workers | reload → ready, median (min–max) | whole handoff (until the old generation closed its sockets), median | sockherd CPU per reload, median | sockherd RSS after | failed reloads |")
+        L.append("|---|---|---|---|---|---|---|")
         for r in sc["rows"]:
             if r.get("error"):
-                L.append("| %d | %d | ERROR: %s | | | |" % (r["sockets"], r["workers"], r["error"]))
+                L.append("| %d | %d | ERROR: %s | | | | |" % (r["sockets"], r["workers"], r["error"]))
                 continue
-            L.append("| %d | %d | %s (%s–%s) | %s | %s | %d |" % (
+            L.append("| %d | %d | %s (%s–%s) | %s | %s | %s | %d |" % (
                 r["sockets"], r["workers"], ms(med(r["took"])), ms(min(r["took"]) if r["took"] else None), ms(max(r["took"]) if r["took"] else None),
+                ms(med(r.get("whole") or [])),
                 ("%.2f ms" % (med(r["cpu_us"]) / 1000.0)) if r["cpu_us"] else "-",
                 ("%.2f MiB" % (r["rss_kib"] / 1024)) if r.get("rss_kib") else "-", r["failed"]))
         L.append("")
