@@ -8,6 +8,8 @@
 //! anew for every generation.
 mod common;
 
+use sockherd::status::Json;
+
 use common::*;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -233,7 +235,7 @@ impl Herd {
         });
         let last = last.expect("polled at least once");
         if !ok {
-            self.fail(&format!("status never showed {what} within {timeout:?}; last: {}", last.0));
+            self.fail(&format!("status never showed {what} within {timeout:?}; last: {:?}", last.0));
         }
         last
     }
@@ -419,216 +421,6 @@ fn failures(samples: &[Sample]) -> Vec<&Sample> {
     samples.iter().filter(|s| s.result.is_err()).collect()
 }
 
-// ----- a small JSON reader for `sockherd status` ----------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-static NULL: Json = Json::Null;
-
-impl Json {
-    fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
-        let value = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing text at byte {}", p.i));
-        }
-        Ok(value)
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&NULL),
-            _ => &NULL,
-        }
-    }
-
-    fn str(&self) -> Option<&str> {
-        if let Json::Str(s) = self { Some(s) } else { None }
-    }
-
-    fn num(&self) -> Option<f64> {
-        if let Json::Num(n) = self { Some(*n) } else { None }
-    }
-
-    fn bool(&self) -> Option<bool> {
-        if let Json::Bool(b) = self { Some(*b) } else { None }
-    }
-
-    fn arr(&self) -> &[Json] {
-        if let Json::Arr(a) = self { a } else { &[] }
-    }
-}
-
-impl std::fmt::Display for Json {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Json::Null => f.write_str("null"),
-            Json::Bool(b) => write!(f, "{b}"),
-            Json::Num(n) => write!(f, "{n}"),
-            Json::Str(s) => write!(f, "{s:?}"),
-            Json::Arr(a) => {
-                f.write_str("[")?;
-                for (i, v) in a.iter().enumerate() {
-                    write!(f, "{}{v}", if i > 0 { "," } else { "" })?;
-                }
-                f.write_str("]")
-            }
-            Json::Obj(o) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in o.iter().enumerate() {
-                    write!(f, "{}{k:?}:{v}", if i > 0 { "," } else { "" })?;
-                }
-                f.write_str("}")
-            }
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Result<(), String> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected '{}' at byte {}", c as char, self.i))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.ws();
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    fields.push((key, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(fields));
-                        }
-                        _ => return Err(format!("expected ',' or '}}' at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("expected ',' or ']' at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') if self.s[self.i..].starts_with(b"true") => {
-                self.i += 4;
-                Ok(Json::Bool(true))
-            }
-            Some(b'f') if self.s[self.i..].starts_with(b"false") => {
-                self.i += 5;
-                Ok(Json::Bool(false))
-            }
-            Some(b'n') if self.s[self.i..].starts_with(b"null") => {
-                self.i += 4;
-                Ok(Json::Null)
-            }
-            Some(c) if *c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                text.parse().map(Json::Num).map_err(|_| format!("bad number {text:?}"))
-            }
-            _ => Err(format!("unexpected input at byte {}", self.i)),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        if self.s.get(self.i) != Some(&b'"') {
-            return Err(format!("expected a string at byte {}", self.i));
-        }
-        self.i += 1;
-        let mut out = Vec::new();
-        loop {
-            match self.s.get(self.i) {
-                None => return Err("unterminated string".into()),
-                Some(b'"') => {
-                    self.i += 1;
-                    return String::from_utf8(out).map_err(|e| e.to_string());
-                }
-                Some(b'\\') => {
-                    let escaped = *self.s.get(self.i + 1).ok_or("unterminated escape")?;
-                    self.i += 2;
-                    match escaped {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(self.s.get(self.i..self.i + 4).ok_or("short \\u escape")?)
-                                .map_err(|e| e.to_string())?;
-                            let code = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            let c = char::from_u32(code).unwrap_or('\u{fffd}');
-                            out.extend_from_slice(c.to_string().as_bytes());
-                            self.i += 4;
-                        }
-                        other => out.push(other),
-                    }
-                }
-                Some(&c) => {
-                    out.push(c);
-                    self.i += 1;
-                }
-            }
-        }
-    }
-}
-
 /// `sockherd status` output.
 struct Status(Json);
 
@@ -768,7 +560,7 @@ fn expect_serving(herd: &Herd, number: u64, release: &Path) -> Generation {
     let status = herd.status();
     match status.serving() {
         Some(g) if g.number == number && g.release.as_deref() == Some(release.to_str().unwrap()) => g,
-        _ => herd.fail(&format!("expected generation {number} from {} to serve: {}", release.display(), status.0)),
+        _ => herd.fail(&format!("expected generation {number} from {} to serve: {:?}", release.display(), status.0)),
     }
 }
 
@@ -892,10 +684,10 @@ fn broken_release_rolls_back(server: Server, expected: &[&str]) {
     let status = herd.status();
     let last = status.last_reload();
     if last.get("ok").bool() != Some(false) || !last.get("message").str().unwrap_or("").contains("still serving") {
-        herd.fail(&format!("status should show the failed reload: {}", status.0));
+        herd.fail(&format!("status should show the failed reload: {:?}", status.0));
     }
     if !status.0.get("status").str().unwrap_or("").contains("reload failed") {
-        herd.fail(&format!("the status line should mention the failed reload: {}", status.0));
+        herd.fail(&format!("the status line should mention the failed reload: {:?}", status.0));
     }
     // The broken generation is gone; generation 1 still serves, from r1.
     let g = herd.wait_settled(Duration::from_secs(10));
@@ -1113,12 +905,12 @@ fn concurrent_reload_clients_coalesce() {
     let started_gens = herd.started_generations();
     if started_gens != [1, 2, 3] || status.generations().iter().any(|g| g.number > 3) {
         herd.fail(&format!(
-            "exactly 2 new generations should start for 3 concurrent reloads; started {started_gens:?}; status {}",
+            "exactly 2 new generations should start for 3 concurrent reloads; started {started_gens:?}; status {:?}",
             status.0
         ));
     }
     if status.state() != "running" || status.serving().map(|g| g.number) != Some(3) {
-        herd.fail(&format!("generation 3 should serve and no handoff be in flight: {}", status.0));
+        herd.fail(&format!("generation 3 should serve and no handoff be in flight: {:?}", status.0));
     }
     eprintln!("coalescing (clients): 3 reloads answered in {:?}", runs.iter().map(|r| r.took).max().unwrap());
 }
@@ -1139,7 +931,7 @@ fn sighups_during_a_handoff_coalesce() {
     }
     let status = herd.status();
     if status.generation(2).map(|g| g.state) != Some("starting".into()) {
-        herd.fail(&format!("generation 2 should still be starting when the SIGHUPs arrive: {}", status.0));
+        herd.fail(&format!("generation 2 should still be starting when the SIGHUPs arrive: {:?}", status.0));
     }
     let status = herd.wait_status("generation 3 serving, no handoff in flight", Duration::from_secs(30), |s| {
         s.state() == "running" && s.serving().is_some_and(|g| g.number >= 3)
@@ -1148,7 +940,7 @@ fn sighups_during_a_handoff_coalesce() {
     if started_gens != [1, 2, 3] || status.serving().map(|g| g.number) != Some(3) {
         herd.fail(&format!(
             "SIGHUPs during a handoff should start exactly one follow-up generation; started {started_gens:?}; \
-             status {}",
+             status {:?}",
             status.0
         ));
     }
