@@ -32,6 +32,7 @@ use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STA
 use crate::readiness::{self, Check, PROBE_SOCKET_NAME, Readiness, Verdict};
 use crate::signal::{Signal, SignalQueue};
 use crate::socket::{Origin, Socket};
+use crate::status::json_str;
 use crate::sys;
 
 pub struct RunConfig {
@@ -945,22 +946,6 @@ fn make_runtime_dir() -> Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("failed to create runtime directory {}", dir.display()))?;
     Ok(dir)
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn json_opt(s: Option<String>) -> String {
