@@ -91,3 +91,102 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     Some(Duration::from_micros(usec))
 }
+
+// ----- text and datagrams from the app -------------------------------------------------------------
+
+/// systemd drops a notify datagram of this many bytes or more, whole (measured: a 4,096-byte
+/// READY=1 datagram never arrives).
+pub const DATAGRAM_LIMIT: usize = 4096;
+
+/// Text taken from the app (its `STATUS=`) is cut to this many bytes before sockherd passes it
+/// on: it goes into sockherd's own `STATUS=` line, which must stay one small line.
+pub const APP_TEXT_LIMIT: usize = 1024;
+
+/// Makes text that came from the app safe inside one `KEY=value` line sent to systemd: every
+/// control character (NUL, `\n`, `\r`, tabs, escape sequences, DEL, C1 controls) becomes a
+/// space, and the result is cut to at most [`APP_TEXT_LIMIT`] bytes on a character boundary,
+/// ending with `…` when something was cut. systemd splits a datagram on `\n` *and* `\r` and
+/// rejects one with a NUL: uncleaned, an app's `STATUS=x\rMAINPID=1` would speak for sockherd.
+pub fn clean_app_text(text: &str) -> String {
+    const ELLIPSIS: char = '…';
+    let mut out = String::with_capacity(text.len().min(APP_TEXT_LIMIT));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > APP_TEXT_LIMIT {
+            while out.len() + ELLIPSIS.len_utf8() > APP_TEXT_LIMIT {
+                out.pop();
+            }
+            out.push(ELLIPSIS);
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Why a datagram is refused whole, as systemd refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatagramError {
+    /// [`DATAGRAM_LIMIT`] bytes or more (the length the sender sent).
+    TooLong(usize),
+    /// An embedded NUL byte, at this offset.
+    Nul(usize),
+}
+
+impl std::fmt::Display for DatagramError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatagramError::TooLong(n) => {
+                write!(f, "{n} bytes long (systemd drops a notify datagram of {DATAGRAM_LIMIT} bytes or more)")
+            }
+            DatagramError::Nul(at) => write!(f, "a NUL byte at offset {at} (systemd rejects such a datagram)"),
+        }
+    }
+}
+
+/// Splits an sd_notify datagram into its `KEY=value` assignments the way systemd's manager
+/// does: lines end at `\n` *or* `\r`, empty lines are skipped, and a datagram with a NUL byte,
+/// or of [`DATAGRAM_LIMIT`] bytes or more, is refused whole. A line without `=` or that is not
+/// UTF-8 is skipped (systemd ignores what it cannot read, too). `len` is the datagram's real
+/// length, which may exceed `bytes` when the receive buffer truncated it.
+pub fn parse_datagram(bytes: &[u8], len: usize) -> Result<Vec<(&str, &str)>, DatagramError> {
+    if len >= DATAGRAM_LIMIT || bytes.len() >= DATAGRAM_LIMIT {
+        return Err(DatagramError::TooLong(len.max(bytes.len())));
+    }
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(DatagramError::Nul(at));
+    }
+    Ok(bytes
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter_map(|line| line.split_once('='))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_systemd() {
+        let lines = parse_datagram(b"READY=1\rSTATUS=x\n\nWATCHDOG=trigger\r\nMAINPID=7", 42).unwrap();
+        assert_eq!(lines, [("READY", "1"), ("STATUS", "x"), ("WATCHDOG", "trigger"), ("MAINPID", "7")]);
+        assert_eq!(parse_datagram(b"READY=1\0STOPPING=1", 19), Err(DatagramError::Nul(7)));
+        let long = vec![b'a'; DATAGRAM_LIMIT];
+        assert_eq!(parse_datagram(&long, long.len()), Err(DatagramError::TooLong(4096)));
+        assert_eq!(parse_datagram(b"READY=1", 5000), Err(DatagramError::TooLong(5000)));
+        assert_eq!(parse_datagram(b"noequals\nSTATUS=\xff\nREADY=1", 27).unwrap(), [("READY", "1")]);
+    }
+
+    #[test]
+    fn cleans_app_text() {
+        assert_eq!(clean_app_text("x\rWATCHDOG=trigger\nMAINPID=1\0\x1b[31m"), "x WATCHDOG=trigger MAINPID=1  [31m");
+        assert_eq!(clean_app_text("booting \u{e9}t\u{e9}"), "booting \u{e9}t\u{e9}");
+        let long = "\u{e9}".repeat(4050);
+        let cleaned = clean_app_text(&long);
+        assert!(cleaned.len() <= APP_TEXT_LIMIT && cleaned.len() > APP_TEXT_LIMIT - 4, "{}", cleaned.len());
+        assert!(cleaned.ends_with('…'));
+        assert_eq!(clean_app_text(&"a".repeat(APP_TEXT_LIMIT)), "a".repeat(APP_TEXT_LIMIT));
+    }
+}

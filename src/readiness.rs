@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 
 use crate::flavor::Flavor;
 use crate::sys::{self, Pid};
+use crate::{log, notify, procfs};
 
 /// Name of the probe socket in LISTEN_FDNAMES.
 pub const PROBE_SOCKET_NAME: &str = "sockherd-probe";
@@ -157,6 +158,8 @@ impl Check {
                 let socket = UnixDatagram::bind(&path)
                     .with_context(|| format!("failed to create notify socket {}", path.display()))?;
                 sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
+                // Kernels before 6.5 have no SO_PASSPIDFD: senders are then checked by pid.
+                let _ = sys::set_passpidfd(socket.as_fd());
                 socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
                 Prepared {
                     check: Check::Notify { socket, path: path.clone() },
@@ -394,32 +397,119 @@ fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<
     Ok(child.id() as Pid)
 }
 
-/// One sd_notify datagram received from a generation.
+/// One sd_notify datagram a process of a generation sent, accepted.
+#[derive(Debug)]
 pub struct NotifyMessage {
     pub sender: Option<Pid>,
     pub ready: bool,
+    /// `STATUS=`, cleaned ([`notify::clean_app_text`]): one line, at most 1 KiB.
     pub status: Option<String>,
     pub watchdog: bool,
+    /// `BARRIER=1`'s descriptor: the sender waits until it is closed, which tells it every
+    /// message it sent before was processed. Drop the message once it was.
+    pub barrier: Option<OwnedFd>,
 }
 
-/// Reads every pending datagram on a generation's notify socket.
+/// Reads every pending datagram on a generation's notify socket and returns those a process
+/// of the generation sent: the sender must be alive when its datagram is read (a process that
+/// sent and exited cannot be told from any other), and in the process group `generation` (the
+/// master's pid), or the master itself, or one of its descendants. Everything else is logged
+/// and dropped, as are datagrams systemd would refuse (a NUL byte, 4,096 bytes or more). A
+/// short-lived helper (`systemd-notify`) must wait for `BARRIER=1`, which keeps it alive until
+/// its messages are read.
+pub fn receive_notify(socket: &UnixDatagram, generation: Pid) -> Vec<NotifyMessage> {
+    receive(socket, Some(generation))
+}
+
+/// Like [`receive_notify`], but checks only that each sender is alive when its datagram is
+/// read; the caller checks which generation it belongs to.
 pub fn read_notify(socket: &UnixDatagram) -> Vec<NotifyMessage> {
+    receive(socket, None)
+}
+
+fn receive(socket: &UnixDatagram, generation: Option<Pid>) -> Vec<NotifyMessage> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    while let Ok(Some((n, sender))) = sys::recv_with_pid(socket.as_fd(), &mut buf) {
-        let text = String::from_utf8_lossy(&buf[..n]);
-        let mut message = NotifyMessage { sender, ready: false, status: None, watchdog: false };
-        for line in text.lines() {
-            match line.split_once('=') {
-                Some(("READY", "1")) => message.ready = true,
-                Some(("STATUS", s)) => message.status = Some(s.to_string()),
-                Some(("WATCHDOG", "1")) => message.watchdog = true,
+    let mut buf = vec![0u8; notify::DATAGRAM_LIMIT];
+    loop {
+        let received = match sys::recv_notify(socket.as_fd(), &mut buf) {
+            Ok(Some(received)) => received,
+            Ok(None) => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn(format!("failed to read a notification: {e}")).emit();
+                break;
+            }
+        };
+        let sender = received.pid;
+        let refuse = |why: String| {
+            let from = sender.map(|p| format!("pid {p}")).unwrap_or_else(|| "an unknown sender".into());
+            log::warn(format!("ignored a notification from {from}: {why}")).kind("denied").emit();
+        };
+        let assignments = match notify::parse_datagram(&buf[..received.len], received.full_len) {
+            Ok(assignments) => assignments,
+            Err(e) => {
+                refuse(format!("it is {e}"));
+                continue;
+            }
+        };
+        if let Err(why) = check_sender(&received, generation) {
+            refuse(why);
+            continue;
+        }
+        // The first passed descriptor is BARRIER=1's; any other is closed right away.
+        let mut passed = received.fds.into_iter();
+        let mut message = NotifyMessage { sender, ready: false, status: None, watchdog: false, barrier: None };
+        for (key, value) in assignments {
+            match (key, value) {
+                ("READY", "1") => message.ready = true,
+                ("STATUS", text) => message.status = Some(notify::clean_app_text(text)),
+                ("WATCHDOG", "1") => message.watchdog = true,
+                ("BARRIER", "1") => message.barrier = passed.next(),
                 _ => {}
             }
         }
         out.push(message);
     }
     out
+}
+
+/// Whether the sender of `received` may speak for the generation whose master (and process
+/// group) is `generation`: it must be alive now, and belong to it.
+fn check_sender(received: &sys::Received, generation: Option<Pid>) -> std::result::Result<(), String> {
+    let pid = received.pid.ok_or("the datagram carries no sender credentials")?;
+    // A pidfd pins the sender: while it is unreaped, its pid is not reused, so what /proc says
+    // of that pid is about the sender. Without SCM_PIDFD (kernels before 6.5) one is opened now.
+    let opened;
+    let pidfd = match &received.pidfd {
+        Some(fd) => Some(fd.as_fd()),
+        None => match sys::pidfd_open(pid) {
+            Ok(fd) => {
+                opened = fd;
+                Some(opened.as_fd())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(format!("pid {pid} already exited")),
+            // Kernels before 5.3: /proc alone.
+            Err(_) => None,
+        },
+    };
+    let stat = procfs::stat(pid).ok_or_else(|| format!("pid {pid} already exited"))?;
+    if stat.exited() {
+        return Err(format!("pid {pid} already exited"));
+    }
+    if let Some(master) = generation
+        && stat.pgid != master
+        && pid != master
+        && !procfs::descends_from(pid, master)
+    {
+        return Err(format!(
+            "pid {pid} (process group {}) is not a process of the generation whose master is {master}",
+            stat.pgid
+        ));
+    }
+    if pidfd.is_some_and(|fd| !sys::pidfd_alive(fd)) {
+        return Err(format!("pid {pid} exited while it was checked"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -519,47 +519,6 @@ pub fn set_passcred(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives one datagram and the sender's pid (from SCM_CREDENTIALS, when SO_PASSCRED is on).
-/// Descriptors attached to the message are closed. Returns None when nothing is pending.
-pub fn recv_with_pid(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Option<Pid>)>> {
-    // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
-    // macros within `msg_controllen`, and close any descriptor the kernel installed for us.
-    unsafe {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<[u64; 64]>() as _;
-        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC);
-        if n == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(err);
-        }
-        let mut pid = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let header = &*cmsg;
-            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
-                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
-                pid = Some(cred.pid);
-            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-                let count = (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
-                    drop(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok(Some(((n as usize).min(buf.len()), pid)))
-    }
-}
-
 /// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants it.
 pub fn monotonic_usec() -> u64 {
     // SAFETY: clock_gettime fills a local timespec; CLOCK_MONOTONIC always exists on Linux.
@@ -617,4 +576,128 @@ pub fn getpgid(pid: Pid) -> Option<Pid> {
     // SAFETY: getpgid takes a plain integer.
     let pgid = unsafe { libc::getpgid(pid) };
     (pgid >= 0).then_some(pgid)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notify senders: who sent a datagram, checked while it lives.
+
+/// SO_PASSPIDFD and SCM_PIDFD (Linux 6.5): every datagram received carries a pidfd of its
+/// sender. Not in the libc crate's exported constants.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PASSPIDFD: libc::c_int = 0x55;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PASSPIDFD: libc::c_int = 76;
+const SCM_PIDFD: libc::c_int = 4;
+
+/// Turns on SO_PASSPIDFD. Fails (ENOPROTOOPT) on kernels before 6.5, where the sender is
+/// checked by pid instead.
+pub fn set_passpidfd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a local c_int.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as _,
+        )
+    })?;
+    Ok(())
+}
+
+/// One datagram received on a notify socket, with what the kernel says of its sender.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes placed in the buffer.
+    pub len: usize,
+    /// The datagram's real length: more than `len` when it did not fit.
+    pub full_len: usize,
+    /// The sender's pid (SCM_CREDENTIALS; SO_PASSCRED must be on).
+    pub pid: Option<Pid>,
+    /// A pidfd of the sender (SCM_PIDFD; SO_PASSPIDFD must be on).
+    pub pidfd: Option<OwnedFd>,
+    /// Descriptors passed along (SCM_RIGHTS), e.g. BARRIER=1's pipe end.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receives one datagram without blocking; None when nothing is pending. Room is made for the
+/// credentials, a pidfd and a few passed descriptors: the kernel closes any it cannot fit.
+pub fn recv_notify(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
+    // macros within `msg_controllen`, and take ownership of each descriptor the kernel
+    // installed for us exactly once.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut control = [0u64; 24]; // 192 bytes, aligned for cmsghdr
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 24]>() as _;
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC);
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        let mut received = Received {
+            len: (n as usize).min(buf.len()),
+            full_len: n as usize,
+            pid: None,
+            pidfd: None,
+            fds: Vec::new(),
+        };
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            let payload = header.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            if header.cmsg_level == libc::SOL_SOCKET {
+                match header.cmsg_type {
+                    libc::SCM_CREDENTIALS if payload >= size_of::<libc::ucred>() => {
+                        let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
+                        received.pid = Some(cred.pid);
+                    }
+                    SCM_PIDFD if payload >= size_of::<RawFd>() => {
+                        let pidfd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                        received.pidfd = Some(OwnedFd::from_raw_fd(pidfd));
+                    }
+                    libc::SCM_RIGHTS => {
+                        for i in 0..payload / size_of::<RawFd>() {
+                            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
+                            received.fds.push(OwnedFd::from_raw_fd(fd));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(Some(received))
+    }
+}
+
+/// A pidfd for `pid` (pidfd_open(2), Linux 5.3). ESRCH when no such process exists.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created the descriptor for us (pidfds are close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process a pidfd refers to has not been reaped yet (signal 0: nothing is sent).
+/// A zombie still counts: check its state in /proc before calling this.
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0, no siginfo, no flags: only a permission and
+    // existence check on a descriptor kept alive by the borrow.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    // EPERM: it exists, we just may not signal it.
+    ret == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
