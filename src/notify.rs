@@ -71,6 +71,26 @@ impl Notifier {
     }
 }
 
+/// The most of an app's own text (its STATUS=) that reaches systemd.
+pub const MAX_APP_TEXT: usize = 1024;
+/// The most of a whole STATUS= line: systemd drops a datagram of 4,096 bytes or more.
+pub const MAX_STATUS: usize = 3072;
+
+/// Text as it may travel inside an sd_notify message: systemd splits a message into fields on
+/// `\n` *and* `\r` and rejects one with a NUL, so no control character gets through (each
+/// becomes a space), and at most `max` bytes, cut on a character boundary.
+pub fn clean_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn connect(target: &str) -> io::Result<UnixDatagram> {
     let sock = UnixDatagram::unbound()?;
     let addr = match target.strip_prefix('@') {
@@ -90,4 +110,17 @@ pub fn watchdog_interval() -> Option<Duration> {
         return None;
     }
     Some(Duration::from_micros(usec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_text_keeps_messages_whole() {
+        assert_eq!(clean_text("x\rWATCHDOG=trigger\nMAINPID=1\0", 100), "x WATCHDOG=trigger MAINPID=1 ");
+        assert_eq!(clean_text("ééé", 5), "éé");
+        assert_eq!(clean_text(&"a".repeat(5000), MAX_APP_TEXT).len(), MAX_APP_TEXT);
+        assert_eq!(clean_text("plain status", MAX_APP_TEXT), "plain status");
+    }
 }

@@ -382,15 +382,15 @@ fn parse_status(response: &[u8]) -> Option<u16> {
 }
 
 fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<Pid> {
-    let child = std::process::Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(command)
         .env("SOCKHERD_GENERATION", number.to_string())
         .env("SOCKHERD_PID", pid.to_string())
         .env_remove(crate::protocol::NOTIFY_SOCKET)
         .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    let child = sys::spawn_clean(&mut cmd)?;
     Ok(child.id() as Pid)
 }
 
