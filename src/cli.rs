@@ -284,6 +284,12 @@ struct RunArgs {
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     ready_timeout: Seconds,
 
+    /// How long a generation's master must stay alive after it reported ready before it counts
+    /// as ready (and the old generation is told to stop): a server that crashes right after
+    /// saying ready fails the reload instead of replacing a working one. 0 trusts the report.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    ready_settle: Seconds,
+
     /// How long an old generation may drain after a reload before its process group gets
     /// SIGKILL.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -382,6 +388,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 chdir: args.launch.chdir,
                 ready: args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor)),
                 ready_timeout: args.ready_timeout.0,
+                ready_settle: args.ready_settle.0,
                 drain_timeout: args.drain_timeout.0,
                 stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
                 stop_timeout: args.stop_timeout.0,

@@ -16,6 +16,7 @@ pub mod command;
 pub mod control;
 pub mod flavor;
 pub mod generation;
+pub mod handoff;
 pub mod listen;
 pub mod log;
 pub mod native;

@@ -65,6 +65,7 @@ fn stderr_is_journal() -> bool {
 /// One log event: a human message plus structured fields (`GENERATION` is sent as
 /// `SOCKHERD_GENERATION`). `kind` becomes `SOCKHERD_EVENT`.
 #[must_use = "an event does nothing until emitted"]
+#[derive(Debug, Clone)]
 pub struct Event {
     level: Level,
     kind: Option<&'static str>,
@@ -93,6 +94,19 @@ pub fn debug(message: impl Into<String>) -> Event {
 }
 
 impl Event {
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `SOCKHERD_EVENT`, if set.
+    pub fn event_kind(&self) -> Option<&'static str> {
+        self.kind
+    }
+
     pub fn kind(mut self, kind: &'static str) -> Event {
         self.kind = Some(kind);
         self

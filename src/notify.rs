@@ -71,6 +71,26 @@ impl Notifier {
     }
 }
 
+/// The most of an app's own text (its STATUS=) that reaches systemd.
+pub const MAX_APP_TEXT: usize = 1024;
+/// The most of a whole STATUS= line: systemd drops a datagram of 4,096 bytes or more.
+pub const MAX_STATUS: usize = 3072;
+
+/// Text as it may travel inside an sd_notify message: systemd splits a message into fields on
+/// `\n` *and* `\r` and rejects one with a NUL, so no control character gets through (each
+/// becomes a space), and at most `max` bytes, cut on a character boundary.
+pub fn clean_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn connect(target: &str) -> io::Result<UnixDatagram> {
     let sock = UnixDatagram::unbound()?;
     let addr = match target.strip_prefix('@') {
@@ -97,32 +117,6 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// systemd drops a notify datagram of this many bytes or more, whole (measured: a 4,096-byte
 /// READY=1 datagram never arrives).
 pub const DATAGRAM_LIMIT: usize = 4096;
-
-/// Text taken from the app (its `STATUS=`) is cut to this many bytes before sockherd passes it
-/// on: it goes into sockherd's own `STATUS=` line, which must stay one small line.
-pub const APP_TEXT_LIMIT: usize = 1024;
-
-/// Makes text that came from the app safe inside one `KEY=value` line sent to systemd: every
-/// control character (NUL, `\n`, `\r`, tabs, escape sequences, DEL, C1 controls) becomes a
-/// space, and the result is cut to at most [`APP_TEXT_LIMIT`] bytes on a character boundary,
-/// ending with `…` when something was cut. systemd splits a datagram on `\n` *and* `\r` and
-/// rejects one with a NUL: uncleaned, an app's `STATUS=x\rMAINPID=1` would speak for sockherd.
-pub fn clean_app_text(text: &str) -> String {
-    const ELLIPSIS: char = '…';
-    let mut out = String::with_capacity(text.len().min(APP_TEXT_LIMIT));
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if out.len() + c.len_utf8() > APP_TEXT_LIMIT {
-            while out.len() + ELLIPSIS.len_utf8() > APP_TEXT_LIMIT {
-                out.pop();
-            }
-            out.push(ELLIPSIS);
-            return out;
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// Why a datagram is refused whole, as systemd refuses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,13 +174,10 @@ mod tests {
     }
 
     #[test]
-    fn cleans_app_text() {
-        assert_eq!(clean_app_text("x\rWATCHDOG=trigger\nMAINPID=1\0\x1b[31m"), "x WATCHDOG=trigger MAINPID=1  [31m");
-        assert_eq!(clean_app_text("booting \u{e9}t\u{e9}"), "booting \u{e9}t\u{e9}");
-        let long = "\u{e9}".repeat(4050);
-        let cleaned = clean_app_text(&long);
-        assert!(cleaned.len() <= APP_TEXT_LIMIT && cleaned.len() > APP_TEXT_LIMIT - 4, "{}", cleaned.len());
-        assert!(cleaned.ends_with('…'));
-        assert_eq!(clean_app_text(&"a".repeat(APP_TEXT_LIMIT)), "a".repeat(APP_TEXT_LIMIT));
+    fn clean_text_keeps_messages_whole() {
+        assert_eq!(clean_text("x\rWATCHDOG=trigger\nMAINPID=1\0", 100), "x WATCHDOG=trigger MAINPID=1 ");
+        assert_eq!(clean_text("ééé", 5), "éé");
+        assert_eq!(clean_text(&"a".repeat(5000), MAX_APP_TEXT).len(), MAX_APP_TEXT);
+        assert_eq!(clean_text("plain status", MAX_APP_TEXT), "plain status");
     }
 }

@@ -385,15 +385,15 @@ fn parse_status(response: &[u8]) -> Option<u16> {
 }
 
 fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<Pid> {
-    let child = std::process::Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(command)
         .env("SOCKHERD_GENERATION", number.to_string())
         .env("SOCKHERD_PID", pid.to_string())
         .env_remove(crate::protocol::NOTIFY_SOCKET)
         .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    let child = sys::spawn_clean(&mut cmd)?;
     Ok(child.id() as Pid)
 }
 
@@ -402,7 +402,7 @@ fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<
 pub struct NotifyMessage {
     pub sender: Option<Pid>,
     pub ready: bool,
-    /// `STATUS=`, cleaned ([`notify::clean_app_text`]): one line, at most 1 KiB.
+    /// `STATUS=`, cleaned ([`notify::clean_text`]): one line, at most 1 KiB.
     pub status: Option<String>,
     pub watchdog: bool,
     /// `BARRIER=1`'s descriptor: the sender waits until it is closed, which tells it every
@@ -462,7 +462,7 @@ fn receive(socket: &UnixDatagram, generation: Option<Pid>) -> Vec<NotifyMessage>
         for (key, value) in assignments {
             match (key, value) {
                 ("READY", "1") => message.ready = true,
-                ("STATUS", text) => message.status = Some(notify::clean_app_text(text)),
+                ("STATUS", text) => message.status = Some(notify::clean_text(text, notify::MAX_APP_TEXT)),
                 ("WATCHDOG", "1") => message.watchdog = true,
                 ("BARRIER", "1") => message.barrier = passed.next(),
                 _ => {}

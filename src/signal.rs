@@ -20,6 +20,8 @@ impl Signal {
     pub const USR2: Signal = Signal(libc::SIGUSR2);
     pub const CHLD: Signal = Signal(libc::SIGCHLD);
     pub const WINCH: Signal = Signal(libc::SIGWINCH);
+    pub const TTIN: Signal = Signal(libc::SIGTTIN);
+    pub const TTOU: Signal = Signal(libc::SIGTTOU);
 
     pub fn name(self) -> Option<&'static str> {
         sys::SIGNALS.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
@@ -63,14 +65,16 @@ pub struct SignalQueue {
 }
 
 impl SignalQueue {
-    pub fn install(signals: &[Signal]) -> std::io::Result<SignalQueue> {
-        let numbers: Vec<i32> = signals.iter().map(|s| s.0).collect();
-        Ok(SignalQueue { pipe: sys::signal_pipe(&numbers)? })
+    /// Handles every signal that would otherwise end or stop the supervisor
+    /// ([`sys::supervisor_signals`]).
+    pub fn install() -> std::io::Result<SignalQueue> {
+        Ok(SignalQueue { pipe: sys::signal_pipe(&sys::supervisor_signals())? })
     }
 
-    /// Signals received since the last call, in order.
-    pub fn drain(&self) -> Vec<Signal> {
-        sys::read_signals(self.pipe.as_fd()).into_iter().map(Signal).collect()
+    /// Signals received since the last call, in order, each with whether a process sent it
+    /// (rather than the kernel, for a terminal).
+    pub fn drain(&self) -> Vec<(Signal, bool)> {
+        sys::read_signals(self.pipe.as_fd()).into_iter().map(|(n, user)| (Signal(n), user)).collect()
     }
 }
 

@@ -237,18 +237,86 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
 // Signals: the handler only writes the signal number to a pipe; the main loop does the work.
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// The process that installed the handlers: a forked child that has not exec'd yet must never
+/// write into the supervisor's queue.
+static SIGNAL_OWNER: AtomicI32 = AtomicI32::new(0);
+/// The bit of a queued byte that says the signal was sent by a process (kill, sigqueue, tgkill),
+/// not by the kernel (a terminal's resize or job control, a fault).
+pub const SIGNAL_FROM_USER: u8 = 0x80;
 
-extern "C" fn on_signal(signal: libc::c_int) {
-    // SAFETY: only async-signal-safe calls: errno is saved and restored around write(2).
+/// Signals whose default action dumps core because they report a fault of this very process.
+fn is_fault(signal: libc::c_int) -> bool {
+    matches!(
+        signal,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS | libc::SIGABRT
+    )
+}
+
+extern "C" fn on_signal(signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // SAFETY: only async-signal-safe calls (getpid, kill, sigaction, write); errno is saved and
+    // restored; `info` is the kernel's siginfo for this delivery (checked for null).
     unsafe {
         let errno = *libc::__errno_location();
+        let code = if info.is_null() { 0 } else { (*info).si_code };
+        let sender = if info.is_null() { 0 } else { (*info).si_pid() };
+        // SI_USER (0), SI_QUEUE (-1), SI_TKILL (-6), ...: sent by a process.
+        let from_user = code <= 0;
+        let own = libc::getpid() == SIGNAL_OWNER.load(Ordering::Relaxed);
+        if is_fault(signal) {
+            // SA_RESETHAND restored the default action on entry. A real fault (or our own
+            // abort()) returns to it and dies of it, as it should; one sent with kill(2) by
+            // another process is only an event: handle the next one too.
+            if !from_user || sender == libc::getpid() || !own {
+                *libc::__errno_location() = errno;
+                return;
+            }
+            install_handler(signal);
+        }
+        if !from_user && matches!(signal, libc::SIGTTIN | libc::SIGTTOU) {
+            // Job control of a terminal we write to from the background: stop, as by default.
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
         let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-        if fd >= 0 {
-            let byte = signal as u8;
+        if own && fd >= 0 {
+            let byte = (signal as u8 & !SIGNAL_FROM_USER) | if from_user { SIGNAL_FROM_USER } else { 0 };
             libc::write(fd, (&byte as *const u8).cast(), 1);
         }
         *libc::__errno_location() = errno;
     }
+}
+
+/// Installs `on_signal` for `signal`. Async-signal-safe (the fault path re-arms itself with it).
+fn install_handler(signal: libc::c_int) -> libc::c_int {
+    // SAFETY: a zeroed sigaction with our SA_SIGINFO handler, a full mask (handlers never nest)
+    // and SA_RESTART; faults reset to the default action on entry (see on_signal).
+    unsafe {
+        let mut action: libc::sigaction = zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        if is_fault(signal) {
+            action.sa_flags |= libc::SA_RESETHAND;
+        }
+        if signal == libc::SIGCHLD {
+            action.sa_flags |= libc::SA_NOCLDSTOP;
+        }
+        libc::sigfillset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    }
+}
+
+/// Every signal whose default action would end or stop sockherd, plus SIGCHLD and SIGWINCH:
+/// a signal nobody meant for us (logrotate's `systemctl kill -s USR1`) must never kill the
+/// supervisor and orphan its generations. SIGKILL and SIGSTOP cannot be caught; SIGTSTP keeps
+/// its default (a terminal's Ctrl-Z stops sockherd, as the user asks); SIGPIPE stays ignored
+/// (as Rust's runtime sets it) and SIGCONT and SIGURG change nothing.
+pub fn supervisor_signals() -> Vec<i32> {
+    let mut signals: Vec<i32> = (1..32)
+        .filter(|&s| {
+            !matches!(s, libc::SIGKILL | libc::SIGSTOP | libc::SIGTSTP | libc::SIGPIPE | libc::SIGCONT | libc::SIGURG)
+        })
+        .collect();
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
 }
 
 /// Installs handlers for `signals` that queue each delivery on a pipe, and returns the pipe's
@@ -259,22 +327,15 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<OwnedFd> {
     if SIGNAL_PIPE.compare_exchange(-1, write.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst).is_err() {
         return Err(io::Error::other("signal handlers are already installed"));
     }
+    SIGNAL_OWNER.store(getpid(), Ordering::SeqCst);
     for &signal in signals {
-        // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART; the
-        // handler only does async-signal-safe work.
-        unsafe {
-            let mut action: libc::sigaction = zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            cvt(libc::sigaction(signal, &action, std::ptr::null_mut()))?;
-        }
+        cvt(install_handler(signal)).map_err(|e| io::Error::new(e.kind(), format!("signal {signal}: {e}")))?;
     }
     Ok(read)
 }
 
-/// Reads the queued signal numbers (empty when none are pending).
-pub fn read_signals(pipe: BorrowedFd<'_>) -> Vec<i32> {
+/// Reads the queued signals as `(number, sent by a process)` (empty when none are pending).
+pub fn read_signals(pipe: BorrowedFd<'_>) -> Vec<(i32, bool)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 64];
     loop {
@@ -283,9 +344,39 @@ pub fn read_signals(pipe: BorrowedFd<'_>) -> Vec<i32> {
         if n <= 0 {
             break;
         }
-        out.extend(buf[..n as usize].iter().map(|&b| b as i32));
+        out.extend(buf[..n as usize].iter().map(|&b| (i32::from(b & !SIGNAL_FROM_USER), b & SIGNAL_FROM_USER != 0)));
     }
     out
+}
+
+/// Runs `f` (a fork) with every signal blocked, so no signal is handled by a forked child's copy
+/// of our handlers before it resets them; the child inherits the mask and unblocks it itself
+/// ([`reset_signals_in_child`]).
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t values on the stack; pthread_sigmask on the calling (only) thread.
+    unsafe {
+        let mut all: libc::sigset_t = zeroed();
+        let mut old: libc::sigset_t = zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+/// Spawns `command` as a child that starts with default signal dispositions and an empty mask,
+/// whatever sockherd's own handlers and mask are.
+pub fn spawn_clean(command: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only calls sigaction and sigprocmask, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            reset_signals_in_child();
+            Ok(())
+        });
+    }
+    with_signals_blocked(|| command.spawn())
 }
 
 /// Resets every signal's disposition to default and unblocks all signals. Used in children,
@@ -549,6 +640,22 @@ pub const SIGNALS: &[(&str, i32)] = &[
     ("TTOU", libc::SIGTTOU),
     ("ALRM", libc::SIGALRM),
     ("PIPE", libc::SIGPIPE),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("SEGV", libc::SIGSEGV),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("TSTP", libc::SIGTSTP),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
 ];
 
 /// Forks a child in a new process group (its pid is the group id) that starts in `dir` and
@@ -567,7 +674,7 @@ pub fn spawn(mut image: ExecImage, dir: Option<&std::path::Path>) -> io::Result<
     unsafe {
         command.pre_exec(move || Err(image.exec()));
     }
-    let child = command.spawn()?;
+    let child = with_signals_blocked(|| command.spawn())?;
     Ok(child.id() as Pid)
 }
 

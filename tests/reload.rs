@@ -1016,7 +1016,7 @@ fn two_hundred_reloads_leak_nothing() {
     let report = dir.join("report.json").display().to_string();
     let mut herd = Herd::start(
         dir.path(),
-        &["--ready", "exec"],
+        &["--ready", "exec", "--ready-settle", "0"],
         &[probe().display().to_string(), report, "serve".to_string()],
         &[],
     );

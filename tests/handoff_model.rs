@@ -1,0 +1,513 @@
+//! The supervisor core (`sockherd::handoff`) against a model of the world it lives in: random
+//! interleavings of events (generations reporting ready, masters dying before they are reaped,
+//! workers lingering, sockets released, reload requests, joins, signals, spawn failures, time
+//! passing), fed the way the event loop feeds them, with the core's actions performed on the
+//! model. After every step the invariants hold; at the end, once everything told to stop has
+//! stopped, the supervisor finishes and every requester got exactly one answer.
+//!
+//! Invariants checked after every step (besides the core's own, `Core::broken_invariant`: at most
+//! one generation starting, at most one serving, a handoff's new generation starting or serving,
+//! nothing pending or in flight while stopping, every generation told to stop once stopping):
+//! - no requester is answered twice;
+//! - a handoff ends `ok` only while its generation is alive (as far as the core knows) and serves,
+//!   and `ok` is answered only with the message of a handoff that ended so;
+//! - a generation serves only if no exit of its master was fed before it was promoted;
+//! - nothing is done to a generation after the core forgot it, and signals go to its own pid.
+//!
+//! proptest shrinks a failure to the shortest sequence of steps; the step list is printed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use sockherd::flavor::Flavor;
+use sockherd::handoff::{Action, Config, ConnId, Core, Event, Notice, Outcome, Phase};
+use sockherd::signal::Signal;
+
+const SETTLE: Duration = Duration::from_millis(1000);
+
+/// One step of the world.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Time passes (the loop wakes on its own and looks at deadlines).
+    Wait(u64),
+    /// The k-th generation's readiness check passes (whatever its phase).
+    Ready(usize),
+    /// The k-th generation's master dies (exit status or signal); reaped at the next `Reap`.
+    MasterDies(usize, i32),
+    /// Every dead master is reaped (a wakeup after SIGCHLD).
+    Reap,
+    /// The k-th generation's workers are gone.
+    WorkersGone(usize),
+    /// The k-th generation's processes closed the public sockets.
+    StopsAccepting(usize),
+    /// The loop reads /proc: released sockets, empty groups.
+    Observe,
+    Reload,
+    Join,
+    Signal(i32),
+    /// The next spawn fails (a release directory that vanished, ...).
+    NextSpawnFails,
+    LoopFailed,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u64..2500).prop_map(Step::Wait),
+        4 => (0usize..4).prop_map(Step::Ready),
+        2 => (0usize..4, prop_oneof![Just(0), Just(1), Just(-9), Just(-15)]).prop_map(|(k, s)| Step::MasterDies(k, s)),
+        4 => Just(Step::Reap),
+        2 => (0usize..4).prop_map(Step::WorkersGone),
+        2 => (0usize..4).prop_map(Step::StopsAccepting),
+        4 => Just(Step::Observe),
+        3 => Just(Step::Reload),
+        2 => Just(Step::Join),
+        3 => prop_oneof![
+            4 => Just(libc::SIGHUP),
+            1 => Just(libc::SIGUSR2),
+            1 => Just(libc::SIGTERM),
+            1 => Just(libc::SIGQUIT),
+            1 => Just(libc::SIGUSR1),
+            1 => Just(libc::SIGALRM),
+        ]
+        .prop_map(Step::Signal),
+        1 => Just(Step::NextSpawnFails),
+        1 => (0u8..20).prop_map(|n| if n == 0 { Step::LoopFailed } else { Step::Reap }),
+    ]
+}
+
+/// A generation's processes, as the world knows them.
+#[derive(Debug, Default)]
+struct Procs {
+    pid: i32,
+    master_dead: Option<ExitStatus>,
+    reaped: bool,
+    workers: bool,
+    holds: bool,
+    told: bool,
+    forgotten: bool,
+    ready_fed_at: Option<Instant>,
+    exit_fed_before_promotion: bool,
+}
+
+struct World {
+    core: Core,
+    t0: Instant,
+    now: Instant,
+    gens: BTreeMap<u64, Procs>,
+    next_pid: i32,
+    next_conn: ConnId,
+    answers: HashMap<ConnId, Vec<String>>,
+    issued: Vec<ConnId>,
+    spawn_fails: bool,
+    /// Messages of handoffs that ended `ok`, checked when they ended.
+    succeeded: Vec<String>,
+    /// What happened, step by step (only when replaying a failure: formatting is the cost).
+    tracing: bool,
+    trace: Vec<String>,
+}
+
+impl World {
+    fn new(settle: Duration, tracing: bool) -> World {
+        let config = Config {
+            flavor: Flavor::Gunicorn,
+            ready_timeout: Duration::from_secs(10),
+            settle,
+            drain_timeout: Duration::from_secs(8),
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(12),
+        };
+        let now = Instant::now();
+        let mut world = World {
+            core: Core::new(config),
+            t0: now,
+            now,
+            gens: BTreeMap::new(),
+            next_pid: 100,
+            next_conn: 1,
+            answers: HashMap::new(),
+            issued: Vec::new(),
+            spawn_fails: false,
+            succeeded: Vec::new(),
+            tracing,
+            trace: Vec::new(),
+        };
+        world.perform().expect("generation 1 starts");
+        world
+    }
+
+    fn fail(&self, message: String) -> TestCaseError {
+        TestCaseError::fail(format!("{message}\n--- trace:\n{}", self.trace.join("\n")))
+    }
+
+    fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
+        if self.tracing {
+            self.trace.push(format!("  t+{:>5} ms  {event:?}", (self.now - self.t0).as_millis()));
+        }
+        let promoted_before: Vec<u64> =
+            self.core.generations().iter().filter(|g| g.phase == Phase::Serving).map(|g| g.number).collect();
+        self.core.handle(self.now, event);
+        if let Some(broken) = self.core.broken_invariant() {
+            return Err(self.fail(format!("core invariant broken: {broken}")));
+        }
+        // A generation promoted by this event: it reported ready at least SETTLE ago (unless the
+        // settle period is 0), and no exit of its master was fed before.
+        for g in self.core.generations().iter().filter(|g| g.phase == Phase::Serving) {
+            if promoted_before.contains(&g.number) {
+                continue;
+            }
+            let procs = &self.gens[&g.number];
+            let settle = self.core_settle();
+            let settled = procs.ready_fed_at.is_some_and(|at| self.now.saturating_duration_since(at) >= settle);
+            if !settled || procs.exit_fed_before_promotion || !g.master_alive() {
+                return Err(self.fail(format!("generation {} serves without having settled: {procs:?}", g.number)));
+            }
+        }
+        self.perform()
+    }
+
+    fn core_settle(&self) -> Duration {
+        // The world is built with one settle period per case; read it back from the trace-free
+        // source of truth: the config the core was given.
+        SETTLE_IN_USE.with(|s| s.get())
+    }
+
+    fn perform(&mut self) -> Result<(), TestCaseError> {
+        while let Some(action) = self.core.next_action() {
+            if self.tracing {
+                self.trace.push(format!("                -> {}", describe(&action)));
+            }
+            match action {
+                Action::Spawn { number } => {
+                    if self.spawn_fails && number > 1 {
+                        self.spawn_fails = false;
+                        self.core.handle(self.now, Event::SpawnFailed { number, error: "no such release".into() });
+                    } else {
+                        let pid = self.next_pid;
+                        self.next_pid += 1;
+                        self.gens.insert(number, Procs { pid, workers: true, holds: true, ..Procs::default() });
+                        self.core.handle(self.now, Event::Spawned { number, pid, release: None });
+                    }
+                }
+                Action::Signal { number, pid, .. } => self.touch(number, pid, false)?,
+                Action::Kill { number, pid } => self.touch(number, pid, true)?,
+                Action::Forget { number } => {
+                    let Some(procs) = self.gens.get(&number) else {
+                        return Err(self.fail(format!("forgot unknown generation {number}")));
+                    };
+                    if procs.forgotten || !procs.reaped || procs.workers {
+                        let described = format!("{procs:?}");
+                        return Err(self.fail(format!("generation {number} forgotten while it lives: {described}")));
+                    }
+                    self.gens.get_mut(&number).expect("checked").forgotten = true;
+                }
+                Action::Answer { conn, text } => {
+                    let answers = self.answers.entry(conn).or_default();
+                    answers.push(text.clone());
+                    if answers.len() > 1 {
+                        let described = format!("{answers:?}");
+                        return Err(self.fail(format!("requester {conn} answered twice: {described}")));
+                    }
+                    if let Some(message) = text.strip_prefix("ok ")
+                        && !self.succeeded.iter().any(|m| m == message)
+                    {
+                        return Err(self.fail(format!("answered {text:?}, which is no handoff that succeeded")));
+                    }
+                }
+                Action::Log(event) if event.event_kind() == Some("reload_done") => {
+                    // The moment a handoff succeeds: its generation must be alive and serving.
+                    let message = event.message().strip_prefix("reload done: ").unwrap_or_default().to_string();
+                    let number: u64 = message
+                        .strip_prefix("generation ")
+                        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                        .unwrap_or(0);
+                    let alive =
+                        self.core.generation(number).is_some_and(|g| g.phase == Phase::Serving && g.master_alive());
+                    if !alive {
+                        return Err(self
+                            .fail(format!("reload reported done for a generation not alive and serving: {message}")));
+                    }
+                    self.succeeded.push(message);
+                }
+                Action::Notify(Notice::ExtendTimeout(by)) if by.is_zero() => {
+                    return Err(self.fail("EXTEND_TIMEOUT_USEC=0".into()));
+                }
+                Action::Notify(_) | Action::Log(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A signal or SIGKILL for generation `number`: it must be the generation's own pid, and the
+    /// core must not have forgotten it. SIGKILL ends everything of it.
+    fn touch(&mut self, number: u64, pid: i32, kill: bool) -> Result<(), TestCaseError> {
+        let Some(procs) = self.gens.get_mut(&number) else {
+            return Err(self.fail(format!("a signal for unknown generation {number}")));
+        };
+        if procs.forgotten || procs.pid != pid {
+            return Err(self.fail(format!("a signal for generation {number} (pid {pid}) after it was forgotten")));
+        }
+        procs.told = true;
+        if kill {
+            procs.master_dead.get_or_insert(ExitStatus::from_raw(libc::SIGKILL));
+            procs.workers = false;
+            procs.holds = false;
+        }
+        Ok(())
+    }
+
+    fn nth(&self, k: usize) -> Option<u64> {
+        let live: Vec<u64> = self.gens.iter().filter(|(_, p)| !p.forgotten).map(|(n, _)| *n).collect();
+        (!live.is_empty()).then(|| live[k % live.len()])
+    }
+
+    fn apply(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        match *step {
+            Step::Wait(ms) => {
+                self.now += Duration::from_millis(ms);
+                self.feed(Event::Tick)?;
+            }
+            Step::Ready(k) => {
+                if let Some(n) = self.nth(k) {
+                    let procs = self.gens.get_mut(&n).expect("listed");
+                    procs.ready_fed_at.get_or_insert(self.now);
+                    self.feed(Event::Ready { number: n })?;
+                }
+            }
+            Step::MasterDies(k, how) => {
+                if let Some(n) = self.nth(k) {
+                    let status = if how < 0 { ExitStatus::from_raw(-how) } else { ExitStatus::from_raw(how << 8) };
+                    self.gens.get_mut(&n).expect("listed").master_dead.get_or_insert(status);
+                }
+            }
+            Step::Reap => self.reap()?,
+            Step::WorkersGone(k) => {
+                if let Some(n) = self.nth(k) {
+                    let procs = self.gens.get_mut(&n).expect("listed");
+                    procs.workers = false;
+                    if procs.master_dead.is_some() {
+                        procs.holds = false;
+                    }
+                }
+            }
+            Step::StopsAccepting(k) => {
+                if let Some(n) = self.nth(k) {
+                    self.gens.get_mut(&n).expect("listed").holds = false;
+                }
+            }
+            Step::Observe => self.observe()?,
+            Step::Reload => {
+                let conn = self.conn();
+                self.feed(Event::Reload { conn })?;
+            }
+            Step::Join => {
+                let conn = self.conn();
+                self.feed(Event::Join { conn })?;
+            }
+            Step::Signal(number) => self.feed(Event::Signal { signal: Signal(number), from_user: true })?,
+            Step::NextSpawnFails => self.spawn_fails = true,
+            Step::LoopFailed => self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?,
+        }
+        Ok(())
+    }
+
+    fn conn(&mut self) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.issued.push(conn);
+        conn
+    }
+
+    /// A wakeup after SIGCHLD: every dead master is reaped and its exit fed.
+    fn reap(&mut self) -> Result<(), TestCaseError> {
+        let dead: Vec<(u64, i32, ExitStatus)> = self
+            .gens
+            .iter()
+            .filter(|(_, p)| !p.reaped && p.master_dead.is_some())
+            .map(|(n, p)| (*n, p.pid, p.master_dead.expect("filtered")))
+            .collect();
+        for (number, pid, status) in dead {
+            let serving_now = self.core.generation(number).is_some_and(|g| g.phase == Phase::Serving);
+            let procs = self.gens.get_mut(&number).expect("listed");
+            procs.reaped = true;
+            if !serving_now {
+                procs.exit_fed_before_promotion = true;
+            }
+            self.feed(Event::Exited { pid, status })?;
+        }
+        Ok(())
+    }
+
+    /// The loop reading /proc: drained generations that released the sockets, empty groups.
+    fn observe(&mut self) -> Result<(), TestCaseError> {
+        let released: Vec<u64> = self
+            .core
+            .awaiting_release()
+            .iter()
+            .filter(|g| {
+                let p = &self.gens[&g.number];
+                !p.holds || (p.master_dead.is_some() && !p.workers)
+            })
+            .map(|g| g.number)
+            .collect();
+        for number in released {
+            self.feed(Event::Released { number })?;
+        }
+        let gone: Vec<u64> = self
+            .core
+            .generations()
+            .iter()
+            .filter(|g| !g.master_alive())
+            .filter(|g| {
+                let p = &self.gens[&g.number];
+                p.reaped && !p.workers
+            })
+            .map(|g| g.number)
+            .collect();
+        for number in gone {
+            self.feed(Event::Gone { number })?;
+        }
+        Ok(())
+    }
+
+    /// After the steps: stop, and let everything that was told to stop do so. The supervisor
+    /// must finish, with every requester answered exactly once.
+    fn wind_down(&mut self) -> Result<Outcome, TestCaseError> {
+        self.feed(Event::Signal { signal: Signal::TERM, from_user: true })?;
+        for _ in 0..60 {
+            if let Some(outcome) = self.core.finished() {
+                for conn in &self.issued {
+                    let count = self.answers.get(conn).map_or(0, Vec::len);
+                    if count != 1 {
+                        return Err(self.fail(format!("requester {conn} got {count} answers")));
+                    }
+                }
+                return Ok(outcome);
+            }
+            for procs in self.gens.values_mut().filter(|p| p.told) {
+                procs.master_dead.get_or_insert(ExitStatus::from_raw(0));
+                procs.workers = false;
+                procs.holds = false;
+            }
+            self.reap()?;
+            self.observe()?;
+            self.now += Duration::from_millis(700);
+            self.feed(Event::Tick)?;
+        }
+        Err(self.fail("the supervisor never finished after SIGTERM".into()))
+    }
+}
+
+thread_local! {
+    static SETTLE_IN_USE: std::cell::Cell<Duration> = const { std::cell::Cell::new(SETTLE) };
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Log(event) => format!("log {:?}", event.message()),
+        other => format!("{other:?}"),
+    }
+}
+
+fn run_case(settle: Duration, steps: &[Step]) -> Result<(), TestCaseError> {
+    replay(settle, steps, false).or_else(|_| replay(settle, steps, true))
+}
+
+/// Runs the steps; with `tracing`, a failure carries every event and action.
+fn replay(settle: Duration, steps: &[Step], tracing: bool) -> Result<(), TestCaseError> {
+    SETTLE_IN_USE.with(|s| s.set(settle));
+    let mut world = World::new(settle, tracing);
+    for step in steps {
+        if tracing {
+            world.trace.push(format!("{step:?}"));
+        }
+        world.apply(step)?;
+    }
+    world.wind_down().map(drop)
+}
+
+proptest! {
+    // 1,000 interleavings each on every run (about 10 s in a debug build); PROPTEST_CASES=N for more.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn invariants_hold_with_a_settle_period(steps in proptest::collection::vec(step(), 0..80)) {
+        run_case(SETTLE, &steps)?;
+    }
+
+    #[test]
+    fn invariants_hold_without_a_settle_period(steps in proptest::collection::vec(step(), 0..80)) {
+        run_case(Duration::ZERO, &steps)?;
+    }
+}
+
+// ----- the scenarios, replayed exactly -------------------------------------------------------
+
+/// Generation 1 serving, then `steps`; returns the world for inspection.
+fn serving_world(settle: Duration) -> World {
+    SETTLE_IN_USE.with(|s| s.set(settle));
+    let mut world = World::new(settle, true);
+    world.apply(&Step::Ready(0)).unwrap();
+    world.apply(&Step::Wait(settle.as_millis() as u64 + 1)).unwrap();
+    assert_eq!(world.core.serving().map(|g| g.number), Some(1));
+    world
+}
+
+#[test]
+fn ready_then_crash_in_the_same_wakeup_fails_the_reload() {
+    let mut world = serving_world(SETTLE);
+    world.apply(&Step::Reload).unwrap();
+    // Generation 2 says READY=1, and its master is dead 50 ms later: the reload fails, and
+    // generation 1 was never told to stop.
+    world.apply(&Step::Ready(1)).unwrap();
+    world.apply(&Step::Wait(50)).unwrap();
+    world.apply(&Step::MasterDies(1, 1)).unwrap();
+    world.apply(&Step::Reap).unwrap();
+    let answer = &world.answers[&1][0];
+    assert!(answer.starts_with("error generation 2"), "{answer}");
+    assert!(answer.contains("after it reported ready"), "{answer}");
+    assert!(!world.gens[&1].told, "generation 1 must keep serving untouched");
+    assert_eq!(world.core.serving().map(|g| g.number), Some(1));
+}
+
+#[test]
+fn ready_reported_by_a_master_already_dead_is_not_believed() {
+    let mut world = serving_world(Duration::ZERO);
+    world.apply(&Step::Reload).unwrap();
+    // The exit is reaped in the same wakeup as the readiness: exits go first.
+    world.apply(&Step::MasterDies(1, 1)).unwrap();
+    world.apply(&Step::Reap).unwrap();
+    world.apply(&Step::Ready(1)).unwrap();
+    assert!(world.answers[&1][0].starts_with("error"), "{:?}", world.answers);
+    assert!(!world.gens[&1].told);
+}
+
+#[test]
+fn a_join_reports_the_handoff_that_covers_its_signal_and_starts_none() {
+    let mut world = serving_world(SETTLE);
+    // A control reload is in flight; systemd's SIGHUP arrives, then its ExecReload= joins.
+    world.apply(&Step::Reload).unwrap();
+    world.apply(&Step::Signal(libc::SIGHUP)).unwrap();
+    world.apply(&Step::Join).unwrap();
+    // Generation 2 serves; generation 3 (the SIGHUP's follow-up) starts and serves.
+    for n in [1usize, 2] {
+        world.apply(&Step::Ready(n)).unwrap();
+        world.apply(&Step::Wait(1001)).unwrap();
+        world.apply(&Step::StopsAccepting(n - 1)).unwrap();
+        world.apply(&Step::Observe).unwrap();
+    }
+    let spawned = world.gens.len();
+    assert_eq!(spawned, 3, "exactly one follow-up generation for the SIGHUP and its join");
+    assert!(world.answers[&1][0].starts_with("ok generation 2"), "{:?}", world.answers);
+    assert!(world.answers[&2][0].starts_with("ok generation 3"), "{:?}", world.answers);
+    // A join long after still reports that handoff, and starts nothing.
+    world.apply(&Step::Wait(60_000)).unwrap();
+    world.apply(&Step::Join).unwrap();
+    assert!(world.answers[&3][0].starts_with("ok generation 3"), "{:?}", world.answers);
+    assert_eq!(world.gens.len(), 3);
+}
