@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
 use crate::command::{self, Launch};
-use crate::control::{self, Request};
+use crate::control::{self, Answer, Request, Unreachable};
 use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
 use crate::log;
@@ -62,8 +62,8 @@ enum Command {
     Exec(ExecArgs),
     /// Ask a running `sockherd run` to start a new generation, and wait until it serves (exit
     /// 0) or the reload failed and the old generation still serves (exit 1). For ExecReload=.
-    /// When the main process is a unicorn or nginx master instead (native mode), drive its own
-    /// USR2 upgrade and hand the new master's pid to systemd.
+    /// With --native, drive a unicorn or nginx master's own USR2 upgrade instead and hand the
+    /// new master's pid to systemd.
     Reload(ReloadArgs),
     /// Show a running supervisor's generations, sockets, readiness and last reload; given a
     /// unit, what systemd knows of it too. Exit 0 when it answered (and the unit is active), 1
@@ -187,8 +187,8 @@ struct ReloadArgs {
     #[command(flatten)]
     control: ControlArgs,
 
-    /// Drive the server's own upgrade (USR2) instead of asking a supervisor; chosen
-    /// automatically when PID is not a `sockherd run` supervisor.
+    /// Drive the server's own upgrade (USR2 to a unicorn or nginx master) instead of asking a
+    /// supervisor. Never chosen by itself, and refused when PID runs sockherd.
     #[arg(long, conflicts_with = "join")]
     native: bool,
 
@@ -198,17 +198,17 @@ struct ReloadArgs {
     join: bool,
 
     /// Native mode: the server (default: told by the master's process title).
-    #[arg(long, value_name = "FLAVOR")]
+    #[arg(long, value_name = "FLAVOR", requires = "native")]
     flavor: Option<Flavor>,
 
     /// Native mode: the server's pid file, to find the new master by (unicorn's `pid`,
     /// nginx's `pid`). Without it, the new master is the old one's child titled "master".
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "native")]
     pidfile: Option<PathBuf>,
 
     /// Native mode: workers the new master must have before it counts as ready (default: as
     /// many as the old master has).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", requires = "native")]
     workers: Option<usize>,
 
     /// Native mode: how long the old master may drain after SIGQUIT before it is killed.
@@ -413,10 +413,19 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Reload(args) => {
             let pid = supervisor_pid(&args.control)?;
-            if args.native || args.flavor.is_some() || !control::supervisor_listening(pid) {
-                if !args.native {
-                    log::info(format!("pid {pid} is not a sockherd supervisor: driving the server's own upgrade"))
-                        .emit();
+            if args.native {
+                // USR2 is an upgrade to unicorn and nginx, and death to a supervisor: whatever
+                // the title says, a process that runs sockherd is never driven natively.
+                match control::runs_sockherd(pid) {
+                    Some(false) => {}
+                    Some(true) => bail!(
+                        "pid {pid} runs sockherd, not a unicorn or nginx master: native mode never signals \
+                         sockherd (SIGUSR2 would kill a supervisor); drop --native to ask the supervisor"
+                    ),
+                    None => bail!(
+                        "cannot tell which program pid {pid} runs (/proc/{pid}/exe is not readable or gone): \
+                         native mode signals only a process it knows is not sockherd; run it as root"
+                    ),
                 }
                 let reload = NativeReload {
                     pid,
@@ -431,20 +440,29 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 return Ok(0);
             }
             let request = if args.join { Request::Join } else { Request::Reload };
-            let answer = control::request(pid, request, args.control.timeout.0)?;
-            let answer = answer.trim();
-            match answer.split_once(' ') {
-                Some(("ok", message)) => {
+            let answer = match control::request(pid, request, args.control.timeout.0) {
+                Ok(answer) => answer,
+                Err(e) => match e.downcast_ref::<Unreachable>() {
+                    Some(Unreachable::NotSockherd { .. }) => {
+                        bail!("reload failed: {e}; to drive a unicorn or nginx master's own upgrade, pass --native")
+                    }
+                    Some(_) => bail!("reload failed: {e}"),
+                    None => return Err(e.context("reload failed")),
+                },
+            };
+            match control::parse_answer(&answer) {
+                Ok(Answer::Ok(message)) => {
                     log::info(format!("reload succeeded: {message}")).emit();
                     Ok(0)
                 }
-                Some(("error", message)) => bail!(
+                Ok(Answer::Error(message) | Answer::Busy(message)) => bail!(
                     "reload failed: {message} (why: the new generation's own output, in the unit's journal or \
                      sockherd's stderr)"
                 ),
-                _ => bail!(
-                    "unexpected answer from the supervisor (pid {pid}): {answer:?}; is it another sockherd \
-                     version? Restart the service after upgrading sockherd"
+                Err(_) => bail!(
+                    "unexpected answer from the supervisor (pid {pid}): {:?}; is it another sockherd version? \
+                     Restart the service after upgrading sockherd",
+                    answer.trim()
                 ),
             }
         }
@@ -471,6 +489,8 @@ fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
 }
 
 /// The supervisor's `status` answer (JSON), or why there is none.
+/// The supervisor's `status` answer: a JSON object about itself (checked, since it is printed
+/// and embedded as JSON), or why there is none.
 fn ask_status(pid: i32, timeout: Duration) -> Result<String> {
     let answer = control::request(pid, Request::Status, timeout)?;
     if let Some(message) = answer.strip_prefix("error ") {
@@ -480,7 +500,7 @@ fn ask_status(pid: i32, timeout: Duration) -> Result<String> {
         }
         bail!("the supervisor (pid {pid}) answered: {message}");
     }
-    Ok(answer.trim().to_string())
+    status::check_answer(&answer, pid).map_err(|e| anyhow!("the supervisor (pid {pid}) answered {e}"))
 }
 
 fn status(args: StatusArgs) -> Result<u8> {
@@ -518,7 +538,14 @@ fn status(args: StatusArgs) -> Result<u8> {
     let pid = state.main_pid;
     // Only a `sockherd run` answers on its control socket; in native mode the main process is
     // the server itself.
-    let supervisor = (pid > 0 && control::supervisor_listening(pid)).then(|| ask_status(pid, args.timeout.0));
+    let supervisor = if pid <= 0 {
+        None
+    } else {
+        match ask_status(pid, args.timeout.0) {
+            Err(e) if matches!(e.downcast_ref::<Unreachable>(), Some(Unreachable::NotSockherd { .. })) => None,
+            answer => Some(answer),
+        }
+    };
     if args.json {
         let json = supervisor.as_ref().and_then(|r| r.as_ref().ok()).map(String::as_str);
         println!("{}", state.to_json(json));

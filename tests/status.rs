@@ -142,7 +142,7 @@ fn status_counts_workers_and_json_carries_them() {
 #[test]
 fn status_of_a_process_that_is_no_supervisor_exits_1_and_says_so() {
     let (code, out, err) = status(std::process::id() as i32, &[]);
-    if code != Some(1) || !out.is_empty() || !err.contains("no sockherd supervisor answers for pid") {
+    if code != Some(1) || !out.is_empty() || !err.contains("is not a sockherd supervisor") {
         panic!("expected exit 1 naming the missing supervisor, got {code:?}: {out}{err}");
     }
 }
