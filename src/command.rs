@@ -123,14 +123,14 @@ pub fn environment(launch: &Launch<'_>) -> (Vec<Vec<u8>>, bool) {
             || (name == "PWD" && launch.dir.is_some())
     };
     for (name, value) in std::env::vars_os() {
-        let Some(name_str) = name.to_str() else {
-            continue;
-        };
-        if protocol::is_socket_convention_var(name_str) || overridden(name_str) {
-            continue;
-        }
-        if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID) {
-            continue;
+        // A name that is not UTF-8 is none of ours: it passes through, byte for byte.
+        if let Some(name_str) = name.to_str() {
+            if protocol::is_socket_convention_var(name_str) || overridden(name_str) {
+                continue;
+            }
+            if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID) {
+                continue;
+            }
         }
         env.push(entry(name.as_bytes(), value.as_bytes()));
     }

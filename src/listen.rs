@@ -11,9 +11,9 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
@@ -172,14 +172,32 @@ impl ListenSpec {
                 (listener.into(), None)
             }
             ListenAddr::Unix(path) => {
+                // Two sockherds replacing the same stale socket at once: without a lock, the
+                // second could unlink the file the first just bound. Checking, unlinking and
+                // binding happen under a lock on the directory (flock: advisory, taken only by
+                // sockherd), and the socket listens before the lock is released.
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+                let lock = std::fs::File::open(dir).ok();
+                if let Some(lock) = &lock {
+                    sys::flock_exclusive(lock.as_fd())
+                        .with_context(|| format!("failed to lock {} to bind {}", dir.display(), path.display()))?;
+                }
                 remove_stale_socket(path)?;
-                let listener = UnixListener::bind(path).map_err(|e| bind_error(&self.addr, e))?;
+                // The file is born with its mode (bind creates it with 0777 minus the umask): no
+                // moment with the umask's permissions, as a chmod after bind would leave.
+                let listener = match self.mode {
+                    Some(mode) => {
+                        let old = sys::umask(!mode & 0o777);
+                        let bound = UnixListener::bind(path);
+                        sys::umask(old);
+                        bound
+                    }
+                    None => UnixListener::bind(path),
+                }
+                .map_err(|e| bind_error(&self.addr, e))?;
                 let meta =
                     std::fs::symlink_metadata(path).with_context(|| format!("failed to stat {}", path.display()))?;
-                if let Some(mode) = self.mode {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                        .with_context(|| format!("failed to chmod {:o} {}", mode, path.display()))?;
-                }
+                drop(lock);
                 (listener.into(), Some((path.clone(), meta.dev(), meta.ino())))
             }
         };

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 
 use crate::flavor::Flavor;
 use crate::sys::{self, Pid};
-use crate::{log, notify, procfs};
+use crate::{log, notify, procfs, protocol};
 
 /// Name of the probe socket in LISTEN_FDNAMES.
 pub const PROBE_SOCKET_NAME: &str = "sockherd-probe";
@@ -390,9 +390,18 @@ fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<
         .arg(command)
         .env("SOCKHERD_GENERATION", number.to_string())
         .env("SOCKHERD_PID", pid.to_string())
-        .env_remove(crate::protocol::NOTIFY_SOCKET)
         .stdin(std::process::Stdio::null())
         .process_group(0);
+    // What systemd meant for sockherd (its sockets, its notify socket, its watchdog) is not the
+    // check's: a check that speaks sd_listen_fds or sd_notify must not think it is the service.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && (protocol::is_socket_convention_var(name)
+                || matches!(name, protocol::NOTIFY_SOCKET | protocol::WATCHDOG_USEC | protocol::WATCHDOG_PID))
+        {
+            cmd.env_remove(name);
+        }
+    }
     let child = sys::spawn_clean(&mut cmd)?;
     Ok(child.id() as Pid)
 }

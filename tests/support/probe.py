@@ -51,14 +51,17 @@ def main():
             ready, _, _ = select.select(listeners, [], [])
             for l in ready:
                 conn, _ = l.accept()
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                body = "probe %d\n" % os.getpid()
-                conn.sendall(("HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
+                try:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        request += chunk
+                    body = "probe %d\n" % os.getpid()
+                    conn.sendall(("HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
+                except OSError:
+                    pass  # a client that went away (a connect-only liveness check) is no failure
                 conn.close()
     while True:
         signal.pause()
