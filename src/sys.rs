@@ -669,13 +669,37 @@ pub fn spawn(mut image: ExecImage, dir: Option<&std::path::Path>) -> io::Result<
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
+    // std reports an exec failure through a pipe it opens at spawn, at the lowest free numbers.
+    // Were those among the targets 3.., the child's fd plan would put a socket over the pipe's
+    // write end and the failure would be lost (the parent would see a successful exec). The
+    // free target numbers are held until the fork is done.
+    let held = hold_free_fds(3, image.sockets.len())?;
     // SAFETY: the hook only calls async-signal-safe functions on memory allocated before fork
     // (see ExecImage::exec), and it never returns into std except with an error.
     unsafe {
         command.pre_exec(move || Err(image.exec()));
     }
-    let child = with_signals_blocked(|| command.spawn())?;
-    Ok(child.id() as Pid)
+    let child = with_signals_blocked(|| command.spawn());
+    drop(held);
+    Ok(child?.id() as Pid)
+}
+
+/// Occupies every free descriptor number in `first..first + count` with a close-on-exec
+/// /dev/null (sockherd is single-threaded: nothing else opens descriptors meanwhile).
+fn hold_free_fds(first: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let mut held = Vec::new();
+    for target in first..first + count as RawFd {
+        if fd_is_open(target) {
+            continue;
+        }
+        // SAFETY: dup3 onto a number that is free (checked just above, single-threaded); the
+        // new descriptor is ours.
+        let fd = cvt(unsafe { libc::dup3(null.as_raw_fd(), target, libc::O_CLOEXEC) })?;
+        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    held.push(null);
+    Ok(held)
 }
 
 /// The process group of `pid`, or None when it no longer exists.
