@@ -573,11 +573,6 @@ fn unit(args: UnitArgs) -> Result<u8> {
     let name = unitgen::validate_name(&args.name).map_err(|e| anyhow!("invalid NAME '{}': {e}", args.name))?;
     let user = args.user.unwrap_or_else(|| name.clone());
     let group = args.group.unwrap_or_else(|| user.clone());
-    for (what, value) in [("--user", &user), ("--group", &group)] {
-        if value.is_empty() || value.chars().any(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(c))) {
-            bail!("invalid {what} '{value}': expected a user or group name (letters, digits, _ . -)");
-        }
-    }
     for (what, path) in args.chdir.iter().map(|p| ("--chdir", p)).chain(args.writable.iter().map(|p| ("--writable", p)))
     {
         if !path.is_absolute() {

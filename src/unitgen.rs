@@ -255,6 +255,15 @@ fn settings<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 pub fn generate(spec: &UnitSpec) -> Result<Vec<UnitFile>> {
+    // Every value lands in a `Key=value` line: check what the command line checks, here too.
+    if validate_name(&spec.name).ok().as_deref() != Some(spec.name.as_str()) {
+        bail!("invalid NAME '{}': expected letters, digits, _ . - (e.g. app)", spec.name);
+    }
+    for (what, value) in [("--user", &spec.user), ("--group", &spec.group)] {
+        if value.is_empty() || value.chars().any(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(c))) {
+            bail!("invalid {what} '{value}': expected a user or group name (letters, digits, _ . -)");
+        }
+    }
     if spec.listen.is_empty() {
         bail!(
             "no --listen given: a socket unit needs an address (e.g. --listen 127.0.0.1:8080 or --listen /run/{}.sock)",
