@@ -113,7 +113,7 @@ impl Herd {
         if !out.status.success() {
             self.fail(&format!("sockherd status failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        Json::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_else(|e| self.fail(&format!("{e}")))
+        Json::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
     /// (number, pid, state) of every generation.
