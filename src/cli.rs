@@ -274,8 +274,8 @@ struct RunArgs {
     stop_timeout: Seconds,
 
     /// How a new generation proves it serves: notify, probe, probe:/PATH, delay:SECS,
-    /// cmd:COMMAND or exec (default: the flavor's: notify for puma and systemd, probe for
-    /// gunicorn, unicorn and nginx, delay:1 for server-starter and einhorn).
+    /// cmd:COMMAND, workers[:N] or exec (default: the flavor's: notify for puma and systemd,
+    /// probe for gunicorn and unicorn, workers for nginx, delay:1 for server-starter and einhorn).
     #[arg(long, value_name = "STRATEGY")]
     ready: Option<Readiness>,
 

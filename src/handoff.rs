@@ -144,6 +144,8 @@ pub enum Event {
     Gone { number: u64 },
     /// The generation's readiness check passed.
     Ready { number: u64 },
+    /// The generation's ready timeout passed; `why`: what its readiness check still waits for.
+    NotReady { number: u64, why: String },
     /// No process of the generation holds a public socket any more.
     Released { number: u64 },
     /// The generation sent STATUS= (already cleaned).
@@ -331,6 +333,12 @@ impl Core {
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Gone { number } => self.on_gone(number, now),
             Event::Ready { number } => self.on_ready(number, now),
+            Event::NotReady { number, why } => {
+                if self.generation(number).is_some_and(|g| matches!(g.phase, Phase::Starting { .. })) {
+                    let why = format!("not ready within {:?} ({why})", self.config.ready_timeout);
+                    self.start_failed(number, why, now);
+                }
+            }
             Event::Released { number } => {
                 if let Some(g) = self.generation_mut(number)
                     && matches!(g.phase, Phase::Draining { .. } | Phase::Failed { .. })

@@ -7,6 +7,9 @@
 //!   response for a bare `probe`, 2xx/3xx when a PATH is given).
 //! - `delay:SECS`: still running after SECS (Server::Starter's way; a last resort).
 //! - `cmd:COMMAND`: `/bin/sh -c COMMAND` exits 0 (retried every 500 ms).
+//! - `workers[:N]`: the master has forked N processes of its group (default 1): for servers
+//!   that neither notify nor accept an extra socket (nginx closes inherited sockets its config
+//!   does not `listen` on, the probe's included).
 //! - `exec`: as soon as the command was executed.
 
 use std::fmt;
@@ -29,6 +32,7 @@ pub const PROBE_SOCKET_NAME: &str = "sockherd-probe";
 const PROBE_RETRY: Duration = Duration::from_millis(200);
 const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const CMD_RETRY: Duration = Duration::from_millis(500);
+const WORKERS_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -37,16 +41,20 @@ pub enum Readiness {
     Probe { path: Option<String> },
     Delay(Duration),
     Cmd(String),
+    Workers(usize),
 }
 
 impl Readiness {
     /// What each server supports best: puma sends READY=1 after its workers boot (with
     /// ruby-sd-notify); gunicorn's READY=1 comes before its app is imported and unicorn has
-    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify.
+    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify;
+    /// nginx closes every inherited socket its config does not name, a probe's too, so its
+    /// master's workers tell.
     pub fn default_for(flavor: Flavor) -> Readiness {
         match flavor {
             Flavor::Puma | Flavor::Systemd => Readiness::Notify,
-            Flavor::Gunicorn | Flavor::Unicorn | Flavor::Nginx => Readiness::Probe { path: None },
+            Flavor::Gunicorn | Flavor::Unicorn => Readiness::Probe { path: None },
+            Flavor::Nginx => Readiness::Workers(1),
             Flavor::ServerStarter | Flavor::Einhorn => Readiness::Delay(Duration::from_secs(1)),
         }
     }
@@ -61,6 +69,8 @@ impl fmt::Display for Readiness {
             Readiness::Probe { path: Some(p) } => write!(f, "probe:{p}"),
             Readiness::Delay(d) => write!(f, "delay:{}", d.as_secs_f64()),
             Readiness::Cmd(c) => write!(f, "cmd:{c}"),
+            Readiness::Workers(1) => f.write_str("workers"),
+            Readiness::Workers(n) => write!(f, "workers:{n}"),
         }
     }
 }
@@ -88,10 +98,15 @@ impl FromStr for Readiness {
                 _ => Err(format!("delay '{secs}' is not a number of seconds")),
             },
             ("cmd", Some(command)) if !command.trim().is_empty() => Ok(Readiness::Cmd(command.to_string())),
+            ("workers", None) => Ok(Readiness::Workers(1)),
+            ("workers", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => Ok(Readiness::Workers(n)),
+                _ => Err(format!("workers '{n}' is not a number of worker processes (1 or more)")),
+            },
             ("exec" | "notify", Some(_)) => Err(format!("'{kind}' takes no argument")),
             ("delay" | "cmd", _) => Err(format!("'{kind}' needs an argument, e.g. delay:2 or cmd:/usr/bin/check")),
             _ => Err(format!(
-                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND or exec)"
+                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND, workers[:N] or exec)"
             )),
         }
     }
@@ -128,6 +143,11 @@ pub enum Check {
         running: Option<Pid>,
         next_at: Instant,
         last_error: String,
+    },
+    Workers {
+        min: usize,
+        seen: usize,
+        next_at: Instant,
     },
 }
 
@@ -183,6 +203,11 @@ impl Check {
             Readiness::Delay(delay) => {
                 Prepared { check: Check::Delay { at: now + *delay }, probe_socket: None, notify_path: None }
             }
+            Readiness::Workers(min) => Prepared {
+                check: Check::Workers { min: *min, seen: 0, next_at: now },
+                probe_socket: None,
+                notify_path: None,
+            },
             Readiness::Cmd(command) => Prepared {
                 check: Check::Cmd {
                     command: command.clone(),
@@ -212,6 +237,7 @@ impl Check {
             Check::Probe { attempt: None, next_at, .. } => Some(*next_at),
             Check::Delay { at } => Some(*at),
             Check::Cmd { running: None, next_at, .. } => Some(*next_at),
+            Check::Workers { next_at, .. } => Some(*next_at),
             _ => None,
         }
     }
@@ -258,6 +284,15 @@ impl Check {
                     }
                 }
                 Verdict::Pending
+            }
+            Check::Workers { min, seen, next_at } => {
+                if now < *next_at {
+                    return Verdict::Pending;
+                }
+                // The master's group, but the master.
+                *seen = crate::generation::members(pid).into_iter().filter(|&p| p != pid).count();
+                *next_at = now + WORKERS_POLL;
+                if *seen >= *min { Verdict::Ready } else { Verdict::Pending }
             }
             Check::Notify { .. } => Verdict::Pending,
         }
@@ -332,6 +367,7 @@ impl Check {
             Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
             Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
             Check::Delay { .. } => "the delay had not passed".into(),
+            Check::Workers { min, seen, .. } => format!("{seen} of {min} worker process(es) running"),
         }
     }
 
@@ -433,7 +469,10 @@ mod tests {
         assert_eq!("probe:/health".parse::<Readiness>().unwrap(), Readiness::Probe { path: Some("/health".into()) });
         assert_eq!("delay:1.5".parse::<Readiness>().unwrap(), Readiness::Delay(Duration::from_millis(1500)));
         assert_eq!("cmd:true".parse::<Readiness>().unwrap(), Readiness::Cmd("true".into()));
-        for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready"] {
+        assert_eq!("workers".parse::<Readiness>().unwrap(), Readiness::Workers(1));
+        assert_eq!("workers:4".parse::<Readiness>().unwrap(), Readiness::Workers(4));
+        assert_eq!(Readiness::Workers(4).to_string(), "workers:4");
+        for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready", "workers:0", "workers:x"] {
             assert!(bad.parse::<Readiness>().is_err(), "{bad}");
         }
     }

@@ -24,7 +24,7 @@ use crate::command::{self, Launch};
 use crate::control::{ConnId, ControlServer, Request};
 use crate::flavor::Flavor;
 use crate::generation;
-use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome};
+use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome, Phase};
 use crate::log;
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
@@ -324,6 +324,18 @@ impl Supervisor {
         }
         for number in ready {
             self.feed(Event::Ready { number });
+        }
+        // Ready timeouts, with what each check still waits for (the core would fail them at the
+        // same deadline, without the reason).
+        let late: Vec<(u64, String)> = self
+            .core
+            .generations()
+            .iter()
+            .filter(|g| matches!(g.phase, Phase::Starting { deadline } if now >= deadline))
+            .filter_map(|g| Some((g.number, self.checks.iter().find(|(n, _)| *n == g.number)?.1.waiting_for())))
+            .collect();
+        for (number, why) in late {
+            self.feed(Event::NotReady { number, why });
         }
     }
 

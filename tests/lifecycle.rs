@@ -415,3 +415,65 @@ fn a_loop_that_cannot_wait_stops_every_generation() {
         herd.fail("sockherd should say why it stopped");
     }
 }
+
+/// nginx under `sockherd run` with its default readiness: it closes every inherited socket its
+/// config does not `listen` on (a probe socket's too), so it is ready by its workers. It serves,
+/// and a reload hands over to a new master.
+#[test]
+fn nginx_is_ready_under_run_by_default() {
+    require!("curl");
+    if !prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)") {
+        return;
+    }
+    let dir = TempDir::new("nginx-run");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = dir.path().display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {d}/nginx.pid;\nworker_processes 2;\nerror_log stderr;\ndaemon off;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/px;\n\
+               fastcgi_temp_path {d}/fc;\n  uwsgi_temp_path {d}/uw;\n  scgi_temp_path {d}/sc;\n\
+               server {{ listen {addr}; location / {{ default_type text/plain; return 200 \"nginx worker=$pid\\n\"; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let conf_arg = conf.display().to_string();
+    let cmd = sockherd_cmd(&[
+        "run",
+        "--flavor",
+        "nginx",
+        "--ready-timeout",
+        "20s",
+        "--listen",
+        &addr,
+        "--",
+        "/usr/sbin/nginx",
+        "-c",
+        &conf_arg,
+    ]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let first = wait_http_ok(&mut proc, &addr, Duration::from_secs(20));
+    if !first.body.starts_with("nginx worker=") {
+        proc.fail(&format!("unexpected answer: {first:?}"));
+    }
+    let pid = proc.pid().to_string();
+    let (status, _, stderr) =
+        run_sockherd(&["reload", "--pid", &pid, "--timeout", "60s"], dir.path(), Duration::from_secs(90));
+    if !status.success() || !stderr.contains("generation 2") {
+        proc.fail(&format!("the reload of nginx under run must succeed: {status:?} {stderr}"));
+    }
+    let log = proc.stderr();
+    if !log.contains("ready: workers") || !log.contains("generation 2") {
+        proc.fail("nginx should have been started with the workers readiness, twice");
+    }
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    proc.signal(libc::SIGTERM);
+    let status = proc.wait_exit(Duration::from_secs(30));
+    if status.code() != Some(0) {
+        proc.fail(&format!("nginx under run should stop cleanly: {status:?}"));
+    }
+}
