@@ -12,6 +12,7 @@ use crate::activation;
 use crate::command::{self, Launch};
 use crate::control::{self, Request};
 use crate::flavor::Flavor;
+use crate::handoff::WatchdogMode;
 use crate::listen::ListenSpec;
 use crate::log;
 use crate::native::NativeReload;
@@ -290,6 +291,14 @@ struct RunArgs {
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     ready_settle: Seconds,
 
+    /// With systemd's watchdog on (WatchdogSec=): relay (the serving generation's own WATCHDOG=1
+    /// pings reach systemd; sockherd pings only during a handoff), probe (a ping for each answer
+    /// of the serving generation's private probe: needs --ready probe), or supervisor (sockherd
+    /// pings while a generation serves: the watchdog vouches for sockherd only). Default: relay
+    /// for puma and systemd, supervisor for the others.
+    #[arg(long, value_name = "MODE", value_parser = ["relay", "probe", "supervisor"])]
+    watchdog: Option<String>,
+
     /// How long an old generation may drain after a reload before its process group gets
     /// SIGKILL.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -381,18 +390,35 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     log::init(cli.debug);
     match cli.command {
         Command::Run(args) => {
-            let sockets = acquire_sockets(&args.sockets)?;
+            let ready = args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
+            let watchdog = match args.watchdog.as_deref() {
+                Some("relay") => WatchdogMode::Relay,
+                Some("probe") => WatchdogMode::Probe,
+                Some("supervisor") => WatchdogMode::Supervisor,
+                _ => match args.launch.flavor {
+                    Flavor::Puma | Flavor::Systemd => WatchdogMode::Relay,
+                    _ => WatchdogMode::Supervisor,
+                },
+            };
+            if watchdog == WatchdogMode::Probe && !matches!(ready, Readiness::Probe { .. }) {
+                bail!(
+                    "--watchdog probe asks the generation's private probe socket, which only --ready probe \
+                     (or probe:/PATH) gives it; the readiness is {ready}"
+                );
+            }
             let config = RunConfig {
                 command: args.launch.command,
                 flavor: args.launch.flavor,
                 chdir: args.launch.chdir,
-                ready: args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor)),
+                ready,
+                watchdog,
                 ready_timeout: args.ready_timeout.0,
                 ready_settle: args.ready_settle.0,
                 drain_timeout: args.drain_timeout.0,
                 stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
                 stop_timeout: args.stop_timeout.0,
             };
+            let sockets = acquire_sockets(&args.sockets)?;
             Supervisor::start(config, sockets)?.run()
         }
         Command::Exec(args) => {

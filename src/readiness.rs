@@ -117,17 +117,49 @@ pub struct Prepared {
     pub check: Check,
     /// The probe socket to hand to the generation as its last inherited fd.
     pub probe_socket: Option<OwnedFd>,
-    /// The NOTIFY_SOCKET to set in the generation's environment.
-    pub notify_path: Option<PathBuf>,
+    /// The generation's private NOTIFY_SOCKET, when it has one.
+    pub inbox: Option<Inbox>,
+}
+
+/// A generation's private NOTIFY_SOCKET: a datagram socket in the runtime directory that only
+/// this generation is told about. It carries READY=1 for the `notify` strategy, and STATUS= and
+/// WATCHDOG=1 whatever the strategy. The file is removed when it is dropped.
+pub struct Inbox {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Inbox {
+    pub fn bind(runtime_dir: &Path, number: u64) -> Result<Inbox> {
+        let path = runtime_dir.join(format!("notify.{number}"));
+        let _ = std::fs::remove_file(&path);
+        let socket =
+            UnixDatagram::bind(&path).with_context(|| format!("failed to create notify socket {}", path.display()))?;
+        sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
+        socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
+        Ok(Inbox { socket, path })
+    }
+
+    pub fn socket(&self) -> &UnixDatagram {
+        &self.socket
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The running readiness check of one generation.
 pub enum Check {
     Exec,
-    Notify {
-        socket: UnixDatagram,
-        path: PathBuf,
-    },
+    /// Ready on READY=1 in the generation's [`Inbox`].
+    Notify,
     Probe {
         addr: SocketAddr,
         path: Option<String>,
@@ -165,66 +197,43 @@ pub enum Verdict {
 }
 
 impl Check {
-    /// Sets up the strategy for generation `number`: a private notify socket in `runtime_dir`,
-    /// or a probe socket, before the generation is spawned.
-    pub fn prepare(readiness: &Readiness, number: u64, runtime_dir: &Path) -> Result<Prepared> {
+    /// Sets up the strategy for generation `number` before it is spawned: a private notify socket
+    /// in `runtime_dir` (for `notify`, or whenever `inbox` asks for one), or a probe socket.
+    pub fn prepare(readiness: &Readiness, number: u64, runtime_dir: &Path, inbox: bool) -> Result<Prepared> {
         let now = Instant::now();
-        Ok(match readiness {
-            Readiness::Exec => Prepared { check: Check::Exec, probe_socket: None, notify_path: None },
-            Readiness::Notify => {
-                let path = runtime_dir.join(format!("notify.{number}"));
-                let _ = std::fs::remove_file(&path);
-                let socket = UnixDatagram::bind(&path)
-                    .with_context(|| format!("failed to create notify socket {}", path.display()))?;
-                sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
-                socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
-                Prepared {
-                    check: Check::Notify { socket, path: path.clone() },
-                    probe_socket: None,
-                    notify_path: Some(path),
-                }
-            }
+        let inbox = match (readiness, inbox) {
+            (Readiness::Notify, _) | (_, true) => Some(Inbox::bind(runtime_dir, number)?),
+            _ => None,
+        };
+        let (check, probe_socket) = match readiness {
+            Readiness::Exec => (Check::Exec, None),
+            Readiness::Notify => (Check::Notify, None),
             Readiness::Probe { path } => {
                 let listener = TcpListener::bind("127.0.0.1:0")
                     .context("failed to bind the readiness probe socket on 127.0.0.1")?;
                 let addr = listener.local_addr().context("failed to read the probe socket's address")?;
-                Prepared {
-                    check: Check::Probe {
-                        addr,
-                        path: path.clone(),
-                        attempt: None,
-                        next_at: now,
-                        last_error: "no answer yet".into(),
-                    },
-                    probe_socket: Some(listener.into()),
-                    notify_path: None,
-                }
-            }
-            Readiness::Delay(delay) => {
-                Prepared { check: Check::Delay { at: now + *delay }, probe_socket: None, notify_path: None }
-            }
-            Readiness::Workers(min) => Prepared {
-                check: Check::Workers { min: *min, seen: 0, next_at: now },
-                probe_socket: None,
-                notify_path: None,
-            },
-            Readiness::Cmd(command) => Prepared {
-                check: Check::Cmd {
-                    command: command.clone(),
-                    running: None,
+                let check = Check::Probe {
+                    addr,
+                    path: path.clone(),
+                    attempt: None,
                     next_at: now,
-                    last_error: "not run yet".into(),
-                },
-                probe_socket: None,
-                notify_path: None,
-            },
-        })
+                    last_error: "no answer yet".into(),
+                };
+                (check, Some(listener.into()))
+            }
+            Readiness::Delay(delay) => (Check::Delay { at: now + *delay }, None),
+            Readiness::Workers(min) => (Check::Workers { min: *min, seen: 0, next_at: now }, None),
+            Readiness::Cmd(command) => (
+                Check::Cmd { command: command.clone(), running: None, next_at: now, last_error: "not run yet".into() },
+                None,
+            ),
+        };
+        Ok(Prepared { check, probe_socket, inbox })
     }
 
     /// The descriptor to wait on, if the check currently waits for one.
     pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Check::Notify { socket, .. } => Some(socket.as_fd()),
             Check::Probe { attempt: Some(a), .. } => Some(a.stream.as_fd()),
             _ => None,
         }
@@ -294,7 +303,7 @@ impl Check {
                 *next_at = now + WORKERS_POLL;
                 if *seen >= *min { Verdict::Ready } else { Verdict::Pending }
             }
-            Check::Notify { .. } => Verdict::Pending,
+            Check::Notify => Verdict::Pending,
         }
     }
 
@@ -363,7 +372,7 @@ impl Check {
     pub fn waiting_for(&self) -> String {
         match self {
             Check::Exec => "exec".into(),
-            Check::Notify { .. } => "READY=1 on its NOTIFY_SOCKET never came".into(),
+            Check::Notify => "READY=1 on its NOTIFY_SOCKET never came".into(),
             Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
             Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
             Check::Delay { .. } => "the delay had not passed".into(),
@@ -379,19 +388,20 @@ impl Check {
         }
     }
 
-    pub fn notify_socket(&self) -> Option<&UnixDatagram> {
-        match self {
-            Check::Notify { socket, .. } => Some(socket),
-            _ => None,
+    /// Starts a probe attempt now (a liveness check of a serving generation), unless one is in
+    /// flight; its answer arrives like a readiness answer ([`Check::on_probe_readable`]).
+    pub fn probe_now(&mut self, now: Instant) {
+        if let Check::Probe { attempt, next_at, .. } = self {
+            if attempt.as_ref().is_some_and(|a| now < a.deadline) {
+                return;
+            }
+            *next_at = now;
+            self.on_timer(now, 0, 0);
         }
     }
-}
 
-impl Drop for Check {
-    fn drop(&mut self) {
-        if let Check::Notify { path, .. } = self {
-            let _ = std::fs::remove_file(path);
-        }
+    pub fn is_probe(&self) -> bool {
+        matches!(self, Check::Probe { .. })
     }
 }
 

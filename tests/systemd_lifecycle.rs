@@ -142,3 +142,83 @@ fn drain_outlasts_the_reload_timeout_252() {
 fn drain_outlasts_the_reload_timeout_254() {
     drain_outlasts_the_reload_timeout(true);
 }
+
+/// systemd's watchdog (`WatchdogSec=3s`) means something: a service whose generation stops
+/// answering is restarted. `--watchdog probe` (gunicorn, unicorn: servers that never ping)
+/// pings for each answer of the generation's private probe; `relay` (puma's default) passes on
+/// puma's own pings and pings by itself only during a handoff. First the service stays up
+/// through a few intervals and a reload; then its server is frozen (SIGSTOP: the workers for
+/// gunicorn, the master, which pings, for puma) and systemd must restart it.
+fn watchdog_restarts_a_hung_generation(server: common::sdbox::Server, mode: &str, frozen: &str) {
+    use common::sdbox::{Deployment, report_number as number, report_value as value};
+    require!("curl");
+    let tag = format!("watchdog-{}", server.flavor());
+    let Some(d) = Deployment::install(&tag, server, None, false) else { return };
+    let exec_start = d.sdbox.ok("systemctl show -P ExecStart app | grep -o 'argv\\[\\]=[^;]*' | sed 's/argv\\[\\]=//'");
+    let exec_start = exec_start.trim().replacen(" run ", &format!(" run --watchdog {mode} --stop-timeout 3s "), 1);
+    d.sdbox.ok(&format!(
+        "mkdir -p /etc/systemd/system/app.service.d
+printf '[Service]\\nWatchdogSec=3s\\nTimeoutStopSec=15s\\nExecStart=\\nExecStart={exec_start}\\n' >/etc/systemd/system/app.service.d/watchdog.conf
+systemctl daemon-reload"
+    ));
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    let healthy = d.sdbox.ok("sleep 4; systemctl reload app; sleep 5
+echo nrestarts=$(systemctl show -P NRestarts app)
+echo active=$(systemctl show -P ActiveState app)
+echo mainpid=$(systemctl show -P MainPID app)");
+    eprintln!("{tag}: healthy: {}", healthy.replace('\n', " "));
+    if number(&healthy, "nrestarts") != 0 || value(&healthy, "mainpid") != Some(main_pid.as_str()) {
+        d.sdbox.fail(&format!("a healthy service must not be restarted by the watchdog:\n{healthy}"));
+    }
+    // Freeze the server: its pings (or its probe answers) stop.
+    let status: serde_free::Status =
+        serde_free::Status(d.sdbox.ok("sockherd status --json --pid $(systemctl show -P MainPID app)"));
+    let master = status.serving_master();
+    let targets = match frozen {
+        "workers" => format!("$(pgrep -P {master})"),
+        _ => master.to_string(),
+    };
+    let restarted = d.sdbox.ok(&format!(
+        "kill -STOP {targets}
+for i in $(seq 120); do [ \"$(systemctl show -P NRestarts app)\" -ge 1 ] && [ \"$(systemctl show -P ActiveState app)\" = active ] && break; sleep 0.5; done
+echo nrestarts=$(systemctl show -P NRestarts app)
+echo active=$(systemctl show -P ActiveState app)
+echo watchdog=$(journalctl -u app --no-pager | grep -c -i 'watchdog timeout')
+curl -sS -m 30 -o /dev/null -w 'http=%{{http_code}}\\n' http://127.0.0.1:8080/"
+    ));
+    eprintln!("{tag}: frozen: {}", restarted.replace('\n', " "));
+    if number(&restarted, "nrestarts") < 1 || number(&restarted, "watchdog") < 1 {
+        d.sdbox.fail(&format!("systemd's watchdog should have restarted the frozen service:\n{restarted}"));
+    }
+    if value(&restarted, "active") != Some("active") || value(&restarted, "http") != Some("200") {
+        d.sdbox.fail(&format!("the restarted service should serve:\n{restarted}"));
+    }
+}
+
+/// The serving master's pid from `sockherd status --json`, without a JSON library in the test.
+mod serde_free {
+    pub struct Status(pub String);
+
+    impl Status {
+        pub fn serving_master(&self) -> i32 {
+            let json = sockherd::status::Json::parse(self.0.trim()).expect("status JSON");
+            json.get("generations")
+                .arr()
+                .iter()
+                .find(|g| g.get("state").str() == Some("serving"))
+                .and_then(|g| g.get("pid").num())
+                .expect("a serving generation") as i32
+        }
+    }
+}
+
+#[test]
+fn watchdog_probe_restarts_a_gunicorn_whose_workers_hang() {
+    watchdog_restarts_a_hung_generation(common::sdbox::Server::Gunicorn, "probe", "workers");
+}
+
+#[test]
+fn watchdog_relay_restarts_a_puma_that_stops_pinging() {
+    watchdog_restarts_a_hung_generation(common::sdbox::Server::Puma, "relay", "master");
+}
