@@ -52,6 +52,14 @@ impl Notifier {
         }
     }
 
+    /// Sends one message with a descriptor attached (`MAINPIDFD=1` and its pidfd).
+    pub fn send_with_fd(&self, lines: &[String], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let Some((sock, _)) = &self.target else {
+            return Ok(());
+        };
+        sys::send_with_fd(sock.as_fd(), lines.join("\n").as_bytes(), fd)
+    }
+
     /// sd_notify_barrier(3): returns once systemd has processed every message sent before.
     /// Needed before a short-lived process exits, or systemd may attribute its messages wrongly.
     pub fn barrier(&self, timeout: Duration) -> io::Result<()> {

@@ -3,6 +3,10 @@
 //! follows the new master each time.
 mod common;
 
+use std::process::Command;
+use std::time::Duration;
+
+use common::Proc;
 use common::sdbox::{Deployment, Server, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
@@ -187,5 +191,235 @@ fn native_reload_refuses_gunicorn() {
     );
     if status.code() != Some(1) || !stderr.contains("EBADF") || !stderr.contains("sockherd run --flavor gunicorn") {
         panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native upgrades of a real unicorn outside systemd (no MAINPID handoff, the same upgrade):
+// finding the new master, telling when it is ready, draining the old one.
+
+/// A unicorn served by `sockherd exec` on a loopback port from `DIR/current`, upgraded with
+/// `sockherd reload --native`. Releases r1 and r2 each get their own unicorn config (`pid`
+/// outside the releases, `working_directory` through `current`), so a deploy can change it.
+/// Everything unicorn starts stays in the process group of the first master: dropped, the
+/// group is killed.
+struct HostUnicorn {
+    _group: GroupKill,
+    server: Proc,
+    dir: common::TempDir,
+    port: u16,
+}
+
+impl HostUnicorn {
+    /// `r1` and `r2` are the unicorn settings of each release (beside the common ones).
+    fn start(tag: &str, r1: &str, r2: &str) -> HostUnicorn {
+        let dir = common::TempDir::new(tag);
+        for (release, settings) in [("r1", r1), ("r2", r2)] {
+            let root = dir.join(&format!("releases/{release}"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::copy(common::contrib("app/config.ru"), root.join("config.ru")).unwrap();
+            std::fs::write(root.join("RELEASE"), format!("{release}\n")).unwrap();
+            let config = format!(
+                "working_directory \"{current}\"\npid \"{pid}\"\npreload_app true\ntimeout 60\n{settings}\n",
+                current = dir.join("current").display(),
+                pid = dir.join("unicorn.pid").display(),
+            );
+            std::fs::write(root.join("unicorn.conf.rb"), config).unwrap();
+        }
+        std::os::unix::fs::symlink("releases/r1", dir.join("current")).unwrap();
+        let port = common::free_port();
+        let mut cmd = common::sockherd_cmd(&["exec", "--flavor", "unicorn", "--listen"]);
+        cmd.arg(format!("127.0.0.1:{port}")).arg("--chdir").arg(dir.join("current"));
+        cmd.args(["--", "unicorn", "-c"]).arg(dir.join("current/unicorn.conf.rb")).arg("config.ru");
+        cmd.env_remove("INVOCATION_ID");
+        let mut server = Proc::spawn(cmd, dir.path(), "unicorn");
+        let group = GroupKill(server.pid());
+        common::wait_http_ok(&mut server, &format!("127.0.0.1:{port}"), Duration::from_secs(60));
+        HostUnicorn { _group: group, server, dir, port }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn flip(&self, release: &str) {
+        let tmp = self.dir.join("current.new");
+        std::os::unix::fs::symlink(format!("releases/{release}"), &tmp).unwrap();
+        std::fs::rename(tmp, self.dir.join("current")).unwrap();
+    }
+
+    fn pidfile(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("unicorn.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// `sockherd reload --native` of the first master with `args` added: (exit code, stderr).
+    fn reload(&self, args: &[&str]) -> (Option<i32>, String) {
+        let pid = self.server.pid().to_string();
+        let pidfile = self.dir.join("unicorn.pid");
+        let mut cmd = common::sockherd_cmd(&["reload", "--native", "--flavor", "unicorn", "--pid", &pid, "--pidfile"]);
+        cmd.arg(&pidfile).args(args).env_remove("INVOCATION_ID");
+        let mut proc = Proc::spawn(cmd, self.dir.path(), "reload");
+        let status = proc.wait_exit(Duration::from_secs(120));
+        (status.code(), proc.stderr())
+    }
+
+    /// The unicorn masters alive in the group (by title: a test's view, not sockherd's).
+    fn masters(&self) -> Vec<i32> {
+        group_members(self.server.pid())
+            .into_iter()
+            .filter(|&p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains("master"))
+            .collect()
+    }
+
+    /// Fails the test with everything: the reload's output, the server's, the processes.
+    fn fail(&self, message: &str) -> ! {
+        let ps = Command::new("ps")
+            .args(["-o", "pid,ppid,pgid,stat,args", "-g", &self.server.pid().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let reload = std::fs::read_to_string(self.dir.join("reload.stderr")).unwrap_or_default();
+        self.server.fail(&format!("{message}\n--- processes:\n{ps}--- last reload's stderr:\n{reload}"))
+    }
+}
+
+/// Living members of a process group.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 3 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A deploy that lowers the worker count (3 → 1): the new master is ready once its one worker
+/// is settled, instead of waiting forever for the old master's three.
+#[test]
+fn native_reload_with_fewer_workers_becomes_ready() {
+    require!("unicorn");
+    let app = HostUnicorn::start("native-fewer", "worker_processes 3", "worker_processes 1");
+    let old = app.server.pid();
+    app.flip("r2");
+    let (code, stderr) = app.reload(&["--timeout", "30s"]);
+    if code != Some(0) {
+        app.fail(&format!("the reload onto one worker failed ({code:?}):\n{stderr}"));
+    }
+    let new = app.pidfile().unwrap_or(0);
+    let answer = common::http_get(&app.addr(), "/").map(|r| r.body).unwrap_or_default();
+    if new == old || !answer.starts_with("release=r2") || app.masters() != vec![new] {
+        app.fail(&format!(
+            "after the reload: pid file {new} (old {old}), masters {:?}, answer {answer:?}",
+            app.masters()
+        ));
+    }
+}
+
+/// A new master whose workers crash right after they start (unicorn respawns them at once) is
+/// never ready, however many workers it shows at one instant: the reload fails, the new master
+/// is stopped, and the old one keeps serving and takes its pid file back.
+#[test]
+fn native_reload_refuses_a_master_whose_workers_crash_loop() {
+    require!("unicorn");
+    let crash = "worker_processes 2\nafter_fork { |server, worker| sleep 0.3; exit!(1) }";
+    let app = HostUnicorn::start("native-crashloop", "worker_processes 2", crash);
+    let old = app.server.pid();
+    app.flip("r2");
+    let (code, stderr) = app.reload(&["--timeout", "8s"]);
+    if code == Some(0) {
+        app.fail(&format!("a reload onto crash-looping workers succeeded:\n{stderr}"));
+    }
+    let back = common::wait_until(Duration::from_secs(30), || app.masters() == vec![old] && app.pidfile() == Some(old));
+    let answer = common::http_get(&app.addr(), "/").map(|r| r.body).unwrap_or_default();
+    if !back || !answer.starts_with("release=r1") {
+        app.fail(&format!(
+            "after the failed reload: masters {:?} (old {old}), pid file {:?}, answer {answer:?}\n{stderr}",
+            app.masters(),
+            app.pidfile()
+        ));
+    }
+}
+
+/// The new master is the process the pid file names (a child of the old master, running the
+/// same program), never a child that merely wears a master's title: the purpose-built server
+/// forks a child that keeps its title for 3 s (a worker respawned at the moment of USR2) before
+/// it starts the new master.
+#[test]
+fn native_reload_is_not_fooled_by_a_child_wearing_the_masters_title() {
+    require!("python3");
+    let dir = common::TempDir::new("native-title");
+    let port = common::free_port();
+    let pidfile = dir.join("app.pid");
+    let mut cmd = common::sockherd_cmd(&["exec", "--flavor", "unicorn", "--listen"]);
+    cmd.arg(format!("127.0.0.1:{port}")).args(["--", "python3"]);
+    cmd.arg(common::repo().join("tests/support/upgrading_master.py")).arg(&pidfile).arg("2");
+    let mut server = Proc::spawn(cmd, dir.path(), "server");
+    let _group = GroupKill(server.pid());
+    let addr = format!("127.0.0.1:{port}");
+    common::wait_http_ok(&mut server, &addr, Duration::from_secs(30));
+    let old = server.pid();
+    let mut cmd = common::sockherd_cmd(&["reload", "--native", "--flavor", "unicorn", "--pid", &old.to_string()]);
+    cmd.arg("--pidfile").arg(&pidfile).args(["--timeout", "20s"]).env_remove("INVOCATION_ID");
+    let mut reload = Proc::spawn(cmd, dir.path(), "reload");
+    let status = reload.wait_exit(Duration::from_secs(60));
+    let new: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
+    let masters: Vec<i32> = group_members(old)
+        .into_iter()
+        .filter(|&p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains(".pid"))
+        .collect();
+    let answer = common::http_get(&addr, "/").map(|r| r.body).unwrap_or_default();
+    if !status.success() || new == old || masters != vec![new] || !answer.contains(&format!("master={new}")) {
+        reload.fail(&format!(
+            "expected the pid file's new master to serve alone: status {status:?}, pid file {new} (old {old}), \
+             masters {masters:?}, answer {answer:?}"
+        ));
+    }
+}
+
+/// An old master still draining when --drain-timeout ends is killed, with its workers; the
+/// new master (still its child at that moment) keeps serving.
+#[test]
+fn native_drain_timeout_kills_the_old_master_only() {
+    require!("unicorn");
+    let app = HostUnicorn::start("native-drain", "worker_processes 1", "worker_processes 1");
+    let old = app.server.pid();
+    let worker = common::descendants(old).first().copied().unwrap_or(0);
+    let listening: Vec<u64> = common::listening_inodes().into_iter().map(|(_, ino)| ino).collect();
+    let addr = app.addr();
+    let slow = std::thread::spawn(move || common::http_get(&addr, "/slow?s=30"));
+    // The old master's only worker holds the slow request.
+    let busy = common::wait_until(Duration::from_secs(30), || {
+        common::socket_inodes(worker).iter().any(|ino| !listening.contains(ino))
+    });
+    if !busy {
+        app.fail("the slow request never reached the old master's worker");
+    }
+    let (code, stderr) = app.reload(&["--timeout", "30s", "--drain-timeout", "2s"]);
+    let new = app.pidfile().unwrap_or(0);
+    let answer = common::http_get(&app.addr(), "/").map(|r| r.body).unwrap_or_default();
+    if code != Some(0) || new == old || !common::pid_alive(new) || !answer.contains(&format!("master={new}")) {
+        app.fail(&format!(
+            "after a drain timeout: exit {code:?}, pid file {new} (old {old}, alive {}), answer {answer:?}\n{stderr}",
+            common::pid_alive(new)
+        ));
+    }
+    if common::pid_alive(old) || common::pid_alive(worker) {
+        app.fail("the old master or its busy worker survived the drain timeout");
+    }
+    let _ = slow.join();
+}
+
+/// Kills a process group with SIGKILL when dropped: the first master's group holds every master
+/// and worker of every upgrade.
+struct GroupKill(i32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
     }
 }
