@@ -434,11 +434,21 @@ impl NativeReload {
                  the new master is the process it names, as nothing else tells it from a freshly forked worker"
             );
         };
+        // The pid file must name the master now, or the new master's pid will never show up in
+        // it (a wrong path): refused before anything is started.
+        let named = read_pidfile(pidfile);
+        if named != Some(pid) {
+            bail!(
+                "the pid file {} names {}, not the main process {pid}: give --pidfile the path of the server's own \
+                 pid file (unicorn's `pid`, nginx's `pid` directive)",
+                pidfile.display(),
+                named.map(|p| p.to_string()).unwrap_or_else(|| "no process".into())
+            );
+        }
         let old = Pidfd::open(pid).with_context(|| format!("the main process {pid} does not exist"))?;
         let systemd = Systemd::check()?;
         let old_exe = procfs::exe(pid).with_context(|| format!("cannot read /proc/{pid}/exe"))?;
         let mut lineage = Lineage::new(old_proc, old_exe);
-        let pidfile_before = read_pidfile(pidfile);
 
         let started = Instant::now();
         let deadline = started + self.ready_timeout;
@@ -446,12 +456,13 @@ impl NativeReload {
             .kind("reload")
             .field("PID", pid)
             .emit();
+        // Read before the signal: every process forked in answer to it starts after this.
+        lineage.usr2_ticks = procfs::uptime_ticks().unwrap_or(0);
         if !old.signal(Signal::USR2.0).with_context(|| format!("failed to send SIGUSR2 to {pid}"))? {
             bail!("the main process {pid} exited");
         }
-        lineage.usr2_ticks = procfs::uptime_ticks().unwrap_or(0);
 
-        let new = self.find_new_master(&old, &mut lineage, pidfile, pidfile_before, deadline)?;
+        let new = self.find_new_master(&old, &mut lineage, pidfile, deadline)?;
         let new_pid = new.pid();
         log::info(format!("new {flavor} master {new_pid} started; waiting until its workers settle"))
             .kind("spawn")
@@ -530,6 +541,17 @@ impl NativeReload {
                 return Err(e.context(format!("stopped the new master {new_pid}; old master {pid} still serving")));
             }
         };
+        if new.exited() {
+            // It died in the moment of the handoff: the old master, still serving, goes back.
+            let back = systemd.hand_over(&old, &format!("serving {flavor} master {pid}"));
+            bail!(
+                "the new master {new_pid} exited right after it was handed over; old master {pid} still serving{}",
+                match back {
+                    Ok(handoff) => describe_handoff(handoff, pid),
+                    Err(e) => format!(" (but systemd was not given it back: {e:#})"),
+                }
+            );
+        }
         let graceful = flavor.graceful_signal();
         log::info(format!(
             "new master {new_pid} ready after {} ms{handed}; stopping old master {pid} with {graceful}",
@@ -550,14 +572,7 @@ impl NativeReload {
 
     /// Polls for the pid file to name the new master (see [`Lineage::check`]) and returns it
     /// held by a pidfd.
-    fn find_new_master(
-        &self,
-        old: &Pidfd,
-        lineage: &mut Lineage,
-        pidfile: &Path,
-        pidfile_before: Option<Pid>,
-        deadline: Instant,
-    ) -> Result<Pidfd> {
+    fn find_new_master(&self, old: &Pidfd, lineage: &mut Lineage, pidfile: &Path, deadline: Instant) -> Result<Pidfd> {
         let pid = old.pid();
         let oldbin = oldbin_path(pidfile);
         let mut oldbin_seen = false;
@@ -570,7 +585,6 @@ impl NativeReload {
             let named = read_pidfile(pidfile);
             if let Some(candidate) = named
                 && candidate != pid
-                && named != pidfile_before
             {
                 match lineage.check(candidate, old_alive) {
                     Ok(p) => {
@@ -800,6 +814,62 @@ mod tests {
         let two = set(&[(10, 5, "w"), (11, 5, "w")]);
         assert!(!s.observe(t0, two.clone()));
         assert!(!s.observe(t0 + 10_000 * MS, two));
+    }
+
+    /// What systemd receives from a handoff: one message with the new master's pidfd attached
+    /// (MAINPIDFD=1) or its pid (MAINPID=), READY=1 and STATUS=, then BARRIER=1 with its fd.
+    fn handoff_as_systemd_sees_it(by_pidfd: bool) -> (Pid, String, Vec<String>) {
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as Pid;
+        let new = Pidfd::open(pid).unwrap();
+        let systemd = Systemd { notifier: Notifier::connected(ours), unit: None, by_pidfd };
+        let receiver = std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            let mut received = Vec::new();
+            for _ in 0..2 {
+                let mut buf = [0u8; 4096];
+                let (n, fds) = sys::recv_with_fds(theirs.as_fd(), &mut buf).unwrap();
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                // What the attached descriptor is: a pidfd names its process in fdinfo.
+                let attached: Vec<String> = fds
+                    .iter()
+                    .map(|fd| {
+                        use std::os::fd::AsRawFd;
+                        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                            .unwrap_or_default();
+                        info.lines().find(|l| l.starts_with("Pid:")).unwrap_or("not a pidfd").to_string()
+                    })
+                    .collect();
+                received.push(format!("{text} | fds: {attached:?}"));
+                drop(fds); // answers BARRIER=1
+            }
+            received
+        });
+        let handoff = systemd.hand_over(&new, "serving").unwrap();
+        let received = receiver.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let how = match handoff {
+            Handoff::Unconfirmed(why) => why,
+            _ => "confirmed?".to_string(),
+        };
+        (pid, how, received)
+    }
+
+    #[test]
+    fn from_systemd_257_the_new_master_goes_over_as_a_pidfd() {
+        let (pid, how, received) = handoff_as_systemd_sees_it(true);
+        assert!(how.contains("MAINPIDFD=1"), "{how}");
+        assert_eq!(received[0], format!("MAINPIDFD=1\nREADY=1\nSTATUS=serving | fds: [\"Pid:\\t{pid}\"]"));
+        assert!(received[1].starts_with("BARRIER=1 | fds: [\"not a pidfd\"]"), "{}", received[1]);
+    }
+
+    #[test]
+    fn before_systemd_257_the_new_master_goes_over_by_pid() {
+        let (pid, how, received) = handoff_as_systemd_sees_it(false);
+        assert!(how.contains("MAINPID="), "{how}");
+        assert_eq!(received[0], format!("MAINPID={pid}\nREADY=1\nSTATUS=serving | fds: []"));
     }
 
     #[test]

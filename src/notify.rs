@@ -33,6 +33,12 @@ impl Notifier {
         }
     }
 
+    /// A notifier on an already connected socket (the tests' stand-in for systemd).
+    #[cfg(test)]
+    pub fn connected(sock: UnixDatagram) -> Notifier {
+        Notifier { target: Some((sock, "test".to_string())) }
+    }
+
     pub fn disabled() -> Notifier {
         Notifier { target: None }
     }

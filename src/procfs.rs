@@ -49,9 +49,31 @@ pub fn all() -> Vec<Process> {
         .collect()
 }
 
-/// The living children of `pid`.
+/// The living children of `pid`. Read from /proc/PID/task/*/children (each thread lists the
+/// children it forked) when the kernel has it, each checked against its own stat; otherwise by
+/// a scan of every process. Either way a child that comes or goes during the read may be
+/// missed: callers look again.
 pub fn children(pid: Pid) -> Vec<Process> {
-    all().into_iter().filter(|p| p.ppid == pid).collect()
+    match children_listed(pid) {
+        Some(pids) => pids.into_iter().filter_map(process).filter(|p| p.ppid == pid).collect(),
+        None => all().into_iter().filter(|p| p.ppid == pid).collect(),
+    }
+}
+
+/// The pids in /proc/PID/task/*/children (CONFIG_PROC_CHILDREN), or None without that file.
+fn children_listed(pid: Pid) -> Option<Vec<Pid>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut pids = Vec::new();
+    let mut listed = false;
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
+            pids.extend(text.split_whitespace().filter_map(|p| p.parse::<Pid>().ok()));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    listed.then_some(pids)
 }
 
 /// The process title: its argv joined by spaces, which unicorn and nginx rewrite ("unicorn
@@ -110,6 +132,17 @@ mod tests {
     fn a_replaced_program_is_the_same_program() {
         assert_eq!(strip_deleted(Path::new("/usr/sbin/nginx (deleted)")), PathBuf::from("/usr/sbin/nginx"));
         assert_eq!(strip_deleted(Path::new("/usr/bin/ruby3.1")), PathBuf::from("/usr/bin/ruby3.1"));
+    }
+
+    #[test]
+    fn children_are_found() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as Pid;
+        let found = children(crate::sys::getpid()).iter().any(|c| c.pid == pid);
+        let scanned = all().iter().any(|c| c.pid == pid && c.ppid == crate::sys::getpid());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found && scanned);
     }
 
     #[test]

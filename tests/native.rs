@@ -423,3 +423,57 @@ impl Drop for GroupKill {
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
     }
 }
+
+/// The pid file is what names the new master: without it, or with one that does not name the
+/// main process now (a wrong path), the reload refuses before it sends anything.
+#[test]
+fn native_reload_needs_the_servers_own_pid_file() {
+    let dir = common::TempDir::new("native-pidfile");
+    let mut sleep = Command::new("sleep");
+    sleep.arg("60");
+    let mut server = Proc::spawn(sleep, dir.path(), "server");
+    let pid = server.pid().to_string();
+    std::fs::write(dir.join("stale.pid"), "1\n").unwrap();
+    let stale = dir.join("stale.pid").display().to_string();
+    for (args, expected) in [
+        (vec!["--flavor", "unicorn"], "native upgrades need --pidfile PATH"),
+        (vec!["--flavor", "unicorn", "--pidfile", &stale], "names 1, not the main process"),
+    ] {
+        let mut all = vec!["reload", "--native", "--pid", &pid];
+        all.extend(args);
+        let (status, _, stderr) = common::run_sockherd(&all, dir.path(), Duration::from_secs(30));
+        if status.code() != Some(1) || !stderr.contains(expected) {
+            server.fail(&format!("sockherd {all:?}: expected a refusal saying {expected:?}, got {status:?}: {stderr}"));
+        }
+    }
+    if server.try_status().is_some() {
+        server.fail("a refused native reload signalled the server");
+    }
+}
+
+/// A pid that runs sockherd itself (a `sockherd run` supervisor) is never driven natively:
+/// its USR2 is not an upgrade. The reload refuses and the supervisor keeps running.
+#[test]
+fn native_reload_never_drives_a_sockherd_process() {
+    require!("python3");
+    let dir = common::TempDir::new("native-sockherd");
+    let port = common::free_port();
+    let mut cmd = common::sockherd_cmd(&["run", "--ready", "exec", "--listen"]);
+    cmd.arg(format!("127.0.0.1:{port}")).arg("--chdir").arg(common::contrib("app")).args(["--", "python3", "serve.py"]);
+    let mut supervisor = Proc::spawn(cmd, dir.path(), "supervisor");
+    common::wait_http_ok(&mut supervisor, &format!("127.0.0.1:{port}"), Duration::from_secs(30));
+    std::fs::write(dir.join("app.pid"), format!("{}\n", supervisor.pid())).unwrap();
+    let pid = supervisor.pid().to_string();
+    let pidfile = dir.join("app.pid").display().to_string();
+    let (status, _, stderr) = common::run_sockherd(
+        &["reload", "--native", "--flavor", "unicorn", "--pid", &pid, "--pidfile", &pidfile],
+        dir.path(),
+        Duration::from_secs(30),
+    );
+    if status.code() != Some(1) || !stderr.contains("runs sockherd itself") {
+        supervisor.fail(&format!("expected a refusal to drive sockherd natively, got {status:?}: {stderr}"));
+    }
+    if supervisor.try_status().is_some() || common::http_get(&format!("127.0.0.1:{port}"), "/").is_err() {
+        supervisor.fail("the supervisor stopped serving after a refused native reload");
+    }
+}
