@@ -218,6 +218,78 @@ fn native_upgrades_on_systemd_254(server: Server) {
     check_reloads(&d, &report);
 }
 
+/// unicorn's well-known `before_fork` hook (in its example config): the new master sends TTOU,
+/// then QUIT, to the `.oldbin` master as it forks its workers.
+const BEFORE_FORK_QUIT: &str = r##"
+before_fork do |server, worker|
+  old_pid = "#{server.config[:pid]}.oldbin"
+  if old_pid != server.pid
+    begin
+      sig = (worker.nr + 1) >= server.worker_processes ? :QUIT : :TTOU
+      Process.kill(sig, File.read(old_pid).to_i)
+    rescue Errno::ENOENT, Errno::ESRCH
+    end
+  end
+end
+"##;
+
+fn append_to_config(d: &Deployment, releases: &[&str], text: &str) {
+    for release in releases {
+        let path = format!("/srv/app/releases/{release}/unicorn-native.conf.rb");
+        d.sdbox.ok(&format!("cat >>{path} <<'EOF'\n{text}\nEOF"));
+    }
+}
+
+/// With the before_fork hook the old master exits during `systemctl reload`, long before the
+/// new master's workers settled. systemd keeps a unit whose main process exits while ExecReload=
+/// runs and takes MAINPID= from the reload afterwards (without it, the unit stops when the
+/// reload ends): the new master is handed over the moment the old one exits, and the reload
+/// says what happened and names the fix. MainPID follows, no request fails.
+#[test]
+fn unicorn_native_before_fork_quit_hands_over_at_once() {
+    require!("curl", "hey");
+    let Some(d) = Deployment::install("native-before-fork", Server::UnicornNative, None, false) else { return };
+    append_to_config(&d, &["r1", "r2"], BEFORE_FORK_QUIT);
+    d.start();
+    let report = native_reloads_under_load(&d, 5);
+    eprintln!("before_fork: {}", report.replace('\n', " "));
+    check_reloads(&d, &report);
+    let warned = d
+        .sdbox
+        .ok("journalctl -u app -o cat --no-pager | grep -c 'exited before the new master .* before_fork hook' || true");
+    if warned.trim().parse::<usize>().unwrap_or(0) < 5 {
+        d.sdbox.fail(&format!("the reloads did not say the old master was stopped by the before_fork hook ({warned})"));
+    }
+}
+
+/// The same hook with a release whose workers crash-loop: the old master is gone before the
+/// new one could be judged, so nothing is left to roll back to. The reload fails, says why and
+/// names the fix, and systemd still follows the new master: the unit neither stops nor reports
+/// a successful reload.
+#[test]
+fn unicorn_native_before_fork_quit_with_crash_looping_workers_fails_loudly() {
+    require!("curl");
+    let Some(d) = Deployment::install("native-before-fork-crash", Server::UnicornNative, None, false) else { return };
+    append_to_config(&d, &["r1", "r2"], BEFORE_FORK_QUIT);
+    append_to_config(&d, &["r2"], "after_fork { |server, worker| sleep 0.3; exit!(1) }");
+    d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\\nExecReload=\\nExecReload=+/usr/bin/sockherd reload --native --flavor unicorn --pidfile /run/app/unicorn.pid --timeout 10s\\n' >/etc/systemd/system/app.service.d/timeout.conf && systemctl daemon-reload");
+    d.start();
+    let old = d.sdbox.property("MainPID");
+    d.flip("r2");
+    let (code, out, _) = d.reload();
+    let journal = d.sdbox.ok("journalctl -u app -o cat --no-pager | grep 'native upgrade failed' | tail -1");
+    if code == 0 || !journal.contains("not ready") || !journal.contains("before_fork hook") {
+        d.sdbox.fail(&format!(
+            "a reload onto crash-looping workers after the before_fork QUIT: code {code}, {out}\n{journal}"
+        ));
+    }
+    let main_pid = d.sdbox.property("MainPID");
+    let named = d.sdbox.ok("cat /run/app/unicorn.pid").trim().to_string();
+    if d.sdbox.property("ActiveState") != "active" || main_pid == old || main_pid != named {
+        d.sdbox.fail(&format!("after the failed reload: MainPID {main_pid} (was {old}), pid file {named}"));
+    }
+}
+
 /// gunicorn's own USR2 cannot work with systemd's sockets: refused with a pointer to `run`.
 #[test]
 fn native_reload_refuses_gunicorn() {
