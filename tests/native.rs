@@ -1,6 +1,8 @@
 //! Native upgrade mode inside a real systemd, with units/unicorn-native and units/nginx as
 //! shipped: `systemctl reload app` drives the server's own USR2 upgrade, and systemd's MainPID
-//! follows the new master each time.
+//! follows the new master each time. And outside systemd, against a real unicorn (or a
+//! purpose-built server where a race must be forced): which process is the new master, when it
+//! is ready, and what a drain timeout may kill.
 mod common;
 
 use std::process::Command;
