@@ -202,15 +202,21 @@ struct ReloadArgs {
     #[arg(long, value_name = "FLAVOR")]
     flavor: Option<Flavor>,
 
-    /// Native mode: the server's pid file, to find the new master by (unicorn's `pid`,
-    /// nginx's `pid`). Without it, the new master is the old one's child titled "master".
+    /// Native mode (required there): the server's pid file (unicorn's `pid`, nginx's `pid`).
+    /// The new master is the process it names, a child of the old master running the same
+    /// program.
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
 
-    /// Native mode: workers the new master must have before it counts as ready (default: as
-    /// many as the old master has).
+    /// Native mode: workers the new master must have at least (default: one; never compared
+    /// with the old master's count, which a deploy may change).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+
+    /// Native mode: the new master is ready once its workers stayed the same (none added,
+    /// gone, replaced or renamed) this long. A crash-looping worker never settles.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    ready_settle: Seconds,
 
     /// Native mode: how long the old master may drain after SIGQUIT before it is killed.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -450,6 +456,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                     pidfile: args.pidfile,
                     workers: args.workers,
                     ready_timeout: args.control.timeout.0,
+                    settle: args.ready_settle.0,
                     drain_timeout: args.drain_timeout.0,
                 };
                 let summary = reload.run().context("native upgrade failed")?;

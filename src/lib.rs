@@ -21,6 +21,7 @@ pub mod listen;
 pub mod log;
 pub mod native;
 pub mod notify;
+pub mod procfs;
 pub mod protocol;
 pub mod readiness;
 pub mod signal;
