@@ -12,6 +12,7 @@ use crate::activation;
 use crate::command::{self, Launch};
 use crate::control::{self, Answer, Request, Unreachable};
 use crate::flavor::Flavor;
+use crate::handoff::WatchdogMode;
 use crate::listen::ListenSpec;
 use crate::log;
 use crate::native::NativeReload;
@@ -201,15 +202,21 @@ struct ReloadArgs {
     #[arg(long, value_name = "FLAVOR", requires = "native")]
     flavor: Option<Flavor>,
 
-    /// Native mode: the server's pid file, to find the new master by (unicorn's `pid`,
-    /// nginx's `pid`). Without it, the new master is the old one's child titled "master".
+    /// Native mode (required there): the server's pid file (unicorn's `pid`, nginx's `pid`).
+    /// The new master is the process it names, a child of the old master running the same
+    /// program.
     #[arg(long, value_name = "PATH", requires = "native")]
     pidfile: Option<PathBuf>,
 
-    /// Native mode: workers the new master must have before it counts as ready (default: as
-    /// many as the old master has).
+    /// Native mode: workers the new master must have at least (default: one; never compared
+    /// with the old master's count, which a deploy may change).
     #[arg(long, value_name = "N", requires = "native")]
     workers: Option<usize>,
+
+    /// Native mode: the new master is ready once its workers stayed the same (none added,
+    /// gone, replaced or renamed) this long. A crash-looping worker never settles.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    ready_settle: Seconds,
 
     /// Native mode: how long the old master may drain after SIGQUIT before it is killed.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -274,8 +281,8 @@ struct RunArgs {
     stop_timeout: Seconds,
 
     /// How a new generation proves it serves: notify, probe, probe:/PATH, delay:SECS,
-    /// cmd:COMMAND or exec (default: the flavor's: notify for puma and systemd, probe for
-    /// gunicorn, unicorn and nginx, delay:1 for server-starter and einhorn).
+    /// cmd:COMMAND, workers[:N] or exec (default: the flavor's: notify for puma and systemd,
+    /// probe for gunicorn and unicorn, workers for nginx, delay:1 for server-starter and einhorn).
     #[arg(long, value_name = "STRATEGY")]
     ready: Option<Readiness>,
 
@@ -289,6 +296,14 @@ struct RunArgs {
     /// saying ready fails the reload instead of replacing a working one. 0 trusts the report.
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     ready_settle: Seconds,
+
+    /// With systemd's watchdog on (WatchdogSec=): relay (the serving generation's own WATCHDOG=1
+    /// pings reach systemd; sockherd pings only during a handoff), probe (a ping for each answer
+    /// of the serving generation's private probe: needs --ready probe), or supervisor (sockherd
+    /// pings while a generation serves: the watchdog vouches for sockherd only). Default: relay
+    /// for puma and systemd, supervisor for the others.
+    #[arg(long, value_name = "MODE", value_parser = ["relay", "probe", "supervisor"])]
+    watchdog: Option<String>,
 
     /// How long an old generation may drain after a reload before its process group gets
     /// SIGKILL.
@@ -381,18 +396,35 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     log::init(cli.debug);
     match cli.command {
         Command::Run(args) => {
-            let sockets = acquire_sockets(&args.sockets)?;
+            let ready = args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
+            let watchdog = match args.watchdog.as_deref() {
+                Some("relay") => WatchdogMode::Relay,
+                Some("probe") => WatchdogMode::Probe,
+                Some("supervisor") => WatchdogMode::Supervisor,
+                _ => match args.launch.flavor {
+                    Flavor::Puma | Flavor::Systemd => WatchdogMode::Relay,
+                    _ => WatchdogMode::Supervisor,
+                },
+            };
+            if watchdog == WatchdogMode::Probe && !matches!(ready, Readiness::Probe { .. }) {
+                bail!(
+                    "--watchdog probe asks the generation's private probe socket, which only --ready probe \
+                     (or probe:/PATH) gives it; the readiness is {ready}"
+                );
+            }
             let config = RunConfig {
                 command: args.launch.command,
                 flavor: args.launch.flavor,
                 chdir: args.launch.chdir,
-                ready: args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor)),
+                ready,
+                watchdog,
                 ready_timeout: args.ready_timeout.0,
                 ready_settle: args.ready_settle.0,
                 drain_timeout: args.drain_timeout.0,
                 stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
                 stop_timeout: args.stop_timeout.0,
             };
+            let sockets = acquire_sockets(&args.sockets)?;
             Supervisor::start(config, sockets)?.run()
         }
         Command::Exec(args) => {
@@ -414,25 +446,15 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Reload(args) => {
             let pid = supervisor_pid(&args.control)?;
             if args.native {
-                // USR2 is an upgrade to unicorn and nginx, and death to a supervisor: whatever
-                // the title says, a process that runs sockherd is never driven natively.
-                match control::runs_sockherd(pid) {
-                    Some(false) => {}
-                    Some(true) => bail!(
-                        "pid {pid} runs sockherd, not a unicorn or nginx master: native mode never signals \
-                         sockherd (SIGUSR2 would kill a supervisor); drop --native to ask the supervisor"
-                    ),
-                    None => bail!(
-                        "cannot tell which program pid {pid} runs (/proc/{pid}/exe is not readable or gone): \
-                         native mode signals only a process it knows is not sockherd; run it as root"
-                    ),
-                }
+                // NativeReload refuses a pid that runs sockherd: USR2 is an upgrade to unicorn and
+                // nginx, and no upgrade of a supervisor.
                 let reload = NativeReload {
                     pid,
                     flavor: args.flavor,
                     pidfile: args.pidfile,
                     workers: args.workers,
                     ready_timeout: args.control.timeout.0,
+                    settle: args.ready_settle.0,
                     drain_timeout: args.drain_timeout.0,
                 };
                 let summary = reload.run().context("native upgrade failed")?;

@@ -473,13 +473,6 @@ impl fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// Whether `pid` runs the sockherd binary (by its name, or the same file as ours); None when we
-/// may not tell.
-pub fn runs_sockherd(pid: Pid) -> Option<bool> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    Some(is_sockherd_exe(pid, &exe))
-}
-
 fn is_sockherd_exe(pid: Pid, exe: &Path) -> bool {
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // A binary replaced by an upgrade shows as "sockherd (deleted)".

@@ -50,6 +50,29 @@ const EXTEND_MARGIN: Duration = Duration::from_secs(10);
 /// The longest a generation that failed to become ready may take to stop gracefully.
 const FAILED_GRACE: Duration = Duration::from_secs(5);
 
+/// Who vouches for the service when systemd's watchdog (`WatchdogSec=`) asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// The serving generation's own `WATCHDOG=1` pings are relayed (puma, sd_notify servers);
+    /// sockherd pings by itself only while a handoff is in flight.
+    Relay,
+    /// A ping for every answer of the serving generation's private probe, asked at the ping
+    /// interval: a generation whose workers stop answering is restarted by systemd.
+    Probe,
+    /// sockherd pings while a generation serves: the watchdog vouches for sockherd only.
+    Supervisor,
+}
+
+impl WatchdogMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchdogMode::Relay => "relay",
+            WatchdogMode::Probe => "probe",
+            WatchdogMode::Supervisor => "supervisor",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub flavor: Flavor,
@@ -59,6 +82,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// systemd's watchdog interval (WATCHDOG_USEC, meant for us), and how it is answered.
+    pub watchdog: Option<(Duration, WatchdogMode)>,
 }
 
 impl Config {
@@ -144,10 +169,16 @@ pub enum Event {
     Gone { number: u64 },
     /// The generation's readiness check passed.
     Ready { number: u64 },
+    /// The generation's ready timeout passed; `why`: what its readiness check still waits for.
+    NotReady { number: u64, why: String },
     /// No process of the generation holds a public socket any more.
     Released { number: u64 },
     /// The generation sent STATUS= (already cleaned).
     AppStatus { number: u64, text: String },
+    /// The generation sent WATCHDOG=1.
+    AppWatchdog { number: u64 },
+    /// The generation answered a liveness probe ([`Action::CheckAlive`]).
+    Alive { number: u64 },
     /// A reload asked for over the control socket (`conn` waits for the outcome).
     Reload { conn: ConnId },
     /// `sockherd reload --join`: the outcome of the handoff the latest reload signal started.
@@ -167,6 +198,7 @@ pub enum Notice {
     /// `RELOADING=1` with `MONOTONIC_USEC=` (the driver reads the clock).
     Reloading,
     Stopping,
+    Watchdog,
     /// `STATUS=` with the current summary ([`Core::status_line`]).
     Status,
     /// `STATUS=` with this text.
@@ -203,6 +235,10 @@ pub enum Action {
         conn: ConnId,
         text: String,
     },
+    /// Probe the serving generation now; answer with [`Event::Alive`] if it answers.
+    CheckAlive {
+        number: u64,
+    },
     Log(log::Event),
 }
 
@@ -229,6 +265,8 @@ enum StopCause {
     StartFailed { message: String, status: Option<ExitStatus> },
     /// The event loop could not go on.
     LoopFailed { message: String },
+    /// SIGABRT: exit as a process killed by it would.
+    Aborted,
 }
 
 /// How sockherd ends.
@@ -292,6 +330,10 @@ pub struct Core {
     stop_cause: Option<StopCause>,
     /// The generation that served when the stop began: its exit status is ours.
     primary: Option<(u64, Option<ExitStatus>)>,
+    /// When sockherd next looks at the watchdog, and until when it pings by itself after a
+    /// handoff (the new generation's first ping may take an interval).
+    watchdog_next: Option<Instant>,
+    cover_until: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -311,6 +353,8 @@ impl Core {
             last_reload: None,
             stop_cause: None,
             primary: None,
+            watchdog_next: None,
+            cover_until: None,
             actions: VecDeque::new(),
         };
         core.extend_timeout(core.config.ready_timeout + core.config.settle);
@@ -331,6 +375,12 @@ impl Core {
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Gone { number } => self.on_gone(number, now),
             Event::Ready { number } => self.on_ready(number, now),
+            Event::NotReady { number, why } => {
+                if self.generation(number).is_some_and(|g| matches!(g.phase, Phase::Starting { .. })) {
+                    let why = format!("not ready within {:?} ({why})", self.config.ready_timeout);
+                    self.start_failed(number, why, now);
+                }
+            }
             Event::Released { number } => {
                 if let Some(g) = self.generation_mut(number)
                     && matches!(g.phase, Phase::Draining { .. } | Phase::Failed { .. })
@@ -348,6 +398,14 @@ impl Core {
                 };
                 if serving {
                     self.send_status();
+                }
+            }
+            Event::AppWatchdog { number } | Event::Alive { number } => {
+                if self.config.watchdog.is_some()
+                    && self.life == Life::Running
+                    && self.serving().is_some_and(|g| g.number == number && g.master_alive())
+                {
+                    self.actions.push_back(Action::Notify(Notice::Watchdog));
                 }
             }
             Event::Reload { conn } => self.request_reload(Some(conn), false, now),
@@ -415,6 +473,9 @@ impl Core {
         let mut deadlines = Vec::new();
         if let Life::Stopping { deadline } = self.life {
             deadlines.push(deadline);
+        }
+        if self.life == Life::Running {
+            deadlines.extend(self.watchdog_next);
         }
         for g in &self.generations {
             match g.phase {
@@ -671,6 +732,14 @@ impl Core {
         match signal {
             Signal::TERM | Signal::INT => self.stop(false, &format!("received {signal}"), now),
             Signal::QUIT => self.stop(true, &format!("received {signal}"), now),
+            // systemd's WatchdogSignal= (and TimeoutStopFailureMode=abort): the service is
+            // deemed hung. Stop fast and fail, so that Restart= acts.
+            Signal::ABRT if from_user => {
+                if !matches!(self.stop_cause, Some(StopCause::Crashed { .. } | StopCause::StartFailed { .. })) {
+                    self.stop_cause = Some(StopCause::Aborted);
+                }
+                self.stop(true, "received SIGABRT (systemd's watchdog, or an abort request)", now);
+            }
             // USR2 is every upgrading server's own "upgrade yourself": here that is a reload.
             Signal::HUP | Signal::USR2 => self.request_reload(None, true, now),
             // The servers' own control signals: logs reopened, workers added or removed.
@@ -724,6 +793,7 @@ impl Core {
                 _ => {}
             }
         }
+        self.on_watchdog(now);
         if let Life::Stopping { deadline } = self.life
             && now >= deadline
         {
@@ -736,6 +806,26 @@ impl Core {
                 self.kill(number);
             }
             self.life = Life::Killing;
+        }
+    }
+
+    /// systemd's watchdog: every half interval, sockherd pings for itself (supervisor mode, or
+    /// while a handoff is in flight and one interval after it) and asks the serving generation
+    /// to prove it answers (probe mode). Relayed pings need no timer.
+    fn on_watchdog(&mut self, now: Instant) {
+        let Some((interval, mode)) = self.config.watchdog else { return };
+        let next = *self.watchdog_next.get_or_insert(now);
+        if now < next || self.life != Life::Running {
+            return;
+        }
+        self.watchdog_next = Some(now + interval / 2);
+        let serving = self.serving().filter(|g| g.master_alive()).map(|g| g.number);
+        let handoff = self.handoff.is_some() || self.cover_until.is_some_and(|until| now < until);
+        if serving.is_some() && (mode == WatchdogMode::Supervisor || handoff) {
+            self.actions.push_back(Action::Notify(Notice::Watchdog));
+        }
+        if let (WatchdogMode::Probe, Some(number)) = (mode, serving) {
+            self.actions.push_back(Action::CheckAlive { number });
         }
     }
 
@@ -946,6 +1036,9 @@ impl Core {
         let Some(handoff) = self.handoff.take() else { return };
         let took = now.saturating_duration_since(handoff.started);
         self.last_reload = Some(ReloadOutcome { at: now, ok, message: message.clone(), took });
+        if let Some((interval, _)) = self.config.watchdog {
+            self.cover_until = Some(now + interval);
+        }
         let event = if ok {
             log::info(format!("reload done: {message}")).kind("reload_done")
         } else {
@@ -1044,6 +1137,7 @@ impl Core {
             }),
             Some(StopCause::StartFailed { message, status: None }) => Outcome::Error(message.clone()),
             Some(StopCause::LoopFailed { message }) => Outcome::Error(message.clone()),
+            Some(StopCause::Aborted) => Outcome::Code(128 + libc::SIGABRT as u8),
             Some(StopCause::Crashed { status }) => Outcome::Code(match shell_code(*status) {
                 0 => 1, // a server that quits by itself is down all the same
                 code => code,

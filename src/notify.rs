@@ -33,6 +33,12 @@ impl Notifier {
         }
     }
 
+    /// A notifier on an already connected socket (the tests' stand-in for systemd).
+    #[cfg(test)]
+    pub fn connected(sock: UnixDatagram) -> Notifier {
+        Notifier { target: Some((sock, "test".to_string())) }
+    }
+
     pub fn disabled() -> Notifier {
         Notifier { target: None }
     }
@@ -50,6 +56,14 @@ impl Notifier {
         if let Err(e) = sock.send(message.as_bytes()) {
             log::warn(format!("failed to notify systemd at {path} ({}): {e}", message.replace('\n', " "))).emit();
         }
+    }
+
+    /// Sends one message with a descriptor attached (`MAINPIDFD=1` and its pidfd).
+    pub fn send_with_fd(&self, lines: &[String], fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let Some((sock, _)) = &self.target else {
+            return Ok(());
+        };
+        sys::send_with_fd(sock.as_fd(), lines.join("\n").as_bytes(), fd)
     }
 
     /// sd_notify_barrier(3): returns once systemd has processed every message sent before.

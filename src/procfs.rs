@@ -1,77 +1,141 @@
-//! What `/proc` says about a process: its state and groups (`/proc/PID/stat`), the sockets it
-//! holds (`/proc/PID/fd`) and where they are bound (`/proc/PID/net/unix`).
+//! What /proc says of other processes: parent, process group, session, start time, title,
+//! program, the sockets they hold (`/proc/PID/fd`) and where those are bound
+//! (`/proc/PID/net/unix`). Native upgrade mode reads it to follow a server's own upgrade, the
+//! notify proxy to check who sent a datagram, the control client to find a supervisor's socket;
+//! nothing here changes anything, and a process that vanished mid-read is simply absent.
 //!
-//! The parsers are pure functions over the files' text, so they can be fuzzed: `/proc` shows
-//! names other users chose (a process's `comm`, a socket's path), and a path may contain a
-//! newline that forges a line of `/proc/net/unix`. Callers treat what these return as
-//! candidates to verify, never as proof.
+//! The parsers are pure functions over the files' text, fuzzed (tests/fuzz): /proc shows text
+//! other users chose (a process's comm, a socket's path, with newlines that forge lines of
+//! `/proc/net/unix`). Callers treat what they return as candidates to verify, never as proof.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::sys::Pid;
 
-/// The fields of `/proc/PID/stat` sockherd uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
+/// A living process (zombies are left out: they no longer run anything).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
     pub pid: Pid,
-    /// `R`, `S`, `D`, `Z` (exited, not reaped yet), `X`, ...
-    pub state: char,
     pub ppid: Pid,
     pub pgid: Pid,
-    /// Clock ticks after boot at which the process started: with the pid, it names one process.
-    pub start_time: u64,
+    pub sid: Pid,
+    /// When it was forked, in clock ticks after boot: with the pid, it names one process for
+    /// good (a pid is reused, a (pid, start) pair is not). An exec does not change it.
+    pub start: u64,
 }
 
-impl Stat {
-    /// Whether the process has exited (a zombie waiting for its parent counts as exited).
-    pub fn exited(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
-    }
-}
-
-/// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp session ...`. `comm` may hold spaces
-/// and parentheses (the process chose it), so the fields start after the *last* `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let pid = head.split_once(" (")?.0.trim().parse().ok()?;
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?;
-    let mut chars = state.chars();
-    let state = chars.next()?;
-    if chars.next().is_some() {
+/// Parses /proc/PID/stat of a living process (None for a zombie, or what does not parse). The
+/// command name (field 2) may hold spaces and parentheses: the fields that follow start after
+/// its last ')'.
+pub fn parse_stat(pid: Pid, stat: &str) -> Option<Process> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.len() < 20 || fields[0] == "Z" || fields[0] == "X" {
         return None;
     }
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    // Fields 6..=22 (session .. starttime): starttime is the 20th after the state.
-    let start_time = fields.nth(16)?.parse().ok()?;
-    Some(Stat { pid, state, ppid, pgid, start_time })
+    Some(Process {
+        pid,
+        ppid: fields[1].parse().ok()?,
+        pgid: fields[2].parse().ok()?,
+        sid: fields[3].parse().ok()?,
+        start: fields[19].parse().ok()?,
+    })
 }
 
-/// `/proc/PID/stat` of a live or zombie process; None once it is gone.
-pub fn stat(pid: Pid) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text).filter(|s| s.pid == pid)
+/// The process `pid`, if it lives.
+pub fn process(pid: Pid) -> Option<Process> {
+    parse_stat(pid, &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Whether `pid` descends from `ancestor` (its parent, its parent's parent, ...), as far as
-/// `/proc` shows right now.
+/// /proc shows right now.
 pub fn descends_from(pid: Pid, ancestor: Pid) -> bool {
     let mut current = pid;
     // A chain longer than this is a loop in what we read (pids reused while walking).
     for _ in 0..64 {
-        let Some(stat) = stat(current) else { return false };
-        if stat.ppid == ancestor {
+        let Some(process) = process(current) else { return false };
+        if process.ppid == ancestor {
             return true;
         }
-        if stat.ppid <= 1 {
+        if process.ppid <= 1 {
             return false;
         }
-        current = stat.ppid;
+        current = process.ppid;
     }
     false
+}
+
+/// Every living process.
+pub fn all() -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<Pid>().ok()))
+        .filter_map(process)
+        .collect()
+}
+
+/// The living children of `pid`. Read from /proc/PID/task/*/children (each thread lists the
+/// children it forked) when the kernel has it, each checked against its own stat; otherwise by
+/// a scan of every process. Either way a child that comes or goes during the read may be
+/// missed: callers look again.
+pub fn children(pid: Pid) -> Vec<Process> {
+    match children_listed(pid) {
+        Some(pids) => pids.into_iter().filter_map(process).filter(|p| p.ppid == pid).collect(),
+        None => all().into_iter().filter(|p| p.ppid == pid).collect(),
+    }
+}
+
+/// The pids in /proc/PID/task/*/children (CONFIG_PROC_CHILDREN), or None without that file.
+fn children_listed(pid: Pid) -> Option<Vec<Pid>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut pids = Vec::new();
+    let mut listed = false;
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
+            pids.extend(text.split_whitespace().filter_map(|p| p.parse::<Pid>().ok()));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    listed.then_some(pids)
+}
+
+/// The process title: its argv joined by spaces, which unicorn and nginx rewrite ("unicorn
+/// master", "nginx: worker process").
+pub fn title(pid: Pid) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+}
+
+/// The program a process runs (/proc/PID/exe), as a path. A program replaced on disk since it
+/// was started (nginx's binary upgrade) reads "PATH (deleted)": that suffix is dropped, so an
+/// old and a new master of the same installed program compare equal.
+pub fn exe(pid: Pid) -> Option<PathBuf> {
+    let target = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(strip_deleted(&target))
+}
+
+fn strip_deleted(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text).to_string())
+}
+
+/// The file behind /proc/PID/exe as (device, inode), which stays right when the path was
+/// replaced or deleted since.
+pub fn exe_file(pid: Pid) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Clock ticks since boot now, on the scale of [`Process::start`].
+pub fn uptime_ticks() -> Option<u64> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    Some((seconds * crate::sys::clock_ticks_per_second() as f64) as u64)
 }
 
 /// One line of `/proc/net/unix`.
@@ -149,13 +213,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_with_a_hostile_comm() {
-        let text = "4242 (a) b) Z (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 \n";
-        let stat = parse_stat(text).unwrap();
-        assert_eq!(stat, Stat { pid: 4242, state: 'S', ppid: 1, pgid: 4242, start_time: 98765 });
-        assert!(parse_stat("12 (x) S 1").is_none());
-        assert!(parse_stat("").is_none());
-        assert!(parse_stat("1 (init) Z 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0").unwrap().exited());
+    fn stat_fields_after_a_command_name_with_parentheses_and_spaces() {
+        let stat = "4242 (unicorn master (old) x) S 17 4240 4200 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 3 0 987654 0 0";
+        let p = parse_stat(4242, stat).unwrap();
+        assert_eq!((p.ppid, p.pgid, p.sid, p.start), (17, 4240, 4200, 987654));
+    }
+
+    #[test]
+    fn zombies_are_not_living_processes() {
+        let stat = "7 (ruby) Z 1 7 7 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 1 0 55 0 0";
+        assert_eq!(parse_stat(7, stat), None);
+    }
+
+    #[test]
+    fn a_replaced_program_is_the_same_program() {
+        assert_eq!(strip_deleted(Path::new("/usr/sbin/nginx (deleted)")), PathBuf::from("/usr/sbin/nginx"));
+        assert_eq!(strip_deleted(Path::new("/usr/bin/ruby3.1")), PathBuf::from("/usr/bin/ruby3.1"));
+    }
+
+    #[test]
+    fn children_are_found() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as Pid;
+        let found = children(crate::sys::getpid()).iter().any(|c| c.pid == pid);
+        let scanned = all().iter().any(|c| c.pid == pid && c.ppid == crate::sys::getpid());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found && scanned);
+    }
+
+    #[test]
+    fn our_own_process_reads_back() {
+        let me = process(crate::sys::getpid()).unwrap();
+        assert!(me.start > 0 && me.start <= uptime_ticks().unwrap() + 1);
+        assert_eq!(exe_file(me.pid), exe_file(me.pid));
+        assert!(exe(me.pid).is_some());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const WATCHDOG: &str = "WATCHDOG=1";
 pub const BARRIER: &str = "BARRIER=1";
 pub const STATUS: &str = "STATUS";
 pub const MAINPID: &str = "MAINPID";
+/// The new main process as a pidfd attached to the message (systemd ≥ 257).
+pub const MAINPIDFD: &str = "MAINPIDFD=1";
 pub const MONOTONIC_USEC: &str = "MONOTONIC_USEC";
 pub const EXTEND_TIMEOUT_USEC: &str = "EXTEND_TIMEOUT_USEC";
 

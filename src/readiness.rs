@@ -7,6 +7,9 @@
 //!   response for a bare `probe`, 2xx/3xx when a PATH is given).
 //! - `delay:SECS`: still running after SECS (Server::Starter's way; a last resort).
 //! - `cmd:COMMAND`: `/bin/sh -c COMMAND` exits 0 (retried every 500 ms).
+//! - `workers[:N]`: the master has forked N processes of its group (default 1): for servers
+//!   that neither notify nor accept an extra socket (nginx closes inherited sockets its config
+//!   does not `listen` on, the probe's included).
 //! - `exec`: as soon as the command was executed.
 
 use std::fmt;
@@ -30,6 +33,7 @@ pub const PROBE_SOCKET_NAME: &str = "sockherd-probe";
 const PROBE_RETRY: Duration = Duration::from_millis(200);
 const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const CMD_RETRY: Duration = Duration::from_millis(500);
+const WORKERS_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -38,16 +42,20 @@ pub enum Readiness {
     Probe { path: Option<String> },
     Delay(Duration),
     Cmd(String),
+    Workers(usize),
 }
 
 impl Readiness {
     /// What each server supports best: puma sends READY=1 after its workers boot (with
     /// ruby-sd-notify); gunicorn's READY=1 comes before its app is imported and unicorn has
-    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify.
+    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify;
+    /// nginx closes every inherited socket its config does not name, a probe's too, so its
+    /// master's workers tell.
     pub fn default_for(flavor: Flavor) -> Readiness {
         match flavor {
             Flavor::Puma | Flavor::Systemd => Readiness::Notify,
-            Flavor::Gunicorn | Flavor::Unicorn | Flavor::Nginx => Readiness::Probe { path: None },
+            Flavor::Gunicorn | Flavor::Unicorn => Readiness::Probe { path: None },
+            Flavor::Nginx => Readiness::Workers(1),
             Flavor::ServerStarter | Flavor::Einhorn => Readiness::Delay(Duration::from_secs(1)),
         }
     }
@@ -62,6 +70,8 @@ impl fmt::Display for Readiness {
             Readiness::Probe { path: Some(p) } => write!(f, "probe:{p}"),
             Readiness::Delay(d) => write!(f, "delay:{}", d.as_secs_f64()),
             Readiness::Cmd(c) => write!(f, "cmd:{c}"),
+            Readiness::Workers(1) => f.write_str("workers"),
+            Readiness::Workers(n) => write!(f, "workers:{n}"),
         }
     }
 }
@@ -89,10 +99,15 @@ impl FromStr for Readiness {
                 _ => Err(format!("delay '{secs}' is not a number of seconds")),
             },
             ("cmd", Some(command)) if !command.trim().is_empty() => Ok(Readiness::Cmd(command.to_string())),
+            ("workers", None) => Ok(Readiness::Workers(1)),
+            ("workers", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => Ok(Readiness::Workers(n)),
+                _ => Err(format!("workers '{n}' is not a number of worker processes (1 or more)")),
+            },
             ("exec" | "notify", Some(_)) => Err(format!("'{kind}' takes no argument")),
             ("delay" | "cmd", _) => Err(format!("'{kind}' needs an argument, e.g. delay:2 or cmd:/usr/bin/check")),
             _ => Err(format!(
-                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND or exec)"
+                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND, workers[:N] or exec)"
             )),
         }
     }
@@ -103,17 +118,51 @@ pub struct Prepared {
     pub check: Check,
     /// The probe socket to hand to the generation as its last inherited fd.
     pub probe_socket: Option<OwnedFd>,
-    /// The NOTIFY_SOCKET to set in the generation's environment.
-    pub notify_path: Option<PathBuf>,
+    /// The generation's private NOTIFY_SOCKET, when it has one.
+    pub inbox: Option<Inbox>,
+}
+
+/// A generation's private NOTIFY_SOCKET: a datagram socket in the runtime directory that only
+/// this generation is told about. It carries READY=1 for the `notify` strategy, and STATUS= and
+/// WATCHDOG=1 whatever the strategy. The file is removed when it is dropped.
+pub struct Inbox {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Inbox {
+    pub fn bind(runtime_dir: &Path, number: u64) -> Result<Inbox> {
+        let path = runtime_dir.join(format!("notify.{number}"));
+        let _ = std::fs::remove_file(&path);
+        let socket =
+            UnixDatagram::bind(&path).with_context(|| format!("failed to create notify socket {}", path.display()))?;
+        sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
+        // Kernels before 6.5 have no SO_PASSPIDFD: senders are then checked by pid.
+        let _ = sys::set_passpidfd(socket.as_fd());
+        socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
+        Ok(Inbox { socket, path })
+    }
+
+    pub fn socket(&self) -> &UnixDatagram {
+        &self.socket
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The running readiness check of one generation.
 pub enum Check {
     Exec,
-    Notify {
-        socket: UnixDatagram,
-        path: PathBuf,
-    },
+    /// Ready on READY=1 in the generation's [`Inbox`].
+    Notify,
     Probe {
         addr: SocketAddr,
         path: Option<String>,
@@ -129,6 +178,11 @@ pub enum Check {
         running: Option<Pid>,
         next_at: Instant,
         last_error: String,
+    },
+    Workers {
+        min: usize,
+        seen: usize,
+        next_at: Instant,
     },
 }
 
@@ -146,63 +200,43 @@ pub enum Verdict {
 }
 
 impl Check {
-    /// Sets up the strategy for generation `number`: a private notify socket in `runtime_dir`,
-    /// or a probe socket, before the generation is spawned.
-    pub fn prepare(readiness: &Readiness, number: u64, runtime_dir: &Path) -> Result<Prepared> {
+    /// Sets up the strategy for generation `number` before it is spawned: a private notify socket
+    /// in `runtime_dir` (for `notify`, or whenever `inbox` asks for one), or a probe socket.
+    pub fn prepare(readiness: &Readiness, number: u64, runtime_dir: &Path, inbox: bool) -> Result<Prepared> {
         let now = Instant::now();
-        Ok(match readiness {
-            Readiness::Exec => Prepared { check: Check::Exec, probe_socket: None, notify_path: None },
-            Readiness::Notify => {
-                let path = runtime_dir.join(format!("notify.{number}"));
-                let _ = std::fs::remove_file(&path);
-                let socket = UnixDatagram::bind(&path)
-                    .with_context(|| format!("failed to create notify socket {}", path.display()))?;
-                sys::set_passcred(socket.as_fd()).context("failed to enable SO_PASSCRED on the notify socket")?;
-                // Kernels before 6.5 have no SO_PASSPIDFD: senders are then checked by pid.
-                let _ = sys::set_passpidfd(socket.as_fd());
-                socket.set_nonblocking(true).context("failed to make the notify socket non-blocking")?;
-                Prepared {
-                    check: Check::Notify { socket, path: path.clone() },
-                    probe_socket: None,
-                    notify_path: Some(path),
-                }
-            }
+        let inbox = match (readiness, inbox) {
+            (Readiness::Notify, _) | (_, true) => Some(Inbox::bind(runtime_dir, number)?),
+            _ => None,
+        };
+        let (check, probe_socket) = match readiness {
+            Readiness::Exec => (Check::Exec, None),
+            Readiness::Notify => (Check::Notify, None),
             Readiness::Probe { path } => {
                 let listener = TcpListener::bind("127.0.0.1:0")
                     .context("failed to bind the readiness probe socket on 127.0.0.1")?;
                 let addr = listener.local_addr().context("failed to read the probe socket's address")?;
-                Prepared {
-                    check: Check::Probe {
-                        addr,
-                        path: path.clone(),
-                        attempt: None,
-                        next_at: now,
-                        last_error: "no answer yet".into(),
-                    },
-                    probe_socket: Some(listener.into()),
-                    notify_path: None,
-                }
-            }
-            Readiness::Delay(delay) => {
-                Prepared { check: Check::Delay { at: now + *delay }, probe_socket: None, notify_path: None }
-            }
-            Readiness::Cmd(command) => Prepared {
-                check: Check::Cmd {
-                    command: command.clone(),
-                    running: None,
+                let check = Check::Probe {
+                    addr,
+                    path: path.clone(),
+                    attempt: None,
                     next_at: now,
-                    last_error: "not run yet".into(),
-                },
-                probe_socket: None,
-                notify_path: None,
-            },
-        })
+                    last_error: "no answer yet".into(),
+                };
+                (check, Some(listener.into()))
+            }
+            Readiness::Delay(delay) => (Check::Delay { at: now + *delay }, None),
+            Readiness::Workers(min) => (Check::Workers { min: *min, seen: 0, next_at: now }, None),
+            Readiness::Cmd(command) => (
+                Check::Cmd { command: command.clone(), running: None, next_at: now, last_error: "not run yet".into() },
+                None,
+            ),
+        };
+        Ok(Prepared { check, probe_socket, inbox })
     }
 
     /// The descriptor to wait on, if the check currently waits for one.
     pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Check::Notify { socket, .. } => Some(socket.as_fd()),
             Check::Probe { attempt: Some(a), .. } => Some(a.stream.as_fd()),
             _ => None,
         }
@@ -215,6 +249,7 @@ impl Check {
             Check::Probe { attempt: None, next_at, .. } => Some(*next_at),
             Check::Delay { at } => Some(*at),
             Check::Cmd { running: None, next_at, .. } => Some(*next_at),
+            Check::Workers { next_at, .. } => Some(*next_at),
             _ => None,
         }
     }
@@ -262,7 +297,16 @@ impl Check {
                 }
                 Verdict::Pending
             }
-            Check::Notify { .. } => Verdict::Pending,
+            Check::Workers { min, seen, next_at } => {
+                if now < *next_at {
+                    return Verdict::Pending;
+                }
+                // The master's group, but the master.
+                *seen = crate::generation::members(pid).into_iter().filter(|&p| p != pid).count();
+                *next_at = now + WORKERS_POLL;
+                if *seen >= *min { Verdict::Ready } else { Verdict::Pending }
+            }
+            Check::Notify => Verdict::Pending,
         }
     }
 
@@ -331,10 +375,11 @@ impl Check {
     pub fn waiting_for(&self) -> String {
         match self {
             Check::Exec => "exec".into(),
-            Check::Notify { .. } => "READY=1 on its NOTIFY_SOCKET never came".into(),
+            Check::Notify => "READY=1 on its NOTIFY_SOCKET never came".into(),
             Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
             Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
             Check::Delay { .. } => "the delay had not passed".into(),
+            Check::Workers { min, seen, .. } => format!("{seen} of {min} worker process(es) running"),
         }
     }
 
@@ -346,19 +391,20 @@ impl Check {
         }
     }
 
-    pub fn notify_socket(&self) -> Option<&UnixDatagram> {
-        match self {
-            Check::Notify { socket, .. } => Some(socket),
-            _ => None,
+    /// Starts a probe attempt now (a liveness check of a serving generation), unless one is in
+    /// flight; its answer arrives like a readiness answer ([`Check::on_probe_readable`]).
+    pub fn probe_now(&mut self, now: Instant) {
+        if let Check::Probe { attempt, next_at, .. } = self {
+            if attempt.as_ref().is_some_and(|a| now < a.deadline) {
+                return;
+            }
+            *next_at = now;
+            self.on_timer(now, 0, 0);
         }
     }
-}
 
-impl Drop for Check {
-    fn drop(&mut self) {
-        if let Check::Notify { path, .. } = self {
-            let _ = std::fs::remove_file(path);
-        }
+    pub fn is_probe(&self) -> bool {
+        matches!(self, Check::Probe { .. })
     }
 }
 
@@ -490,32 +536,30 @@ fn check_sender(received: &sys::Received, generation: Option<Pid>) -> std::resul
     // of that pid is about the sender. Without SCM_PIDFD (kernels before 6.5) one is opened now.
     let opened;
     let pidfd = match &received.pidfd {
-        Some(fd) => Some(fd.as_fd()),
-        None => match sys::pidfd_open(pid) {
-            Ok(fd) => {
-                opened = fd;
-                Some(opened.as_fd())
+        Some(pidfd) => Some(pidfd),
+        None => match sys::Pidfd::open(pid) {
+            Ok(pidfd) => {
+                opened = pidfd;
+                Some(&opened)
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(format!("pid {pid} already exited")),
             // Kernels before 5.3: /proc alone.
             Err(_) => None,
         },
     };
-    let stat = procfs::stat(pid).ok_or_else(|| format!("pid {pid} already exited"))?;
-    if stat.exited() {
-        return Err(format!("pid {pid} already exited"));
-    }
+    // None for a zombie: it has exited, only its parent has not reaped it yet.
+    let process = procfs::process(pid).ok_or_else(|| format!("pid {pid} already exited"))?;
     if let Some(master) = generation
-        && stat.pgid != master
+        && process.pgid != master
         && pid != master
         && !procfs::descends_from(pid, master)
     {
         return Err(format!(
             "pid {pid} (process group {}) is not a process of the generation whose master is {master}",
-            stat.pgid
+            process.pgid
         ));
     }
-    if pidfd.is_some_and(|fd| !sys::pidfd_alive(fd)) {
+    if pidfd.is_some_and(|p| !matches!(p.signal(0), Ok(true))) {
         return Err(format!("pid {pid} exited while it was checked"));
     }
     Ok(())
@@ -532,7 +576,10 @@ mod tests {
         assert_eq!("probe:/health".parse::<Readiness>().unwrap(), Readiness::Probe { path: Some("/health".into()) });
         assert_eq!("delay:1.5".parse::<Readiness>().unwrap(), Readiness::Delay(Duration::from_millis(1500)));
         assert_eq!("cmd:true".parse::<Readiness>().unwrap(), Readiness::Cmd("true".into()));
-        for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready"] {
+        assert_eq!("workers".parse::<Readiness>().unwrap(), Readiness::Workers(1));
+        assert_eq!("workers:4".parse::<Readiness>().unwrap(), Readiness::Workers(4));
+        assert_eq!(Readiness::Workers(4).to_string(), "workers:4");
+        for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready", "workers:0", "workers:x"] {
             assert!(bad.parse::<Readiness>().is_err(), "{bad}");
         }
     }

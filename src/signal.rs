@@ -22,6 +22,7 @@ impl Signal {
     pub const WINCH: Signal = Signal(libc::SIGWINCH);
     pub const TTIN: Signal = Signal(libc::SIGTTIN);
     pub const TTOU: Signal = Signal(libc::SIGTTOU);
+    pub const ABRT: Signal = Signal(libc::SIGABRT);
 
     pub fn name(self) -> Option<&'static str> {
         sys::SIGNALS.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)

@@ -24,11 +24,11 @@ use crate::command::{self, Launch};
 use crate::control::{ConnId, ControlServer, Request};
 use crate::flavor::Flavor;
 use crate::generation;
-use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome};
+use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
 use crate::log;
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
-use crate::readiness::{self, Check, PROBE_SOCKET_NAME, Readiness, Verdict};
+use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
 use crate::signal::SignalQueue;
 use crate::socket::{Origin, Socket};
 use crate::status::json_str;
@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     pub stop_signal: crate::signal::Signal,
     pub stop_timeout: Duration,
+    /// How systemd's watchdog is answered, when it is on (`WatchdogSec=`).
+    pub watchdog: WatchdogMode,
 }
 
 /// How often `/proc` is read while a drained generation may still accept on a public socket.
@@ -62,9 +64,12 @@ pub struct Supervisor {
     signals: SignalQueue,
     control: ControlServer,
     runtime_dir: PathBuf,
-    /// Each generation's readiness check (and its private notify socket), by number.
+    /// Each generation's readiness check, by number.
     checks: Vec<(u64, Check)>,
-    watchdog: Option<(Duration, Instant)>,
+    /// Each generation's private notify socket, by number.
+    inboxes: Vec<(u64, Inbox)>,
+    /// systemd's watchdog interval, when it is meant for us: the generations get it too.
+    watchdog: Option<Duration>,
     /// An instant and the wall-clock time it was, to show instants as dates.
     epoch: (Instant, SystemTime),
     /// The error of the first generation's spawn, which `start` returns as ours.
@@ -79,7 +84,7 @@ impl Supervisor {
         let control = ControlServer::bind(sys::getpid())?;
         let runtime_dir = make_runtime_dir()?;
         let notifier = Notifier::from_env();
-        let watchdog = notify::watchdog_interval().map(|interval| (interval / 2, Instant::now()));
+        let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let now = Instant::now();
         let core = Core::new(handoff::Config {
@@ -89,6 +94,7 @@ impl Supervisor {
             drain_timeout: config.drain_timeout,
             stop_signal: config.stop_signal,
             stop_timeout: config.stop_timeout,
+            watchdog: watchdog.map(|interval| (interval, config.watchdog)),
         });
         let mut supervisor = Supervisor {
             core,
@@ -100,6 +106,7 @@ impl Supervisor {
             control,
             runtime_dir,
             checks: Vec::new(),
+            inboxes: Vec::new(),
             watchdog,
             epoch: (now, SystemTime::now()),
             start_error: None,
@@ -191,7 +198,12 @@ impl Supervisor {
                 Source::Probe(number) => {
                     let verdict = self.check_mut(number).map(|c| c.on_probe_readable(Instant::now()));
                     if verdict == Some(Verdict::Ready) {
-                        self.feed(Event::Ready { number });
+                        let event = if self.core.awaits_ready(number) {
+                            Event::Ready { number }
+                        } else {
+                            Event::Alive { number }
+                        };
+                        self.feed(event);
                     }
                 }
                 _ => {}
@@ -221,10 +233,12 @@ impl Supervisor {
         for (id, fd) in self.control.poll_fds() {
             sources.push((id.map_or(Source::ControlListener, Source::Control), fd));
         }
+        for (number, inbox) in &self.inboxes {
+            sources.push((Source::Notify(*number), inbox.socket().as_fd()));
+        }
+        // A probe attempt in flight: readiness while starting, liveness once serving.
         for (number, check) in &self.checks {
-            if let Some(socket) = check.notify_socket() {
-                sources.push((Source::Notify(*number), socket.as_fd()));
-            } else if let Some(fd) = check.poll_fd().filter(|_| self.core.awaits_ready(*number)) {
+            if let Some(fd) = check.poll_fd() {
                 sources.push((Source::Probe(*number), fd));
             }
         }
@@ -246,9 +260,6 @@ impl Supervisor {
             deadlines.push(now + LINGER_POLL);
         }
         deadlines.extend(self.control.next_timer());
-        if let Some((_, next)) = self.watchdog {
-            deadlines.push(next);
-        }
         deadlines.into_iter().min()
     }
 
@@ -273,8 +284,9 @@ impl Supervisor {
 
     fn on_notify(&mut self, number: u64) {
         let Some(pgid) = self.core.generation(number).map(|g| g.pid) else { return };
-        let Some(socket) = self.check_mut(number).and_then(|c| c.notify_socket()) else { return };
+        let Some(socket) = self.inboxes.iter().find(|(n, _)| *n == number).map(|(_, i)| i.socket()) else { return };
         let mut ready = false;
+        let mut watchdog = false;
         let mut status = None;
         for message in readiness::read_notify(socket) {
             // The socket is private to the generation; still, a live sender must belong to its
@@ -294,11 +306,16 @@ impl Supervisor {
                 status = Some(notify::clean_text(&text, notify::MAX_APP_TEXT));
             }
             ready |= message.ready;
+            watchdog |= message.watchdog;
         }
         if let Some(text) = status {
             self.feed(Event::AppStatus { number, text });
         }
-        if ready {
+        if watchdog {
+            self.feed(Event::AppWatchdog { number });
+        }
+        // READY=1 makes a generation ready only with the `notify` strategy.
+        if ready && self.checks.iter().any(|(n, c)| *n == number && matches!(c, Check::Notify)) {
             self.feed(Event::Ready { number });
         }
     }
@@ -306,14 +323,6 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
-        if let Some((interval, next)) = self.watchdog
-            && now >= next
-        {
-            if self.core.serving().is_some_and(|g| g.master_alive()) {
-                self.notifier.send(&[WATCHDOG.to_string()]);
-            }
-            self.watchdog = Some((interval, now + interval));
-        }
         let mut ready = Vec::new();
         for (number, check) in &mut self.checks {
             if let Some(g) = self.core.generation(*number).filter(|_| self.core.awaits_ready(*number))
@@ -324,6 +333,18 @@ impl Supervisor {
         }
         for number in ready {
             self.feed(Event::Ready { number });
+        }
+        // Ready timeouts, with what each check still waits for (the core would fail them at the
+        // same deadline, without the reason).
+        let late: Vec<(u64, String)> = self
+            .core
+            .generations()
+            .iter()
+            .filter(|g| matches!(g.phase, Phase::Starting { deadline } if now >= deadline))
+            .filter_map(|g| Some((g.number, self.checks.iter().find(|(n, _)| *n == g.number)?.1.waiting_for())))
+            .collect();
+        for (number, why) in late {
+            self.feed(Event::NotReady { number, why });
         }
     }
 
@@ -406,7 +427,15 @@ impl Supervisor {
                     }
                     self.kill_check_command(number);
                 }
-                Action::Forget { number } => self.checks.retain(|(n, _)| *n != number),
+                Action::Forget { number } => {
+                    self.checks.retain(|(n, _)| *n != number);
+                    self.inboxes.retain(|(n, _)| *n != number);
+                }
+                Action::CheckAlive { number } => {
+                    if let Some(check) = self.check_mut(number) {
+                        check.probe_now(Instant::now());
+                    }
+                }
                 Action::Notify(notice) => self.notify(notice),
                 Action::Answer { conn, text } => self.control.reply(conn, &text),
                 Action::Log(event) => event.emit(),
@@ -437,6 +466,7 @@ impl Supervisor {
             Notice::Ready => READY.to_string(),
             Notice::Reloading => format!("{RELOADING}\n{MONOTONIC_USEC}={}", sys::monotonic_usec()),
             Notice::Stopping => STOPPING.to_string(),
+            Notice::Watchdog => WATCHDOG.to_string(),
             Notice::Status => format!("{STATUS}={}", notify::clean_text(&self.status_line(), notify::MAX_STATUS)),
             Notice::StatusText(text) => format!("{STATUS}={}", notify::clean_text(&text, notify::MAX_STATUS)),
             Notice::ExtendTimeout(by) => {
@@ -451,7 +481,9 @@ impl Supervisor {
 
     fn spawn_generation(&mut self, number: u64) -> Result<(Pid, Option<PathBuf>)> {
         let release = self.config.chdir.as_deref().map(command::resolve_dir).transpose()?;
-        let prepared = Check::prepare(&self.config.ready, number, &self.runtime_dir)?;
+        // Every generation gets a private NOTIFY_SOCKET when systemd listens to us: its STATUS=
+        // shows in ours and its WATCHDOG=1 can be relayed.
+        let prepared = Check::prepare(&self.config.ready, number, &self.runtime_dir, self.notifier.is_enabled())?;
         let probe_socket = match &prepared.probe_socket {
             Some(fd) => Some(
                 Socket::new(
@@ -466,8 +498,11 @@ impl Supervisor {
         let mut sockets: Vec<&Socket> = self.sockets.iter().collect();
         sockets.extend(probe_socket.as_ref());
         let mut extra_env = Vec::new();
-        if let Some(path) = &prepared.notify_path {
-            extra_env.push((crate::protocol::NOTIFY_SOCKET.to_string(), path.as_os_str().to_owned()));
+        if let Some(inbox) = &prepared.inbox {
+            extra_env.push((crate::protocol::NOTIFY_SOCKET.to_string(), inbox.path().as_os_str().to_owned()));
+        }
+        if let Some(interval) = self.watchdog.filter(|_| prepared.inbox.is_some()) {
+            extra_env.push((crate::protocol::WATCHDOG_USEC.to_string(), interval.as_micros().to_string().into()));
         }
         let launch = Launch {
             flavor: self.config.flavor,
@@ -483,6 +518,9 @@ impl Supervisor {
         drop(probe_socket);
         drop(prepared.probe_socket);
         self.checks.push((number, prepared.check));
+        if let Some(inbox) = prepared.inbox {
+            self.inboxes.push((number, inbox));
+        }
         let described = match &release {
             Some(release) => format!("generation {number} (pid {pid}, {})", release.display()),
             None => format!("generation {number} (pid {pid})"),
@@ -584,6 +622,7 @@ impl Supervisor {
     fn cleanup(&mut self) {
         // Drop the notify sockets (their Drop removes the files) before the directory.
         self.checks.clear();
+        self.inboxes.clear();
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }

@@ -610,6 +610,47 @@ pub fn set_passcred(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Receives one datagram and the sender's pid (from SCM_CREDENTIALS, when SO_PASSCRED is on).
+/// Descriptors attached to the message are closed. Returns None when nothing is pending.
+pub fn recv_with_pid(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Option<Pid>)>> {
+    // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
+    // macros within `msg_controllen`, and close any descriptor the kernel installed for us.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 64]>() as _;
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC);
+        if n == -1 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        let mut pid = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
+                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
+                pid = Some(cred.pid);
+            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                let count = (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
+                    drop(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(Some(((n as usize).min(buf.len()), pid)))
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants it.
 pub fn monotonic_usec() -> u64 {
     // SAFETY: clock_gettime fills a local timespec; CLOCK_MONOTONIC always exists on Linux.
@@ -710,6 +751,108 @@ pub fn getpgid(pid: Pid) -> Option<Pid> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// pidfds: a process held by a descriptor, signalled and watched without racing pid reuse.
+
+/// A process referred to by a pidfd (pidfd_open(2), Linux ≥ 5.3). Unlike a pid, it can never
+/// come to mean another process: signals sent through it reach this one or fail with ESRCH,
+/// and it polls readable once the process has exited (for any process, not only our children).
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+    pid: Pid,
+}
+
+impl Pidfd {
+    /// Opens a pidfd for `pid` (ESRCH when there is no such process).
+    pub fn open(pid: Pid) -> io::Result<Pidfd> {
+        assert!(pid > 0, "Pidfd::open({pid})");
+        // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just created this descriptor (close-on-exec) for us alone.
+        Ok(Pidfd { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, pid })
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Sends `signal`. Returns false when the process has already exited.
+    pub fn signal(&self, signal: i32) -> io::Result<bool> {
+        // SAFETY: pidfd_send_signal with a descriptor kept alive by `self`, no siginfo, no flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        if ret == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+    }
+
+    /// Whether the process has exited (a zombie counts as exited).
+    pub fn exited(&self) -> bool {
+        poll_readable(&[self.as_fd()], Some(Duration::ZERO)).map(|r| r[0]).unwrap_or(false)
+    }
+}
+
+/// USER_HZ: the unit of the clock tick counts /proc reports (process start times).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant name and returns a number.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+/// Receives one datagram (waiting for it) and takes the descriptors attached to it: what
+/// systemd gets from an sd_notify message, for the tests of what we send.
+#[cfg(test)]
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: iovec and control buffer are local; the control messages are walked with the CMSG
+    // macros within `msg_controllen`, and each descriptor the kernel installed is owned once.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut control = [0u64; 64];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 64]>() as _;
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                let count = (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i),
+                    )));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, fds))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Notify senders: who sent a datagram, checked while it lives.
 
 /// SO_PASSPIDFD and SCM_PIDFD (Linux 6.5): every datagram received carries a pidfd of its
@@ -746,8 +889,8 @@ pub struct Received {
     pub full_len: usize,
     /// The sender's pid (SCM_CREDENTIALS; SO_PASSCRED must be on).
     pub pid: Option<Pid>,
-    /// A pidfd of the sender (SCM_PIDFD; SO_PASSPIDFD must be on).
-    pub pidfd: Option<OwnedFd>,
+    /// The sender, held (SCM_PIDFD; SO_PASSPIDFD must be on).
+    pub pidfd: Option<Pidfd>,
     /// Descriptors passed along (SCM_RIGHTS), e.g. BARRIER=1's pipe end.
     pub fds: Vec<OwnedFd>,
 }
@@ -781,6 +924,7 @@ pub fn recv_notify(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Rece
             pidfd: None,
             fds: Vec::new(),
         };
+        let mut pidfd_received = None;
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let header = &*cmsg;
@@ -793,7 +937,7 @@ pub fn recv_notify(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Rece
                     }
                     SCM_PIDFD if payload >= size_of::<RawFd>() => {
                         let pidfd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                        received.pidfd = Some(OwnedFd::from_raw_fd(pidfd));
+                        pidfd_received = Some(OwnedFd::from_raw_fd(pidfd));
                     }
                     libc::SCM_RIGHTS => {
                         for i in 0..payload / size_of::<RawFd>() {
@@ -806,31 +950,11 @@ pub fn recv_notify(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Rece
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
+        if let (Some(fd), Some(pid)) = (pidfd_received, received.pid) {
+            received.pidfd = Some(Pidfd { fd, pid });
+        }
         Ok(Some(received))
     }
-}
-
-/// A pidfd for `pid` (pidfd_open(2), Linux 5.3). ESRCH when no such process exists.
-pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created the descriptor for us (pidfds are close-on-exec).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Whether the process a pidfd refers to has not been reaped yet (signal 0: nothing is sent).
-/// A zombie still counts: check its state in /proc before calling this.
-pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: pidfd_send_signal with signal 0, no siginfo, no flags: only a permission and
-    // existence check on a descriptor kept alive by the borrow.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
-    };
-    // EPERM: it exists, we just may not signal it.
-    ret == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Fills `buf` with random bytes from the kernel (getrandom(2)), for names nobody can guess.

@@ -12,7 +12,10 @@
 //! - a handoff ends `ok` only while its generation is alive (as far as the core knows) and serves,
 //!   and `ok` is answered only with the message of a handoff that ended so;
 //! - a generation serves only if no exit of its master was fed before it was promoted;
-//! - nothing is done to a generation after the core forgot it, and signals go to its own pid.
+//! - nothing is done to a generation after the core forgot it, and signals go to its own pid;
+//! - WATCHDOG=1 reaches systemd only while running, and in relay and probe modes only when the
+//!   serving generation vouched for the service (its own ping, an answer to the liveness probe)
+//!   or during a handoff and one watchdog interval after it.
 //!
 //! proptest shrinks a failure to the shortest sequence of steps; the step list is printed.
 
@@ -23,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sockherd::flavor::Flavor;
-use sockherd::handoff::{Action, Config, ConnId, Core, Event, Notice, Outcome, Phase};
+use sockherd::handoff::{Action, Config, ConnId, Core, Event, Notice, Outcome, Phase, WatchdogMode};
 use sockherd::signal::Signal;
 
 const SETTLE: Duration = Duration::from_millis(1000);
+const WATCHDOG: Duration = Duration::from_secs(4);
 
 /// One step of the world.
 #[derive(Debug, Clone)]
@@ -50,7 +54,18 @@ enum Step {
     Signal(i32),
     /// The next spawn fails (a release directory that vanished, ...).
     NextSpawnFails,
+    /// The k-th generation sends WATCHDOG=1.
+    Ping(usize),
     LoopFailed,
+}
+
+fn watchdog() -> impl Strategy<Value = Option<WatchdogMode>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(WatchdogMode::Relay)),
+        Just(Some(WatchdogMode::Probe)),
+        Just(Some(WatchdogMode::Supervisor)),
+    ]
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -71,9 +86,11 @@ fn step() -> impl Strategy<Value = Step> {
             1 => Just(libc::SIGQUIT),
             1 => Just(libc::SIGUSR1),
             1 => Just(libc::SIGALRM),
+            1 => Just(libc::SIGABRT),
         ]
         .prop_map(Step::Signal),
         1 => Just(Step::NextSpawnFails),
+        2 => (0usize..4).prop_map(Step::Ping),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::LoopFailed } else { Step::Reap }),
     ]
 }
@@ -104,13 +121,18 @@ struct World {
     spawn_fails: bool,
     /// Messages of handoffs that ended `ok`, checked when they ended.
     succeeded: Vec<String>,
+    watchdog: Option<WatchdogMode>,
+    /// When the last handoff ended, and whether the event being handled vouches for the serving
+    /// generation (its own ping, or its answer to a liveness probe).
+    handoff_ended: Option<Instant>,
+    vouched: bool,
     /// What happened, step by step (only when replaying a failure: formatting is the cost).
     tracing: bool,
     trace: Vec<String>,
 }
 
 impl World {
-    fn new(settle: Duration, tracing: bool) -> World {
+    fn new(settle: Duration, watchdog: Option<WatchdogMode>, tracing: bool) -> World {
         let config = Config {
             flavor: Flavor::Gunicorn,
             ready_timeout: Duration::from_secs(10),
@@ -118,6 +140,7 @@ impl World {
             drain_timeout: Duration::from_secs(8),
             stop_signal: Signal::TERM,
             stop_timeout: Duration::from_secs(12),
+            watchdog: watchdog.map(|mode| (WATCHDOG, mode)),
         };
         let now = Instant::now();
         let mut world = World {
@@ -131,6 +154,9 @@ impl World {
             issued: Vec::new(),
             spawn_fails: false,
             succeeded: Vec::new(),
+            watchdog,
+            handoff_ended: None,
+            vouched: false,
             tracing,
             trace: Vec::new(),
         };
@@ -148,7 +174,13 @@ impl World {
         }
         let promoted_before: Vec<u64> =
             self.core.generations().iter().filter(|g| g.phase == Phase::Serving).map(|g| g.number).collect();
+        let serving = self.core.serving().map(|g| g.number);
+        self.vouched =
+            matches!(event, Event::AppWatchdog { number } | Event::Alive { number } if Some(number) == serving);
+        let reloading = self.core.reloading();
         self.core.handle(self.now, event);
+        // A handoff in flight before or after the event covers the pings it caused.
+        self.vouched |= reloading || self.core.reloading();
         if let Some(broken) = self.core.broken_invariant() {
             return Err(self.fail(format!("core invariant broken: {broken}")));
         }
@@ -216,7 +248,11 @@ impl World {
                         return Err(self.fail(format!("answered {text:?}, which is no handoff that succeeded")));
                     }
                 }
+                Action::Log(event) if event.event_kind() == Some("reload_failed") => {
+                    self.handoff_ended = Some(self.now);
+                }
                 Action::Log(event) if event.event_kind() == Some("reload_done") => {
+                    self.handoff_ended = Some(self.now);
                     // The moment a handoff succeeds: its generation must be alive and serving.
                     let message = event.message().strip_prefix("reload done: ").unwrap_or_default().to_string();
                     let number: u64 = message
@@ -233,6 +269,30 @@ impl World {
                 }
                 Action::Notify(Notice::ExtendTimeout(by)) if by.is_zero() => {
                     return Err(self.fail("EXTEND_TIMEOUT_USEC=0".into()));
+                }
+                Action::Notify(Notice::Watchdog) => {
+                    // Relay and probe: only the serving generation vouches for the service,
+                    // but for a handoff and one interval after it.
+                    let covered = self.handoff_ended.is_some_and(|at| self.now < at + WATCHDOG);
+                    let ok = match self.watchdog {
+                        None => false,
+                        Some(WatchdogMode::Supervisor) => self.core.serving().is_some(),
+                        Some(_) => self.vouched || covered || self.core.reloading(),
+                    };
+                    if !ok || self.core.life() != sockherd::handoff::Life::Running {
+                        return Err(self.fail(format!("WATCHDOG=1 nobody vouched for ({:?} mode)", self.watchdog)));
+                    }
+                }
+                Action::CheckAlive { number } => {
+                    if self.watchdog != Some(WatchdogMode::Probe) {
+                        return Err(self.fail("a liveness probe outside probe mode".into()));
+                    }
+                    let answers = self.gens.get(&number).is_some_and(|p| p.master_dead.is_none() && p.workers);
+                    if answers {
+                        // The serving generation answering its liveness probe vouches for it.
+                        self.vouched |= self.core.serving().is_some_and(|g| g.number == number);
+                        self.core.handle(self.now, Event::Alive { number });
+                    }
                 }
                 Action::Notify(_) | Action::Log(_) => {}
             }
@@ -308,6 +368,11 @@ impl World {
             }
             Step::Signal(number) => self.feed(Event::Signal { signal: Signal(number), from_user: true })?,
             Step::NextSpawnFails => self.spawn_fails = true,
+            Step::Ping(k) => {
+                if let Some(n) = self.nth(k) {
+                    self.feed(Event::AppWatchdog { number: n })?;
+                }
+            }
             Step::LoopFailed => self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?,
         }
         Ok(())
@@ -411,14 +476,19 @@ fn describe(action: &Action) -> String {
     }
 }
 
-fn run_case(settle: Duration, steps: &[Step]) -> Result<(), TestCaseError> {
-    replay(settle, steps, false).or_else(|_| replay(settle, steps, true))
+fn run_case(settle: Duration, watchdog: Option<WatchdogMode>, steps: &[Step]) -> Result<(), TestCaseError> {
+    replay(settle, watchdog, steps, false).or_else(|_| replay(settle, watchdog, steps, true))
 }
 
 /// Runs the steps; with `tracing`, a failure carries every event and action.
-fn replay(settle: Duration, steps: &[Step], tracing: bool) -> Result<(), TestCaseError> {
+fn replay(
+    settle: Duration,
+    watchdog: Option<WatchdogMode>,
+    steps: &[Step],
+    tracing: bool,
+) -> Result<(), TestCaseError> {
     SETTLE_IN_USE.with(|s| s.set(settle));
-    let mut world = World::new(settle, tracing);
+    let mut world = World::new(settle, watchdog, tracing);
     for step in steps {
         if tracing {
             world.trace.push(format!("{step:?}"));
@@ -436,13 +506,13 @@ proptest! {
     })]
 
     #[test]
-    fn invariants_hold_with_a_settle_period(steps in proptest::collection::vec(step(), 0..80)) {
-        run_case(SETTLE, &steps)?;
+    fn invariants_hold_with_a_settle_period(watchdog in watchdog(), steps in proptest::collection::vec(step(), 0..80)) {
+        run_case(SETTLE, watchdog, &steps)?;
     }
 
     #[test]
-    fn invariants_hold_without_a_settle_period(steps in proptest::collection::vec(step(), 0..80)) {
-        run_case(Duration::ZERO, &steps)?;
+    fn invariants_hold_without_a_settle_period(watchdog in watchdog(), steps in proptest::collection::vec(step(), 0..80)) {
+        run_case(Duration::ZERO, watchdog, &steps)?;
     }
 }
 
@@ -451,7 +521,7 @@ proptest! {
 /// Generation 1 serving, then `steps`; returns the world for inspection.
 fn serving_world(settle: Duration) -> World {
     SETTLE_IN_USE.with(|s| s.set(settle));
-    let mut world = World::new(settle, true);
+    let mut world = World::new(settle, None, true);
     world.apply(&Step::Ready(0)).unwrap();
     world.apply(&Step::Wait(settle.as_millis() as u64 + 1)).unwrap();
     assert_eq!(world.core.serving().map(|g| g.number), Some(1));

@@ -16,3 +16,7 @@ timeout 30
 # With preload, a release whose code does not load kills the new master at once: a quick,
 # clean failure of the reload, and the old master keeps serving.
 preload_app true
+# No before_fork hook that sends QUIT (or TTOU) to the ".oldbin" master, as unicorn's example
+# config has: `sockherd reload` stops the old master itself once the new one's workers settled,
+# and keeps it until then for a rollback. With the hook the old master is gone before the new
+# one is judged (sockherd then hands the new master to systemd at once and says so).
