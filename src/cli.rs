@@ -397,6 +397,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => {
             let ready = args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
+            ready.check_flavor(args.launch.flavor).map_err(|e| anyhow!("invalid --ready {ready}: {e}"))?;
             let watchdog = match args.watchdog.as_deref() {
                 Some("relay") => WatchdogMode::Relay,
                 Some("probe") => WatchdogMode::Probe,
@@ -619,6 +620,9 @@ fn unit(args: UnitArgs) -> Result<u8> {
                 .map_err(|word| anyhow!("the command's argument {word:?} is not UTF-8; a unit file cannot carry it"))
         })
         .collect::<Result<Vec<String>>>()?;
+    if let Some(ready) = &args.ready {
+        ready.check_flavor(args.flavor).map_err(|e| anyhow!("invalid --ready {ready}: {e}"))?;
+    }
     let spec = UnitSpec {
         name,
         flavor: args.flavor,

@@ -131,6 +131,16 @@ pub fn exe_file(pid: Pid) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// When a process started, on the wall clock (boot time from /proc/stat plus its start ticks):
+/// good to about a second.
+pub fn started_at(process: &Process) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot: u64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    let ticks = crate::sys::clock_ticks_per_second();
+    let since_boot = std::time::Duration::from_millis(process.start * 1000 / ticks.max(1));
+    Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
+}
+
 /// Clock ticks since boot now, on the scale of [`Process::start`].
 pub fn uptime_ticks() -> Option<u64> {
     let uptime = std::fs::read_to_string("/proc/uptime").ok()?;

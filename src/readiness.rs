@@ -2,9 +2,15 @@
 //! so probing those cannot tell who answered; every strategy here is private to one generation:
 //!
 //! - `notify`: the generation gets its own NOTIFY_SOCKET; `READY=1` from one of its processes.
-//! - `probe[:PATH]`: the generation gets one more listening socket (loopback, named
-//!   `sockherd-probe`) that only it serves; ready when `GET PATH` on it is answered (any
-//!   response for a bare `probe`, 2xx/3xx when a PATH is given).
+//! - `probe[:PATH]`: the generation gets one more listening socket (a unix socket in the
+//!   private runtime directory, named `sockherd-probe`: no other user can reach the app
+//!   through it) that only it serves; ready when `GET PATH` on it is answered (any response
+//!   for a bare `probe`, 2xx/3xx when a PATH is given).
+//! - `booted` (gunicorn): every worker of the master has loaded the app. gunicorn's own
+//!   READY=1 comes from the arbiter before any worker imports the app (unless preload_app); a
+//!   worker touches its heartbeat file (`wgunicorn-*`, which the arbiter watches for timeouts)
+//!   only once `load_wsgi` and `post_worker_init` ran, from its serving loop. No socket is
+//!   added: with a second listener gunicorn's sync workers take a slower accept path.
 //! - `delay:SECS`: still running after SECS (Server::Starter's way; a last resort).
 //! - `cmd:COMMAND`: `/bin/sh -c COMMAND` exits 0 (retried every 500 ms).
 //! - `workers[:N]`: the master has forked N processes of its group (default 1): for servers
@@ -14,9 +20,9 @@
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -43,21 +49,35 @@ pub enum Readiness {
     Delay(Duration),
     Cmd(String),
     Workers(usize),
+    Booted,
 }
 
 impl Readiness {
     /// What each server supports best: puma sends READY=1 after its workers boot (with
-    /// ruby-sd-notify); gunicorn's READY=1 comes before its app is imported and unicorn has
-    /// none, so both are probed; a plain systemd-style server is expected to speak sd_notify;
-    /// nginx closes every inherited socket its config does not name, a probe's too, so its
-    /// master's workers tell.
+    /// ruby-sd-notify); gunicorn's READY=1 comes before its app is imported, but its workers'
+    /// heartbeats tell when they loaded it; unicorn has no sd_notify and is probed; a plain
+    /// systemd-style server is expected to speak sd_notify; nginx closes every inherited socket
+    /// its config does not name, a probe's too, so its master's workers tell.
     pub fn default_for(flavor: Flavor) -> Readiness {
         match flavor {
             Flavor::Puma | Flavor::Systemd => Readiness::Notify,
-            Flavor::Gunicorn | Flavor::Unicorn => Readiness::Probe { path: None },
+            Flavor::Gunicorn => Readiness::Booted,
+            Flavor::Unicorn => Readiness::Probe { path: None },
             Flavor::Nginx => Readiness::Workers(1),
             Flavor::ServerStarter | Flavor::Einhorn => Readiness::Delay(Duration::from_secs(1)),
         }
+    }
+}
+
+impl Readiness {
+    /// Refuses a strategy the server cannot satisfy.
+    pub fn check_flavor(&self, flavor: Flavor) -> Result<(), String> {
+        if *self == Readiness::Booted && flavor != Flavor::Gunicorn {
+            return Err(format!(
+                "--ready booted reads gunicorn's worker heartbeats; {flavor} has none: use probe, notify, workers or cmd:"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -72,6 +92,7 @@ impl fmt::Display for Readiness {
             Readiness::Cmd(c) => write!(f, "cmd:{c}"),
             Readiness::Workers(1) => f.write_str("workers"),
             Readiness::Workers(n) => write!(f, "workers:{n}"),
+            Readiness::Booted => f.write_str("booted"),
         }
     }
 }
@@ -104,10 +125,11 @@ impl FromStr for Readiness {
                 Ok(n) if (1..=10_000).contains(&n) => Ok(Readiness::Workers(n)),
                 _ => Err(format!("workers '{n}' is not a number of worker processes (1 or more)")),
             },
-            ("exec" | "notify", Some(_)) => Err(format!("'{kind}' takes no argument")),
+            ("booted", None) => Ok(Readiness::Booted),
+            ("exec" | "notify" | "booted", Some(_)) => Err(format!("'{kind}' takes no argument")),
             ("delay" | "cmd", _) => Err(format!("'{kind}' needs an argument, e.g. delay:2 or cmd:/usr/bin/check")),
             _ => Err(format!(
-                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND, workers[:N] or exec)"
+                "unknown readiness '{text}' (expected notify, probe, probe:/PATH, delay:SECS, cmd:COMMAND, workers[:N], booted or exec)"
             )),
         }
     }
@@ -164,7 +186,8 @@ pub enum Check {
     /// Ready on READY=1 in the generation's [`Inbox`].
     Notify,
     Probe {
-        addr: SocketAddr,
+        /// The probe socket's file in the runtime directory (removed when the check is dropped).
+        socket: PathBuf,
         path: Option<String>,
         attempt: Option<ProbeAttempt>,
         next_at: Instant,
@@ -184,10 +207,17 @@ pub enum Check {
         seen: usize,
         next_at: Instant,
     },
+    /// gunicorn: every worker of the master has loaded the app (see the module's doc).
+    Booted {
+        /// The workers seen at the last look, and whether each had booted.
+        workers: Vec<(Pid, bool)>,
+        next_at: Instant,
+        last_error: String,
+    },
 }
 
 pub struct ProbeAttempt {
-    stream: TcpStream,
+    stream: UnixStream,
     response: Vec<u8>,
     deadline: Instant,
 }
@@ -212,11 +242,15 @@ impl Check {
             Readiness::Exec => (Check::Exec, None),
             Readiness::Notify => (Check::Notify, None),
             Readiness::Probe { path } => {
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .context("failed to bind the readiness probe socket on 127.0.0.1")?;
-                let addr = listener.local_addr().context("failed to read the probe socket's address")?;
+                // In the private runtime directory: only the service's user reaches the app
+                // through it (a loopback TCP port would let any local user in, past the
+                // SocketMode= or IPAddressAllow= of the socket units).
+                let socket = runtime_dir.join(format!("probe.{number}"));
+                let _ = std::fs::remove_file(&socket);
+                let listener = UnixListener::bind(&socket)
+                    .with_context(|| format!("failed to bind the readiness probe socket {}", socket.display()))?;
                 let check = Check::Probe {
-                    addr,
+                    socket,
                     path: path.clone(),
                     attempt: None,
                     next_at: now,
@@ -226,6 +260,9 @@ impl Check {
             }
             Readiness::Delay(delay) => (Check::Delay { at: now + *delay }, None),
             Readiness::Workers(min) => (Check::Workers { min: *min, seen: 0, next_at: now }, None),
+            Readiness::Booted => {
+                (Check::Booted { workers: Vec::new(), next_at: now, last_error: "no worker yet".into() }, None)
+            }
             Readiness::Cmd(command) => (
                 Check::Cmd { command: command.clone(), running: None, next_at: now, last_error: "not run yet".into() },
                 None,
@@ -249,7 +286,7 @@ impl Check {
             Check::Probe { attempt: None, next_at, .. } => Some(*next_at),
             Check::Delay { at } => Some(*at),
             Check::Cmd { running: None, next_at, .. } => Some(*next_at),
-            Check::Workers { next_at, .. } => Some(*next_at),
+            Check::Workers { next_at, .. } | Check::Booted { next_at, .. } => Some(*next_at),
             _ => None,
         }
     }
@@ -266,7 +303,7 @@ impl Check {
                     Verdict::Pending
                 }
             }
-            Check::Probe { addr, path, attempt, next_at, last_error } => {
+            Check::Probe { socket, path, attempt, next_at, last_error } => {
                 if let Some(a) = attempt
                     && now >= a.deadline
                 {
@@ -275,10 +312,10 @@ impl Check {
                     *next_at = now;
                 }
                 if attempt.is_none() && now >= *next_at {
-                    match start_probe(*addr, path.as_deref().unwrap_or("/")) {
+                    match start_probe(socket, path.as_deref().unwrap_or("/")) {
                         Ok(a) => *attempt = Some(a),
                         Err(e) => {
-                            *last_error = format!("probe connection to {addr} failed: {e}");
+                            *last_error = format!("probe connection to {} failed: {e}", socket.display());
                             *next_at = now + PROBE_RETRY;
                         }
                     }
@@ -305,6 +342,25 @@ impl Check {
                 *seen = crate::generation::members(pid).into_iter().filter(|&p| p != pid).count();
                 *next_at = now + WORKERS_POLL;
                 if *seen >= *min { Verdict::Ready } else { Verdict::Pending }
+            }
+            Check::Booted { workers, next_at, last_error } => {
+                if now < *next_at {
+                    return Verdict::Pending;
+                }
+                *next_at = now + WORKERS_POLL;
+                let seen: Vec<(Pid, bool)> =
+                    procfs::children(pid).iter().map(|w| (w.pid, gunicorn_worker_booted(w))).collect();
+                // Ready once there are workers, all booted, and the same ones as at the last
+                // look: the arbiter spawns its workers one after the other.
+                let same = seen.iter().map(|(p, _)| p).eq(workers.iter().map(|(p, _)| p));
+                let all_booted = !seen.is_empty() && seen.iter().all(|(_, booted)| *booted);
+                let booted = seen.iter().filter(|(_, b)| *b).count();
+                *last_error = match seen.len() {
+                    0 => "no gunicorn worker yet".into(),
+                    n => format!("{booted} of {n} gunicorn worker(s) had loaded the app"),
+                };
+                *workers = seen;
+                if all_booted && same { Verdict::Ready } else { Verdict::Pending }
             }
             Check::Notify => Verdict::Pending,
         }
@@ -377,7 +433,9 @@ impl Check {
             Check::Exec => "exec".into(),
             Check::Notify => "READY=1 on its NOTIFY_SOCKET never came".into(),
             Check::Cmd { command, running: Some(_), .. } => format!("readiness command `{command}` still running"),
-            Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } => last_error.clone(),
+            Check::Probe { last_error, .. } | Check::Cmd { last_error, .. } | Check::Booted { last_error, .. } => {
+                last_error.clone()
+            }
             Check::Delay { .. } => "the delay had not passed".into(),
             Check::Workers { min, seen, .. } => format!("{seen} of {min} worker process(es) running"),
         }
@@ -408,11 +466,42 @@ impl Check {
     }
 }
 
-fn start_probe(addr: SocketAddr, path: &str) -> std::io::Result<ProbeAttempt> {
-    // A loopback connect completes in the kernel even before the server accepts, so a blocking
-    // connect does not stall the loop; the answer is then awaited without blocking.
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    stream.set_nodelay(true)?;
+impl Drop for Check {
+    fn drop(&mut self) {
+        if let Check::Probe { socket, .. } = self {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// Whether a gunicorn worker has loaded the app: it touches its heartbeat file (`wgunicorn-*`,
+/// deleted, open in the worker) from its serving loop only, after `load_wsgi` and
+/// `post_worker_init`. The file is created by the arbiter before the fork, so its mtime is
+/// then older than the worker. A heartbeat sets the mtime to CLOCK_MONOTONIC seconds (gunicorn
+/// 22 and later: a date in 1970) or to the wall clock (older ones: later than the worker's
+/// start, by more than a second to be sure of it).
+pub fn gunicorn_worker_booted(worker: &procfs::Process) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", worker.pid)) else { return false };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        if !target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("wgunicorn-")) {
+            continue;
+        }
+        let Ok(mtime) = std::fs::metadata(fd.path()).and_then(|m| m.modified()) else { continue };
+        let Ok(since_epoch) = mtime.duration_since(std::time::SystemTime::UNIX_EPOCH) else { continue };
+        if since_epoch < Duration::from_secs(1_000_000_000) {
+            return true; // a monotonic heartbeat
+        }
+        return procfs::started_at(worker).is_some_and(|start| mtime > start + Duration::from_secs(1));
+    }
+    false
+}
+
+fn start_probe(socket: &Path, path: &str) -> std::io::Result<ProbeAttempt> {
+    // A unix connect completes in the kernel even before the server accepts (one attempt at a
+    // time never fills the backlog), so it does not stall the loop; the answer is then awaited
+    // without blocking.
+    let mut stream = UnixStream::connect(socket)?;
     let request =
         format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: sockherd-probe\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
@@ -579,6 +668,10 @@ mod tests {
         assert_eq!("workers".parse::<Readiness>().unwrap(), Readiness::Workers(1));
         assert_eq!("workers:4".parse::<Readiness>().unwrap(), Readiness::Workers(4));
         assert_eq!(Readiness::Workers(4).to_string(), "workers:4");
+        assert_eq!("booted".parse::<Readiness>().unwrap(), Readiness::Booted);
+        assert!("booted:2".parse::<Readiness>().is_err());
+        assert!(Readiness::Booted.check_flavor(Flavor::Gunicorn).is_ok());
+        assert!(Readiness::Booted.check_flavor(Flavor::Unicorn).unwrap_err().contains("gunicorn"));
         for bad in ["probe:health", "delay:x", "delay", "cmd:", "notify:1", "ready", "workers:0", "workers:x"] {
             assert!(bad.parse::<Readiness>().is_err(), "{bad}");
         }

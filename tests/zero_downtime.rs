@@ -159,8 +159,14 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
         Target::Unix(sock.clone()),
         Target::Unix(sock.clone()),
     ]);
-    let mut masters =
-        vec![serving_master(proc.pid()).unwrap_or_else(|| proc.fail("status shows no serving generation"))];
+    // Answering is not serving yet: the first generation serves once it stayed up for
+    // --ready-settle after it was ready.
+    let mut first = None;
+    wait_until(Duration::from_secs(30), || {
+        first = serving_master(proc.pid());
+        first.is_some()
+    });
+    let mut masters = vec![first.unwrap_or_else(|| proc.fail("status shows no serving generation"))];
     for i in 0..RELOADS {
         let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
         if !out.status.success() {
