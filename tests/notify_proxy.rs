@@ -261,3 +261,26 @@ fn ready_from_a_helper_that_waits_for_the_barrier_counts() {
         proc.fail("the helper's BARRIER=1 was never answered");
     }
 }
+
+/// The real `systemd-notify --ready` from a generation's shell script: it exits right after
+/// sending, but first waits for BARRIER=1 (unless --no-block), so its READY=1 is read while it
+/// lives and counts.
+#[test]
+fn ready_from_systemd_notify_counts() {
+    require!("systemd-notify");
+    let dir = TempDir::new("notify-systemd-notify");
+    let systemd = FakeSystemd::new(dir.path());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "notify", "--listen", &addr, "--", "sh", "-c"]);
+    cmd.arg("systemd-notify --ready --status=booted-by-systemd-notify; echo notify-exit=$? >&2; exec sleep 300");
+    cmd.env("NOTIFY_SOCKET", &systemd.path);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_ready(&mut proc, &systemd);
+    if !proc.stderr().contains("notify-exit=0") {
+        proc.fail("systemd-notify did not exit 0 (its barrier went unanswered?)");
+    }
+    let statuses = systemd.accepted().concat();
+    if !statuses.iter().any(|t| t.starts_with("STATUS=") && t.contains("[booted-by-systemd-notify]")) {
+        proc.fail(&format!("the helper's STATUS= should show in sockherd's; sent:\n{}", systemd.dump()));
+    }
+}
