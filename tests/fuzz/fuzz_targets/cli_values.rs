@@ -1,6 +1,7 @@
 #![no_main]
-//! Small command-line values: durations (30, 1.5s, 500ms, 2m), signal names and numbers,
-//! flavor names. Never a panic; what parses is in range.
+//! Small values from the command line and from systemctl: durations (30, 1.5s, 500ms, 2m),
+//! signal names and numbers, flavor names, unit names, systemd versions. Never a panic; what
+//! parses is in range.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
@@ -17,4 +18,6 @@ fuzz_target!(|text: &str| {
     let _ = sockherd::status::service_name(text);
     let _ = sockherd::unitgen::validate_name(text);
     let _ = sockherd::unitgen::parse_systemd_version(text);
+    // Native mode's reading of `systemctl show -P Version`.
+    let _ = sockherd::native::parse_version(text);
 });
