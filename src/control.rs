@@ -2,12 +2,18 @@
 //!
 //! A unix stream socket `control` in the supervisor's private runtime directory (mode 0700,
 //! see [`crate::runtime`]): only the service's user and root can reach it. A client finds it
-//! from the pid alone, without guessing a name another process could take: the listening
-//! sockets the process holds (`/proc/PID/fd`) and where they are bound (`/proc/PID/net/unix`),
-//! reached through the process's own root (`/proc/PID/root`, so PrivateTmp= and other mount
-//! namespaces do not matter; a socket file, unlike an abstract name, is reachable from any
-//! network namespace). Whatever answers must be the process itself: the client checks the
-//! server's SO_PEERCRED (the pid is the target, the uid root or the owner of the process).
+//! from the pid alone, without guessing a name another user could take:
+//!
+//! 1. inside the unit (`ExecReload=`, which shares the supervisor's `$RUNTIME_DIRECTORY`):
+//!    `$RUNTIME_DIRECTORY/sockherd-<pid>/control`, a name only the service's user can create;
+//! 2. from anywhere else: the listening sockets the process holds (`/proc/PID/fd`) and where
+//!    they are bound (`/proc/PID/net/unix`), reached through the process's own root
+//!    (`/proc/PID/root`, so PrivateTmp= and other mount namespaces do not matter). That takes
+//!    root, or the process's own user outside a PrivateUsers= sandbox.
+//!
+//! A socket file, unlike an abstract name, is reachable from any network namespace. Whatever
+//! answers must be the process itself: the client checks the server's SO_PEERCRED (the pid is
+//! the target; the uid root, the client's own, or the owner of the process).
 //!
 //! A request is one line (`reload`, `join` or `status`); the answer is text, then EOF. A
 //! reload's answer is sent when the handoff ends: `ok <message>` or `error <message>`.
@@ -447,7 +453,15 @@ pub enum Unreachable {
 impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Unreachable::NoProcess { pid } => write!(f, "no process {pid} (is the service running?)"),
+            Unreachable::NoProcess { pid } => {
+                write!(f, "no process {pid} (is the service running? a sandbox's ProtectProc= may also hide it)")
+            }
+            Unreachable::PermissionDenied { pid, owner } if *owner == Some(sys::geteuid()) => write!(
+                f,
+                "permission denied: cannot look for the control socket of pid {pid} in /proc/{pid}/fd, though it \
+                 runs as our user: it is in a user namespace of its own (PrivateUsers=); run as root, or from \
+                 inside the unit (ExecReload=)"
+            ),
             Unreachable::PermissionDenied { pid, owner } => {
                 let owner = owner.map(|u| format!(" (uid {u})")).unwrap_or_default();
                 write!(
@@ -489,8 +503,26 @@ fn is_sockherd_exe(pid: Pid, exe: &Path) -> bool {
 /// Connects to the control socket of the supervisor with pid `pid`, found through `/proc` and
 /// checked with SO_PEERCRED (see the module's doc).
 pub fn connect(pid: Pid) -> Result<UnixStream, Unreachable> {
-    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+    if pid <= 0 {
         return Err(Unreachable::NoProcess { pid });
+    }
+    let mut last_error = None;
+    // 1. The name a supervisor of our own unit uses.
+    if let Some(base) = crate::runtime::private_base_of_client() {
+        let path = crate::runtime::known_dir(&base, pid).join(SOCKET_NAME);
+        if path.exists() {
+            match connect_path(&path).and_then(|stream| verify_peer(pid, stream)) {
+                Ok(stream) => return Ok(stream),
+                Err(why) => last_error = Some(why),
+            }
+        }
+    }
+    // 2. What /proc says of the process.
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(match last_error {
+            Some(why) => Unreachable::Failed { pid, why },
+            None => Unreachable::NoProcess { pid },
+        });
     }
     let inodes = match procfs::socket_inodes(pid) {
         Ok(inodes) => inodes,
@@ -508,7 +540,6 @@ pub fn connect(pid: Pid) -> Result<UnixStream, Unreachable> {
         .filter_map(|s| s.path)
         .filter(|p| is_control_path(p))
         .collect();
-    let mut last_error = None;
     for path in &candidates {
         match connect_in_root_of(pid, path).and_then(|stream| verify_peer(pid, stream)) {
             Ok(stream) => return Ok(stream),
@@ -521,11 +552,15 @@ pub fn connect(pid: Pid) -> Result<UnixStream, Unreachable> {
     match std::fs::read_link(format!("/proc/{pid}/exe")) {
         Ok(exe) if is_sockherd_exe(pid, &exe) => Err(Unreachable::NoControlSocket { pid, exe }),
         Ok(exe) => Err(Unreachable::NotSockherd { pid, exe: Some(exe) }),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            let owner = std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid());
+            Err(Unreachable::PermissionDenied { pid, owner })
+        }
         Err(_) => Err(Unreachable::NotSockherd { pid, exe: None }),
     }
 }
 
-/// `.../sockherd.<...>/control`.
+/// `.../sockherd-<...>/control`.
 fn is_control_path(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == SOCKET_NAME)
         && path.parent().and_then(Path::file_name).is_some_and(|d| d.to_string_lossy().starts_with(DIR_PREFIX))
@@ -535,12 +570,18 @@ fn is_control_path(path: &Path) -> bool {
 /// is its mount namespace (PrivateTmp=, a chroot). The directory is opened first and the socket
 /// reached through `/proc/self/fd/N/`, which keeps the path short whatever the directory.
 fn connect_in_root_of(pid: Pid, path: &Path) -> Result<UnixStream, String> {
+    let in_root = Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+    connect_path(&in_root).map_err(|e| e.replace(&in_root.display().to_string(), &path.display().to_string()))
+}
+
+/// Connects to the socket file `path`: its directory is opened first and the socket reached
+/// through `/proc/self/fd/N/`, which keeps the address short whatever the directory.
+fn connect_path(path: &Path) -> Result<UnixStream, String> {
     let dir = path.parent().ok_or("has no directory")?;
-    let in_root = Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap_or(dir));
     let handle = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(&in_root)
+        .open(dir)
         .map_err(|e| format!("{}: cannot open its directory: {e}", path.display()))?;
     let name = path.file_name().ok_or("has no name")?;
     let via = Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())).join(name);
@@ -548,15 +589,16 @@ fn connect_in_root_of(pid: Pid, path: &Path) -> Result<UnixStream, String> {
 }
 
 /// The server must be the process itself (SO_PEERCRED's pid is the one that called listen(2)),
-/// running as root or as the process's owner.
+/// running as root, as our own user, or as the process's owner (as /proc shows it, when it
+/// shows it).
 fn verify_peer(pid: Pid, stream: UnixStream) -> Result<UnixStream, String> {
     let (peer_pid, peer_uid) = sys::peer_uid(stream.as_fd()).map_err(|e| format!("SO_PEERCRED failed: {e}"))?;
     if peer_pid != pid {
         return Err(format!("is served by pid {peer_pid}, not by pid {pid}: not trusted"));
     }
-    let owner = std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).map_err(|e| format!("vanished ({e})"))?;
-    if peer_uid != 0 && peer_uid != owner {
-        return Err(format!("is served as uid {peer_uid}, but pid {pid} belongs to uid {owner}: not trusted"));
+    let owner = std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid());
+    if peer_uid != 0 && peer_uid != sys::geteuid() && Some(peer_uid) != owner {
+        return Err(format!("is served as uid {peer_uid}, neither root nor the owner of pid {pid}: not trusted"));
     }
     Ok(stream)
 }
@@ -617,8 +659,8 @@ mod tests {
 
     #[test]
     fn control_paths() {
-        assert!(is_control_path(Path::new("/run/app/sockherd.12.00ff/control")));
+        assert!(is_control_path(Path::new("/run/app/sockherd-12-00ff/control")));
         assert!(!is_control_path(Path::new("/run/app/control")));
-        assert!(!is_control_path(Path::new("/run/app/sockherd.12.00ff/notify.1")));
+        assert!(!is_control_path(Path::new("/run/app/sockherd-12-00ff/notify.1")));
     }
 }

@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn net_unix_lines() {
         let text = b"Num       RefCount Protocol Flags    Type St Inode Path\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 31337 /run/app/sockherd.1.ab/control\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 31337 /run/app/sockherd-1-ab/control\n\
 0000000000000000: 00000002 00000000 00000000 0002 01 4711 /run/x\n\
 0000000000000000: 00000003 00000000 00000000 0001 03 555\n\
 0000000000000000: 00000002 00000000 00010000 0001 01 777 @abstract\n\
@@ -276,7 +276,7 @@ garbage line\n";
                 inode: 31337,
                 listening: true,
                 stream: true,
-                path: Some("/run/app/sockherd.1.ab/control".into())
+                path: Some("/run/app/sockherd-1-ab/control".into())
             }
         );
         assert!(!sockets[1].listening && !sockets[1].stream);

@@ -268,7 +268,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// The control socket of a running supervisor: the `control` file in its runtime directory
-/// (`/tmp/sockherd.<pid>.<random>/` without RUNTIME_DIRECTORY or XDG_RUNTIME_DIR), or
+/// (`/tmp/sockherd-<pid>-<random>/` without RUNTIME_DIRECTORY or XDG_RUNTIME_DIR), or
 /// `@sockherd/<pid>/control`, where sockherd 0.1 listened.
 fn control_socket(pid: i32) -> String {
     let mut found = None;
@@ -279,7 +279,7 @@ fn control_socket(pid: i32) -> String {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("sockherd.{pid}."))))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("sockherd-{pid}-"))))
             .map(|d| d.join("control"))
             .filter(|c| c.exists());
         found.is_some()

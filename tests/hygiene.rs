@@ -174,7 +174,7 @@ fn status_json_is_checked_before_it_is_printed() {
     let fake = r#"
 import os, socket, sys, threading
 pid = os.getpid()
-d = "/tmp/sockherd.%d.fakefakefakefake" % pid
+d = "/tmp/sockherd-%d-fakefakefakefake" % pid
 os.mkdir(d, 0o700)
 servers = []
 for addr in ("\0sockherd/%d/control" % pid, d + "/control"):
@@ -200,7 +200,7 @@ finally:
     let out = sockherd_cmd(&["status", "--json", "--pid", &proc.pid().to_string()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(format!("/tmp/sockherd.{}.fakefakefakefake", proc.pid()));
+    let _ = std::fs::remove_dir_all(format!("/tmp/sockherd-{}-fakefakefakefake", proc.pid()));
     if out.status.success() || stdout.contains("injected") || !stderr.contains("not JSON") {
         proc.fail(&format!("status --json of a garbage answer: {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status));
     }

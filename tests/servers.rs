@@ -175,10 +175,10 @@ fn serves_only_inherited_sockets(server: Server, mode: Mode) {
             wait_for_processes(&mut proc, pid, 1 + WORKERS);
             let ours = socket_inodes(pid);
             let theirs = socket_inodes(master);
-            // Not sockherd's own control socket (<runtime dir>/sockherd.<pid>.<random>/control).
+            // Not sockherd's own control socket (<runtime dir>/sockherd-<pid>[-<random>]/control).
             let listening: Vec<u64> = listening_inodes()
                 .into_iter()
-                .filter(|(path, _)| !(path.contains("/sockherd.") && path.ends_with("/control")))
+                .filter(|(path, _)| !(path.contains("/sockherd-") && path.ends_with("/control")))
                 .map(|(_, i)| i)
                 .collect();
             let held: Vec<u64> = ours.iter().copied().filter(|i| listening.contains(i)).collect();
