@@ -236,11 +236,17 @@ pub fn exec_quote(word: &str) -> String {
 
 /// A path in a unit setting (no quoting there; `%` is still a specifier).
 fn unit_path(path: &Path) -> Result<String> {
+    Ok(path_text(path)?.replace('%', "%%"))
+}
+
+/// A path as a unit can name it: UTF-8, without blanks or control characters; not escaped
+/// (exec_quote escapes a word of a command line, unit_path a setting's value).
+fn path_text(path: &Path) -> Result<&str> {
     let text = path.to_str().with_context(|| format!("{} is not UTF-8; a unit file cannot name it", path.display()))?;
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         bail!("'{text}' contains blanks or control characters; a unit setting cannot name it (rename the path)");
     }
-    Ok(text.replace('%', "%%"))
+    Ok(text)
 }
 
 /// Splits a template into its leading comment block and the rest.
@@ -338,15 +344,16 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
         Flavor::Puma => (PUMA_SERVICE, "units/puma/app.service"),
         _ => (GENERIC_SERVICE, "units/generic/app.service"),
     };
-    let bin = unit_path(&spec.sockherd)?;
+    // A word of ExecStart=/ExecReload=: exec_quote escapes `%` and `$` itself.
+    let bin = exec_quote(path_text(&spec.sockherd)?);
     let notify_reload = spec.systemd_version >= NOTIFY_RELOAD_SINCE;
 
-    let mut exec = vec![exec_quote(&bin), "run".into(), "--flavor".into(), spec.flavor.name().into()];
+    let mut exec = vec![bin.clone(), "run".into(), "--flavor".into(), spec.flavor.name().into()];
     if let Some(ready) = &spec.ready {
         exec.extend(["--ready".into(), exec_quote(ready)]);
     }
     if let Some(dir) = &spec.chdir {
-        exec.extend(["--chdir".into(), exec_quote(&unit_path(dir)?)]);
+        exec.extend(["--chdir".into(), exec_quote(path_text(dir)?)]);
     }
     exec.push("--".into());
     exec.extend(spec.command.iter().map(|w| exec_quote(w)));
@@ -355,10 +362,10 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
     let (service_type, exec_reload) = if notify_reload {
         let service_type = settings(NOTIFY_RELOAD, "Type").last().copied().unwrap_or("notify-reload").to_string();
         let reload = settings(NOTIFY_RELOAD, "ExecReload").into_iter().rfind(|v| !v.is_empty()).unwrap_or_default();
-        (service_type, reload.replacen("/usr/bin/sockherd", &exec_quote(&bin), 1))
+        (service_type, reload.replacen("/usr/bin/sockherd", &bin, 1))
     } else {
         let reload = settings(template, "ExecReload").first().copied().unwrap_or("/usr/bin/sockherd reload");
-        ("notify".to_string(), reload.replacen("/usr/bin/sockherd", &exec_quote(&bin), 1))
+        ("notify".to_string(), reload.replacen("/usr/bin/sockherd", &bin, 1))
     };
 
     let mut out = format!(
@@ -521,6 +528,25 @@ mod tests {
             }
         }
         assert_eq!(settings(NOTIFY_RELOAD, "Type"), ["notify-reload"]);
+    }
+
+    /// A `%` in a path of ExecStart= or ExecReload= is doubled once (systemd reads `%%` as `%`),
+    /// not twice (the fuzz target unit_inputs checks every ExecStart= the same way).
+    #[test]
+    fn percent_in_exec_paths_is_escaped_once() {
+        for version in [252, 254] {
+            let mut s = spec(&["127.0.0.1:8000"], version);
+            s.sockherd = "/opt/100%/sockherd".into();
+            s.chdir = Some("/srv/a%b/current".into());
+            let files = generate(&s).unwrap();
+            let service = file(&files, "shop.service");
+            let exec = settings(service, "ExecStart")[0];
+            assert!(exec.starts_with("/opt/100%%/sockherd run "), "{exec}");
+            assert!(exec.contains(" --chdir /srv/a%%b/current "), "{exec}");
+            let reload = settings(service, "ExecReload").into_iter().rfind(|v| !v.is_empty()).unwrap();
+            assert!(reload.starts_with("/opt/100%%/sockherd reload"), "{reload}");
+            assert!(service.contains("\nWorkingDirectory=/srv/a%%b\n"), "{service}");
+        }
     }
 
     #[test]

@@ -139,8 +139,23 @@ fuzz_target!(|input: Input| {
     let exec = service.text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart=");
     let words = systemd_words(exec).unwrap_or_else(|| panic!("systemd would refuse ExecStart={exec}"));
     let words: Vec<Vec<u8>> = words.iter().map(|w| undouble(w)).collect();
-    let dash = words.iter().position(|w| w == b"--").expect("--");
-    let command: Vec<Vec<u8>> = spec.command.iter().map(|w| w.as_bytes().to_vec()).collect();
-    assert_eq!(&words[dash + 1..], &command[..], "ExecStart={exec}");
-    assert_eq!(words[0], spec.sockherd.to_str().unwrap().as_bytes(), "ExecStart={exec}");
+    // The whole command line, as sockherd will get it.
+    let mut expected: Vec<Vec<u8>> = vec![
+        spec.sockherd.to_str().unwrap().as_bytes().to_vec(),
+        b"run".to_vec(),
+        b"--flavor".to_vec(),
+        spec.flavor.name().as_bytes().to_vec(),
+    ];
+    if let Some(ready) = &spec.ready {
+        expected.extend([b"--ready".to_vec(), ready.as_bytes().to_vec()]);
+    }
+    if let Some(dir) = &spec.chdir {
+        expected.extend([b"--chdir".to_vec(), dir.to_str().unwrap().as_bytes().to_vec()]);
+    }
+    expected.push(b"--".to_vec());
+    expected.extend(spec.command.iter().map(|w| w.as_bytes().to_vec()));
+    assert_eq!(words, expected, "ExecStart={exec}");
+    let reload = service.text.lines().filter_map(|l| l.strip_prefix("ExecReload=")).rfind(|v| !v.is_empty());
+    let reload = systemd_words(reload.expect("ExecReload=")).expect("systemd would refuse ExecReload=");
+    assert_eq!(undouble(&reload[0]), expected[0], "ExecReload's program");
 });
