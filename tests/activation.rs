@@ -557,8 +557,9 @@ fn exec_with_fallback_uses_activated_sockets() {
     fallback_prefers_activated_sockets(Mode::Exec);
 }
 
-/// `--ready probe`: the generation gets one more socket after the activated ones, on loopback,
-/// named `sockherd-probe`, that only it serves; it counts as ready once it answers there.
+/// `--ready probe`: the generation gets one more socket after the activated ones, a unix socket
+/// in sockherd's private runtime directory, named `sockherd-probe`, that only it serves; it counts
+/// as ready once it answers there.
 #[test]
 fn run_adds_a_private_probe_socket_for_probe_readiness() {
     require!("systemd-socket-activate", "python3");
@@ -575,11 +576,14 @@ fn run_adds_a_private_probe_socket_for_probe_readiness() {
         ));
     }
     let address = report.fd(5, "address").unwrap_or_default().to_string();
-    if !address.starts_with("127.0.0.1:")
+    if report.fd(5, "family") != Some("unix")
+        || !address.ends_with("/probe.1")
         || report.fd(5, "listening") != Some("1")
         || report.fd(5, "cloexec") != Some("0")
     {
-        problems.push(format!("fd 5 should be a listening loopback socket without CLOEXEC, got address {address:?}"));
+        problems.push(format!(
+            "fd 5 should be a listening unix socket (…/probe.1) without CLOEXEC, got address {address:?}"
+        ));
     }
     // The probe serves every listening socket, so the probe request is answered: ready.
     let ready = wait_until(PATIENCE, || act.proc.stderr().contains("is ready after"));
