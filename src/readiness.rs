@@ -205,9 +205,11 @@ impl Check {
         }
     }
 
-    /// When the check wants to act next without an event (retry, delay).
+    /// When the check wants to act next without an event (retry, delay). `exec` is due at once:
+    /// without a timer, the loop would only notice it at its next unrelated event.
     pub fn next_timer(&self) -> Option<Instant> {
         match self {
+            Check::Exec => Some(Instant::now()),
             Check::Probe { attempt: Some(a), .. } => Some(a.deadline),
             Check::Probe { attempt: None, next_at, .. } => Some(*next_at),
             Check::Delay { at } => Some(*at),
