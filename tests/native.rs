@@ -33,6 +33,7 @@ sleep 0.5
 touch /tmp/load.stop; kill -INT $hey; wait $tcp $unix $hey
 cat /tmp/load.tcp.result /tmp/load.unix.result | tr ' ' '\n'
 echo "hey.200=$(awk '/\[200\]/ {{print $2}}' /tmp/load.hey)"
+sed -n '/Status code distribution/,/^$/p' /tmp/load.hey | grep -o '\[[0-9]*\][[:space:]]*[0-9]*' | tr -s ' ' | sed 's/^/hey.status=/'
 grep -q 'Error distribution' /tmp/load.hey && echo "hey.errors=$(sed -n '/Error distribution/,$p' /tmp/load.hey | tr '\n' ' ')"
 grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^/error=/'
 echo "masters=$(pgrep -u app -f 'master' | wc -l)"
@@ -57,6 +58,11 @@ fn check_reloads(d: &Deployment, report: &str) {
     if fails > 0 || value(report, "hey.errors").is_some() || value(report, "error").is_some() {
         d.sdbox.fail(&format!("requests failed during native reloads:\n{report}"));
     }
+    let statuses: Vec<&str> = report.lines().filter_map(|l| l.strip_prefix("hey.status=")).collect();
+    if statuses.is_empty() || statuses.iter().any(|s| !s.starts_with("[200]")) {
+        d.sdbox
+            .fail(&format!("hey got answers other than 200 (every status line must be [200]): {statuses:?}\n{report}"));
+    }
     if number(report, "tcp.ok") < 20 || number(report, "unix.ok") < 20 || number(report, "hey.200") < 100 {
         d.sdbox.fail(&format!("too few requests to call it a load:\n{report}"));
     }
@@ -65,11 +71,28 @@ fn check_reloads(d: &Deployment, report: &str) {
     }
 }
 
+/// `systemctl stop app` leaves no process in app.service's cgroup: found by cgroup
+/// (/proc/PID/cgroup), not by user; the master and its workers (at least 3) before, none after.
 fn stop_leaves_nothing(d: &Deployment) {
-    d.sdbox.ok("systemctl stop app");
-    let left = d.sdbox.ok("systemctl show -P ActiveState app; pgrep -u app -a || true");
-    if left.trim() != "inactive" {
-        d.sdbox.fail(&format!("after systemctl stop: {left}"));
+    let report = d.sdbox.ok(
+        r#"
+in_unit() { grep -l -E '/app\.service(/|$)' /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3 | sort -n | tr '\n' ' '; }
+before=$(in_unit)
+echo "before=$before"
+systemctl stop app
+echo "state=$(systemctl show -P ActiveState app)"
+echo "after=$(in_unit)"
+alive=""; for p in $before; do [ -d /proc/$p ] && [ "$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)" != Z ] && alive="$alive $p"; done
+echo "alive=$alive"
+"#,
+    );
+    let before = value(&report, "before").unwrap_or("").split_whitespace().count();
+    let after = value(&report, "after").unwrap_or("").trim().to_string();
+    let alive = value(&report, "alive").unwrap_or("").trim().to_string();
+    if before < 3 || value(&report, "state") != Some("inactive") || !after.is_empty() || !alive.is_empty() {
+        d.sdbox.fail(&format!(
+            "after systemctl stop, app.service's cgroup should be empty (it had {before} processes, expected at least 3):\n{report}"
+        ));
     }
 }
 
@@ -186,6 +209,20 @@ fn native_reload_refuses_gunicorn() {
         std::time::Duration::from_secs(10),
     );
     if status.code() != Some(1) || !stderr.contains("EBADF") || !stderr.contains("sockherd run --flavor gunicorn") {
+        panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
+    }
+}
+
+/// puma's own USR2 re-execs in the same pid: refused with a pointer to `run`.
+#[test]
+fn native_reload_refuses_puma() {
+    let dir = common::TempDir::new("native-puma");
+    let (status, _, stderr) = common::run_sockherd(
+        &["reload", "--native", "--flavor", "puma", "--pid", "1"],
+        dir.path(),
+        std::time::Duration::from_secs(10),
+    );
+    if status.code() != Some(1) || !stderr.contains("same pid") || !stderr.contains("sockherd run --flavor puma") {
         panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
     }
 }
