@@ -1047,61 +1047,112 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn two_hundred_reloads_leak_nothing() {
+fn runtime_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// How much sockherd's RSS may grow over 200 reloads: a leak of a few hundred bytes per reload
+/// (a generation's record, a socket's state) would exceed it; allocator noise does not.
+const RSS_GROWTH_KIB: u64 = 1024;
+
+/// 200 reloads with readiness `ready`, of tests/support/gated_http.py, which answers its probe
+/// socket and sends READY=1 at once: afterwards sockherd has the same fds, descendants and
+/// runtime-directory files as before, and its RSS grew by less than RSS_GROWTH_KIB.
+fn reloads_leak_nothing(ready: &str) {
     require!("python3");
     const RELOADS: u64 = 200;
-    let dir = TempDir::new("many");
-    let report = dir.join("report.json").display().to_string();
+    let dir = TempDir::new(&format!("many-{}", ready.replace(':', "-")));
+    let report = dir.join("report");
+    std::fs::write(report.with_extension("probe"), "").unwrap();
+    std::fs::write(report.with_extension("notify"), "").unwrap();
+    let runtime = dir.join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let runtime_arg = runtime.display().to_string();
+    let server = repo().join("tests/support/gated_http.py").display().to_string();
     let mut herd = Herd::start(
         dir.path(),
-        &["--ready", "exec"],
-        &[probe().display().to_string(), report, "serve".to_string()],
-        &[],
+        &["--ready", ready],
+        &["python3".to_string(), server, report.display().to_string()],
+        &[("RUNTIME_DIRECTORY", &runtime_arg)],
     );
-    herd.wait_serving(Duration::from_secs(10));
-    herd.wait_settled(Duration::from_secs(10));
-    let (fds_before, procs_before, rss_before) =
-        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+    herd.wait_serving(Duration::from_secs(30));
+    let first = herd.wait_settled(Duration::from_secs(30));
+    let ours = runtime.join(format!("sockherd.{}", herd.pid()));
+    // The generation's own server answers (its start-up, and any launcher shim, is over).
+    let answers_itself = |pid: i32| http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("gated {pid}"));
+    if !wait_until(Duration::from_secs(30), || answers_itself(first.pid)) {
+        herd.fail(&format!("generation 1 (pid {}) never answered", first.pid));
+    }
+    let (fds_before, procs_before, rss_before, files_before) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()), runtime_files(&ours));
 
     let started = Instant::now();
     for i in 0..RELOADS {
-        let run = herd.reload(Duration::from_secs(30));
+        let run = herd.reload(Duration::from_secs(60));
         if !run.status.success() {
             herd.fail(&format!("reload {} of {RELOADS} failed: {run:?}", i + 1));
         }
     }
     let reloads_took = started.elapsed();
     let last = herd.wait_settled(Duration::from_secs(60));
-    let settled_took = started.elapsed();
     if last.number != RELOADS + 1 {
         herd.fail(&format!("generation {} should serve after {RELOADS} reloads: {last:?}", RELOADS + 1));
     }
-    // `--ready exec` is ready before the server runs its code: wait until the last generation
-    // answers itself, so that its start-up (and any launcher shim) is over before counting.
-    let answered = wait_until(Duration::from_secs(10), || {
-        http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("probe {}", last.pid))
-    });
-    if !answered {
+    if !wait_until(Duration::from_secs(30), || answers_itself(last.pid)) {
         herd.fail(&format!("the last generation (pid {}) never answered", last.pid));
     }
-    let (fds_after, procs_after, rss_after) =
-        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+    let (fds_after, procs_after, rss_after, files_after) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()), runtime_files(&ours));
     eprintln!(
-        "{RELOADS} reloads: {reloads_took:?} ({:?} each), all drained after {settled_took:?}; \
-         sockherd fds {fds_before} -> {fds_after}; descendants {procs_before} -> {procs_after}; \
-         VmRSS {rss_before} KiB -> {rss_after} KiB ({} build)",
-        reloads_took / RELOADS as u32,
+        "--ready {ready}: {RELOADS} reloads in {reloads_took:?}; sockherd fds {fds_before} -> {fds_after}; \
+         descendants {procs_before} -> {procs_after}; VmRSS {rss_before} KiB -> {rss_after} KiB; runtime files \
+         {files_before:?} -> {files_after:?} ({} build)",
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
-    if fds_after != fds_before || procs_after != procs_before {
+    // The notify socket is named after its generation: compare counts, and that none is left
+    // of an old generation.
+    let stale: Vec<&String> = files_after.iter().filter(|f| **f != format!("notify.{}", last.number)).collect();
+    if fds_after != fds_before
+        || procs_after != procs_before
+        || files_after.len() != files_before.len()
+        || !stale.is_empty()
+    {
         let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", herd.pid()))
             .map(|d| d.flatten().map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default())).collect())
             .unwrap_or_default();
         herd.fail(&format!(
-            "{RELOADS} reloads leaked: fds {fds_before} -> {fds_after} ({fds:?}), descendants {procs_before} -> {procs_after}"
+            "{RELOADS} reloads with --ready {ready} leaked: fds {fds_before} -> {fds_after} ({fds:?}), descendants \
+             {procs_before} -> {procs_after}, runtime files {files_before:?} -> {files_after:?}"
         ));
     }
+    if rss_after > rss_before + RSS_GROWTH_KIB {
+        herd.fail(&format!(
+            "sockherd's RSS grew from {rss_before} KiB to {rss_after} KiB over {RELOADS} reloads with --ready {ready} \
+             (bound: {RSS_GROWTH_KIB} KiB)"
+        ));
+    }
+}
+
+#[test]
+fn two_hundred_reloads_leak_nothing_with_exec() {
+    reloads_leak_nothing("exec");
+}
+
+/// A probe generation gets a probe socket of its own each time (sockherd keeps no copy).
+#[test]
+fn two_hundred_reloads_leak_nothing_with_probe() {
+    reloads_leak_nothing("probe");
+}
+
+/// A notify generation gets a notify socket file in the runtime directory each time: each goes
+/// with its generation.
+#[test]
+fn two_hundred_reloads_leak_nothing_with_notify() {
+    reloads_leak_nothing("notify");
 }
 
 // ----- 7. the serving generation crashing takes the service down ---------------------------------------
