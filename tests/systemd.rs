@@ -208,6 +208,17 @@ touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
     // 5. Stop: nothing of the service is left in its cgroup.
     d.flip("r2");
     stop_leaves_nothing_in_the_cgroup(&d, 1 + 2);
+    // Every event this life went through is in the journal under its SOCKHERD_EVENT (the three
+    // above are checked for their content): the sockets received, each generation's spawn,
+    // readiness, exit and drain, the reloads' start and end, the failed one, and the stop.
+    let counts = d
+        .sdbox
+        .ok("for e in socket spawn ready reload reload_done reload_failed rollback drain_start drain exit stop; do \
+           echo \"$e=$(journalctl -u app SOCKHERD_EVENT=$e -o cat --no-pager | wc -l)\"; done");
+    let missing: Vec<&str> = counts.lines().filter(|l| l.ends_with("=0")).collect();
+    if !missing.is_empty() {
+        d.sdbox.fail(&format!("journal events missing after a whole life of the service: {missing:?}\n{counts}"));
+    }
 
     // The sockets stay with systemd, and the next request starts the service again.
     let again = d.sdbox.ok("curl -sS -m 60 http://127.0.0.1:8080/");
