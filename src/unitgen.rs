@@ -601,6 +601,13 @@ mod tests {
         assert_eq!(validate_name("shop.service").unwrap(), "shop");
         assert!(validate_name("shop@1").unwrap_err().contains("template"));
         assert!(validate_name("a b").is_err());
+        let longest = "a".repeat(200);
+        assert_eq!(validate_name(&longest).unwrap(), longest);
+        assert_eq!(
+            validate_name(&"a".repeat(201)).unwrap_err(),
+            format!("unit name '{}' is 201 bytes long; keep it under 200", "a".repeat(201))
+        );
+        assert!(validate_name(".service").unwrap_err().starts_with("empty unit name"));
     }
 
     #[test]

@@ -335,7 +335,7 @@ fn listen_fds_more_than_are_open() {
     let cmd = case.activated(&["--fd", "tcp", "--fd", &unix, "--set", &listen_fds("3")], &["run", "--", "true"]);
     // The activator creates the unix socket's file during the run, so the directory does change.
     let out = case.run_changing_files(cmd);
-    out.expect_error(1, &["LISTEN_FDS=3", "fd 5", "not open"]);
+    out.expect_error(1, &["LISTEN_FDS=3 promises fds 3-5, but fd 5 is not open"]);
     if !sock.exists() {
         out.fail("sockherd removed the activated unix socket's file, which is not its own");
     }
