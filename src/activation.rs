@@ -204,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn file_types_by_name() {
+        for (mode, name) in [
+            (libc::S_IFREG, "regular file"),
+            (libc::S_IFDIR, "directory"),
+            (libc::S_IFIFO, "pipe"),
+            (libc::S_IFCHR, "character device"),
+            (libc::S_IFBLK, "block device"),
+            (libc::S_IFLNK, "symbolic link"),
+            (libc::S_IFSOCK, "file of unknown type"),
+        ] {
+            assert_eq!(file_type_name(mode | 0o644), name);
+        }
+    }
+
+    #[test]
     fn zero_descriptors() {
         let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "0"), ("LISTEN_FDNAMES", "")], 7).unwrap();
         assert_eq!(a, Activation::Fds { names: vec![] });

@@ -622,4 +622,46 @@ mod tests {
         );
         assert!(warnings.contains("--chdir /home/me/app is under /home"), "{warnings}");
     }
+
+    #[test]
+    fn warns_about_a_relative_command_only_without_chdir() {
+        let relative = |command: &str, chdir: Option<&str>| {
+            let mut s = spec(&["127.0.0.1:8000"], 252);
+            s.user = "root".into();
+            s.command = vec![command.into()];
+            s.chdir = chdir.map(PathBuf::from);
+            warnings(&s).join("\n")
+        };
+        assert!(relative("bin/server", None).contains("the command bin/server is a relative path"));
+        assert_eq!(relative("bin/server", Some("/srv/shop/current")), "");
+        assert_eq!(relative("/usr/bin/server", None), "");
+        assert_eq!(relative("gunicorn", None), "");
+    }
+
+    #[test]
+    fn warns_about_each_hidden_place() {
+        for (path, place, setting) in [
+            ("/home/a/bin/x", "/home", "ProtectHome=yes"),
+            ("/root/x", "/root", "ProtectHome=yes"),
+            ("/run/user/0/x", "/run/user", "ProtectHome=yes"),
+            ("/tmp/x", "/tmp", "PrivateTmp=yes"),
+            ("/var/tmp/x", "/var/tmp", "PrivateTmp=yes"),
+        ] {
+            let mut s = spec(&["127.0.0.1:8000"], 252);
+            s.user = "root".into();
+            s.command = vec![path.into()];
+            let all = warnings(&s).join("\n");
+            assert!(
+                all.contains(&format!(
+                    "the command {path} is under {place}, which the unit's sandbox hides ({setting}"
+                )),
+                "{path}: {all}"
+            );
+        }
+        let mut s = spec(&["127.0.0.1:8000"], 252);
+        s.user = "root".into();
+        s.command = vec!["/srv/homework/x".into()];
+        s.chdir = Some("/srv/tmp".into());
+        assert_eq!(warnings(&s), Vec::<String>::new());
+    }
 }

@@ -226,3 +226,40 @@ fn native_reload_refuses_puma() {
         panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
     }
 }
+
+/// A broken nginx release (its nginx.conf does not parse): the new binary exits at once, the
+/// reload fails, the old master keeps serving under the same MainPID and its pid file, and no
+/// request fails.
+#[test]
+fn nginx_broken_release_keeps_the_old_master() {
+    require!("curl");
+    let Some(d) = Deployment::install("native-nginx-broken", Server::Nginx, None, false) else { return };
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    d.sdbox.ok("printf 'this is not nginx configuration;\\n' >/srv/app/releases/r3/nginx.conf");
+    d.flip("r3");
+    let during = d.sdbox.ok(r#"
+(fail=0; ok=0; while [ ! -e /tmp/broken.stop ]; do
+   if curl -sS -m 30 http://127.0.0.1:8080/ 2>&1 | grep -q '^nginx worker='; then ok=$((ok+1)); else fail=$((fail+1)); fi
+ done; echo "ok=$ok fail=$fail" >/tmp/broken.result) &
+loop=$!
+systemctl reload app >/tmp/broken.out 2>&1; echo "code=$?"
+sleep 0.5; touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
+journalctl -u app -o cat --no-pager | grep -i 'native upgrade failed' | tail -1
+"#);
+    eprintln!("nginx native broken: {}", during.replace('\n', " "));
+    if value(&during, "code") == Some("0") {
+        d.sdbox.fail(&format!("a native reload onto a broken nginx release succeeded:\n{during}"));
+    }
+    if !during.contains("fail=0") || during.contains("ok=0 ") || !during.contains("still serving") {
+        d.sdbox.fail(&format!("requests failed, or the failure was not explained:\n{during}"));
+    }
+    if d.sdbox.property("MainPID") != main_pid || d.sdbox.property("ActiveState") != "active" {
+        d.sdbox.fail(&format!("MainPID moved or the service is down after a failed nginx reload (was {main_pid})"));
+    }
+    let pidfile = d.sdbox.ok("cat /run/app/nginx.pid");
+    if pidfile.trim() != main_pid {
+        d.sdbox.fail(&format!("nginx's pid file says {pidfile:?}, the old master is {main_pid}"));
+    }
+    stop_leaves_nothing(&d);
+}
