@@ -521,6 +521,9 @@ mod tests {
         assert_eq!(names, ["shop.socket", "shop.service"]);
         let socket = file(&files, "shop.socket");
         assert!(socket.contains("\nListenStream=127.0.0.1:8000\n"), "{socket}");
+        assert!(socket.contains("\nDescription=shop: http listening socket\n"), "{socket}");
+        let backlog = generate(&spec(&["127.0.0.1:8000,backlog=64"], 252)).unwrap();
+        assert!(file(&backlog, "shop.socket").contains("\nBacklog=64\n"));
         assert!(socket.contains("\nFileDescriptorName=http\n"));
         assert!(socket.contains("\nService=shop.service\n"));
         assert!(socket.contains("\nWantedBy=sockets.target\n"));
@@ -587,6 +590,25 @@ mod tests {
         assert_eq!(exec_quote("say \"hi\"\\"), "\"say \\\"hi\\\"\\\\\"");
         assert_eq!(exec_quote(""), "\"\"");
         assert_eq!(exec_quote(";"), "\\;");
+        assert_eq!(exec_quote("it's"), "\"it's\"");
+        assert_eq!(exec_quote("a\tb"), "\"a\\tb\"");
+        assert_eq!(exec_quote("a\nb"), "\"a\\nb\"");
+        assert_eq!(exec_quote("a\u{1}b"), "\"a\\x01b\"");
+    }
+
+    #[test]
+    fn unit_paths() {
+        assert_eq!(unit_path(Path::new("/srv/100%")).unwrap(), "/srv/100%%");
+        for bad in ["/srv/my app", "/srv/a\tb", "/srv/a\u{1}b"] {
+            let err = unit_path(Path::new(bad)).unwrap_err().to_string();
+            assert!(err.contains("contains blanks or control characters"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn template_body_starts_at_the_first_section() {
+        assert_eq!(body("# comment\n# more\n[Unit]\nA=1\n"), "[Unit]\nA=1\n");
+        assert_eq!(body("[Unit]\nA=1\n"), "[Unit]\nA=1\n");
     }
 
     #[test]
