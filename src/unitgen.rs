@@ -530,6 +530,8 @@ mod tests {
         let service = file(&files, "shop.service");
         assert!(service.contains("\nSockets=shop.socket\n"), "{service}");
         assert!(service.contains("\nRequires=shop.socket\n"));
+        assert!(service.contains("\nAfter=shop.socket network.target\n"), "{service}");
+        assert!(service.contains("\nDescription=shop (gunicorn, reloads by sockherd)\n"), "{service}");
         assert!(service.contains("\nType=notify\n"));
         assert!(service.contains("\nExecReload=/usr/bin/sockherd reload\n"));
         assert!(service.contains(
