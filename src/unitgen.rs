@@ -587,6 +587,8 @@ mod tests {
         assert!(unix.contains("\nListenStream=/run/shop.sock\n") && unix.contains("\nSocketMode=0600\n"), "{unix}");
         assert!(unix.contains("\nSocketGroup=shop\n"));
         assert!(file(&files, "shop-sock3.socket").contains("\nListenStream=[::1]:8001\n"));
+        assert!(file(&files, "shop-sock3.socket").contains("\nFileDescriptorName=sock3\n"));
+        assert!(file(&files, "shop-abs.socket").contains("\nFileDescriptorName=abs\n"));
         let abs = file(&files, "shop-abs.socket");
         assert!(abs.contains("\nListenStream=@shop\n") && !abs.contains("SocketMode") && !abs.contains("SocketGroup"));
         let service = file(&files, "shop.service");
