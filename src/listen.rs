@@ -269,4 +269,32 @@ mod tests {
             assert!(err.contains(want), "{spec}: {err}");
         }
     }
+
+    #[test]
+    fn unix_path_and_abstract_name_limits() {
+        let longest = format!("/{}", "a".repeat(106));
+        assert_eq!(ok(&longest).addr, ListenAddr::Unix(longest.clone().into()));
+        let err = format!("/{}", "a".repeat(107)).parse::<ListenSpec>().unwrap_err();
+        assert_eq!(err, "unix socket path is 108 bytes long; the limit is 107");
+        assert_eq!(ok(&format!("@{}", "b".repeat(107))).addr, ListenAddr::Abstract("b".repeat(107)));
+        assert!(format!("@{}", "b".repeat(108)).parse::<ListenSpec>().unwrap_err().contains("1 to 107 bytes"));
+        assert!("@".parse::<ListenSpec>().unwrap_err().contains("1 to 107 bytes"));
+    }
+
+    #[test]
+    fn bind_errors_say_why() {
+        let addr = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
+        for (kind, why) in [
+            (io::ErrorKind::AddrInUse, "address in use (another process listens there)"),
+            (io::ErrorKind::AddrNotAvailable, "address not available on this host"),
+            (io::ErrorKind::PermissionDenied, "permission denied"),
+        ] {
+            assert_eq!(
+                bind_error(&addr, io::Error::from(kind)).to_string(),
+                format!("failed to bind 127.0.0.1:80: {why}")
+            );
+        }
+        let other = bind_error(&addr, io::Error::from(io::ErrorKind::InvalidInput));
+        assert_eq!(other.to_string(), "failed to bind 127.0.0.1:80");
+    }
 }

@@ -566,6 +566,32 @@ mod tests {
     }
 
     #[test]
+    fn writable_paths_and_the_comments_that_follow_the_spec() {
+        let mut s = spec(&["127.0.0.1:8000"], 252);
+        s.writable = vec!["/srv/shop/shared".into(), "/var/lib/shop".into()];
+        let service = generate(&s).unwrap().pop().unwrap().text;
+        assert!(service.contains("\nReadWritePaths=/srv/shop/shared /var/lib/shop\n"), "{service}");
+        assert!(service.contains(
+            "# Sandbox. The server may write only under /srv/shop/shared /var/lib/shop and its private /tmp."
+        ));
+        assert!(service.contains("# Blocks until the new generation serves"), "252 keeps the ExecReload= comment");
+        let service = generate(&spec(&["127.0.0.1:8000"], 253)).unwrap().pop().unwrap().text;
+        assert!(!service.contains("# Blocks until the new generation serves"), "{service}");
+        assert!(
+            service
+                .contains("# systemd sends SIGHUP; this waits for the handoff it started: non-zero if it rolled back.")
+        );
+        assert!(service.contains(
+            "# Sandbox. The server may write only to its private /tmp (sockherd unit --writable DIR adds more)."
+        ));
+        let mut generic = spec(&["127.0.0.1:8000"], 252);
+        generic.flavor = Flavor::Systemd;
+        let service = generate(&generic).unwrap().pop().unwrap().text;
+        assert!(!service.contains("ready when it sends READY=1"), "{service}");
+        assert!(!service.contains("# The server gets LISTEN_FDS"), "{service}");
+    }
+
+    #[test]
     fn notify_reload_from_253() {
         let service = generate(&spec(&["127.0.0.1:8000"], 253)).unwrap().pop().unwrap().text;
         assert!(service.contains("\nType=notify-reload\n"), "{service}");
