@@ -654,6 +654,15 @@ mod tests {
     }
 
     #[test]
+    fn printed_files_are_separated_by_a_blank_line() {
+        let files = [
+            UnitFile { name: "a.socket".into(), text: "A\n".into() },
+            UnitFile { name: "a.service".into(), text: "B\n".into() },
+        ];
+        assert_eq!(render(&files), "# FILE: a.socket\nA\n\n# FILE: a.service\nB\n");
+    }
+
+    #[test]
     fn template_body_starts_at_the_first_section() {
         assert_eq!(body("# comment\n# more\n[Unit]\nA=1\n"), "[Unit]\nA=1\n");
         assert_eq!(body("[Unit]\nA=1\n"), "[Unit]\nA=1\n");
