@@ -527,6 +527,35 @@ fn regular_file_at_unix_path_is_refused_and_untouched() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious data\n");
 }
 
+/// A datagram socket at the path: connecting to it fails with another error than "refused", so
+/// sockherd cannot tell whether it is in use: it refuses, and leaves it alone.
+#[test]
+fn datagram_socket_at_unix_path_is_refused_and_untouched() {
+    let case = Case::new("unix-dgram");
+    let path = case.path("dgram.sock");
+    let dgram = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let spec = path.display().to_string();
+    let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
+    out.expect_error(1, &[&spec, "cannot tell whether the existing socket is in use"]);
+    if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(inode) {
+        out.fail("the datagram socket's file was replaced");
+    }
+    drop(dgram);
+}
+
+/// A path through a regular file (not a directory): the check for a stale socket says it cannot
+/// look at the path, before anything is bound.
+#[test]
+fn unix_path_through_a_file_cannot_be_looked_at() {
+    let case = Case::new("unix-notdir");
+    let file = case.path("file");
+    write_file(&file, "", 0o600);
+    let spec = file.join("app.sock").display().to_string();
+    let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
+    out.expect_error(1, &[&format!("failed to stat {spec}")]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Other usage errors.
 
