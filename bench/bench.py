@@ -751,6 +751,10 @@ def deploy_methods():
 
 # ----- one deploy run --------------------------------------------------------------------------
 
+# How long the old generation may take to be gone after a reload; one still alive then fails the
+# run (ev["left"]).
+GONE_TIMEOUT = 45
+
 
 def probe(target, *args, timeout=80):
     r = target.bash("%s %s %s" % (target.python(), PROBE, " ".join(str(a) for a in args)), timeout=timeout)
@@ -793,7 +797,7 @@ def run_deploy(method, cfg, outroot):
             ev["t_new"] = new.get("t")
             ev["new_master"] = new.get("master")
             gone_pids = ev.pop("old", None) or (old_ids if method.crit == "worker" else [old_master])
-            gone = probe(target, "gone", ",".join(str(p) for p in gone_pids if p), 45)
+            gone = probe(target, "gone", ",".join(str(p) for p in gone_pids if p), GONE_TIMEOUT)
             ev["t_gone"] = gone.get("t")
             ev["left"] = gone.get("left")
             if new.get("master"):
@@ -904,6 +908,38 @@ def outcome_class(outcome):
     return {"eof": "reset", "noent": "refused", "error": "other"}.get(outcome, outcome)
 
 
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def load_problems(outdir, rows, wrk, hey):
+    """Why the load of a deploy run does not count: a generator that printed no report (missing
+    or crashed: its 0 errors would mean nothing), stopped before the reloads ended, exited
+    non-zero, or made no request at all. bench/lib/load.sh writes NAME.alive and NAME.rc."""
+    problems = []
+    texts = {"wrk": read_text(os.path.join(outdir, "wrk.txt")), "hey": read_text(os.path.join(outdir, "hey.txt"))}
+    if not texts["wrk"] or not re.search(r"\d+ requests in", texts["wrk"]):
+        problems.append("wrk printed no report (missing or crashed): %r" % (texts["wrk"] or "")[-200:])
+    if not texts["hey"] or "Summary:" not in texts["hey"]:
+        problems.append("hey printed no report (missing or crashed): %r" % (texts["hey"] or "")[-200:])
+    for name in ("wrk", "hey"):
+        alive = (read_text(os.path.join(outdir, name + ".alive")) or "").strip()
+        if alive != "1":
+            problems.append("%s was not running when the reloads ended (%s)" % (name, "stopped early" if alive == "0" else "no record"))
+    for name in ("wrk", "hey", "loadrec"):
+        rc = (read_text(os.path.join(outdir, name + ".rc")) or "").strip()
+        if rc != "0":
+            problems.append("%s exited %s" % (name, rc or "with no recorded status"))
+    for name, n in (("loadrec", len(rows)), ("wrk", wrk["requests"]), ("hey", hey["requests"])):
+        if n == 0:
+            problems.append("%s made no request" % name)
+    return problems
+
+
 def analyze_deploy(outdir, result, crit):
     rows = read_requests(os.path.join(outdir, "requests.csv"))
     wrk = parse_wrk(open(os.path.join(outdir, "wrk.txt")).read() if os.path.exists(os.path.join(outdir, "wrk.txt")) else "")
@@ -980,6 +1016,9 @@ def analyze_deploy(outdir, result, crit):
     duration = (rows[-1][0] - rows[0][0]) if rows else 0
     ok_reloads = sum(1 for ev in reloads if ev["rc"] == 0 and ev.get("t_new"))
     return dict(
+        problems=load_problems(outdir, rows, wrk, hey) + [
+            "reload %d: old generation still alive %s s after the reload: pids %s" % (ev.get("i", 0), GONE_TIMEOUT, ev["left"])
+            for ev in reloads if ev.get("left")],
         requests=len(rows) + wrk["requests"] + hey["requests"],
         recorded=len(rows), wrk_requests=wrk["requests"], hey_requests=hey["requests"],
         rps=(wrk["requests"] + hey["requests"] + len(rows)) / duration if duration else 0,
@@ -1110,9 +1149,13 @@ def run_overhead(cfg, outroot):
             # Handoff vs the app's own boot, idle: sockherd's handoff time for a reload of this
             # server, against the time the same server takes from exec to its first answer.
             took = []
+            res["failed_reloads"] = 0
             for _ in range(cfg.boot_samples):
                 r = sh([SOCKHERD, "reload", "--pid", str(with_.pid), "--timeout", "120s"], timeout=130)
                 st = sockherd_status(with_.pid)
+                if r.returncode != 0:
+                    res["failed_reloads"] += 1
+                    res.setdefault("reload_errors", []).append(r.stderr.strip()[-200:])
                 if r.returncode == 0 and st and st.get("last_reload"):
                     took.append(handoff_times(st["last_reload"].get("message"), st["last_reload"]["took_ms"])[0])
                 wait_until(lambda: (sockherd_status(with_.pid) or {}).get("generations", [None, None]).__len__() == 1, 40, step=0.05)
@@ -1188,7 +1231,11 @@ def run_footprint(cfg, outroot):
         # Two reloads each, so the footprint is that of a launcher that has worked, then quiet.
         for _ in range(2):
             for l in live:
-                l["reload"]()
+                r = l["reload"]()
+                # sockherd's reloads are `sockherd reload` runs: each must succeed.
+                if r is not None and r.returncode != 0:
+                    l["failed_reloads"] = l.get("failed_reloads", 0) + 1
+                    l.setdefault("reload_errors", []).append(r.stderr.strip()[-200:])
             time.sleep(3)
         time.sleep(3)
         log("footprint: %d launchers idle for %d s, side by side" % (len(live), cfg.idle))
@@ -1327,6 +1374,12 @@ def run_churn(cfg, outroot):
     res["requests"] = len(rows)
     res["failed"] = sum(1 for r in rows if outcome_class(r[2]) != "ok")
     res["error_samples"] = [r[2] for r in rows if outcome_class(r[2]) != "ok"][:5]
+    # What sockherd holds must come back to where it was: fds, processes, threads, runtime files.
+    before, after = res.get("before") or {}, res.get("after") or {}
+    res["leaks"] = ["%s %s -> %s" % (k, before.get(k), after.get(k)) for k in ("fds", "processes", "threads", "runtime_files")
+                    if before.get(k) is not None and after.get(k) is not None and after[k] > before[k]]
+    if not after:
+        res["leaks"].append("no snapshot of sockherd after the reloads")
     log("  churn: before %s, after %s, %d requests, %d failed" % (res.get("before"), res.get("after"), res["requests"], res["failed"]))
     return res
 
@@ -1412,8 +1465,15 @@ class Config:
         self.churn = 50 if short else 1000
 
 
-SHORT_METHODS = {"sockherd-host-gunicorn", "sockherd-host-unicorn", "sockherd-host-puma", "sockherd-sd252-gunicorn",
-                 "sockherd-sd254-unicorn", "sockherd-native-unicorn"}
+# CI's short mode: every sockherd method but one. Every server under `sockherd run` on the host,
+# in systemd 252 (ExecReload=) and in systemd 254 (notify-reload), and unicorn's native upgrade.
+# Not sockherd-host-starman (the server-starter flavor): starman itself now and then drops a
+# connection it accepted when its old generation stops, under start_server as under sockherd
+# (RESULTS.md), which would fail CI for the server's reason; the flavor is covered by
+# tests/dialects.rs (starman under --flavor server-starter: serves, reloads, stops) and
+# tests/activation.rs, and its load run by the full benchmark.
+SHORT_METHODS = {"sockherd-host-%s" % s for s in SERVERS} | {"sockherd-sd252-%s" % s for s in SERVERS} \
+    | {"sockherd-sd254-%s" % s for s in SERVERS} | {"sockherd-native-unicorn"}
 
 
 def reanalyze(args):
@@ -1432,11 +1492,17 @@ def reanalyze(args):
     plot_path = args.plot or (os.path.join(BENCH, "reloads.png") if full else os.path.join(args.reanalyze, "reloads.png"))
     rep.write_plot(report, args.reanalyze, plot_path)
     rep.write_results(report, results_path, os.path.relpath(plot_path, os.path.dirname(results_path)))
-    verdict = rep.zero_failure_verdict(report)
+    verdict = rep.zero_failure_verdict(report, strict_mode(report["mode"] == "short"))
     for line in verdict["lines"]:
         log(line)
     log("report: %s; plot: %s" % (results_path, plot_path))
     return 0 if verdict["ok"] else 1
+
+
+def strict_mode(short):
+    """--short (CI) and SOCKHERD_TEST_REQUIRE=1 fail the run on a sockherd method or part that
+    could not run, as the test suite fails on a missing prerequisite."""
+    return short or os.environ.get("SOCKHERD_TEST_REQUIRE") == "1"
 
 
 def interrupted(signum, frame):
@@ -1506,12 +1572,12 @@ def main():
     import report as rep  # bench/report.py: RESULTS.md and the plot
     rep.write_plot(report, outroot, plot_path)
     rep.write_results(report, results_path, os.path.relpath(plot_path, os.path.dirname(results_path)))
-    verdict = rep.zero_failure_verdict(report)
+    verdict = rep.zero_failure_verdict(report, strict_mode(args.short))
     log("report: %s; plot: %s; took %.0f s" % (results_path, plot_path, report["seconds"]))
     for line in verdict["lines"]:
         log(line)
     if not verdict["ok"]:
-        log("FAILED: sockherd lost requests (or a sockherd method did not run to the end)")
+        log("FAILED: see the lines marked FAILED above")
         return 1
     log("OK: zero failed requests for every sockherd method that ran")
     return 0

@@ -197,5 +197,61 @@ mod tests {
         }
         let err = parse_with(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")], 7).unwrap_err().to_string();
         assert!(err.contains("invalid LISTEN_PID='x'"), "{err}");
+        let err = parse_with(&[("LISTEN_PID", "0"), ("LISTEN_FDS", "1")], 7).unwrap_err().to_string();
+        assert_eq!(err, "invalid LISTEN_PID='0': expected a process id");
+        let err = parse_with(&[("LISTEN_PID", "7")], 7).unwrap_err().to_string();
+        assert_eq!(err, "LISTEN_PID=7 is our pid but LISTEN_FDS is not set");
+    }
+
+    #[test]
+    fn file_types_by_name() {
+        for (mode, name) in [
+            (libc::S_IFREG, "regular file"),
+            (libc::S_IFDIR, "directory"),
+            (libc::S_IFIFO, "pipe"),
+            (libc::S_IFCHR, "character device"),
+            (libc::S_IFBLK, "block device"),
+            (libc::S_IFLNK, "symbolic link"),
+            (libc::S_IFSOCK, "file of unknown type"),
+        ] {
+            assert_eq!(file_type_name(mode | 0o644), name);
+        }
+    }
+
+    #[test]
+    fn zero_descriptors() {
+        let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "0"), ("LISTEN_FDNAMES", "")], 7).unwrap();
+        assert_eq!(a, Activation::Fds { names: vec![] });
+        let a = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "0")], 7).unwrap();
+        assert_eq!(a, Activation::Fds { names: vec![] });
+        let err = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", "0"), ("LISTEN_FDNAMES", "x")], 7).unwrap_err();
+        assert_eq!(err.to_string(), "LISTEN_FDNAMES='x' has 1 name(s) but LISTEN_FDS=0");
+    }
+
+    #[test]
+    fn as_many_descriptors_as_the_limit_allows() {
+        let limit = sys::open_file_limit().unwrap();
+        let most = (limit - 3).to_string();
+        match parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", &most)], 7).unwrap() {
+            Activation::Fds { names } => assert_eq!(names.len() as u64, limit - 3),
+            other => panic!("{other:?}"),
+        }
+        let one_more = (limit - 2).to_string();
+        let err = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_FDS", &one_more)], 7).unwrap_err().to_string();
+        assert!(err.contains(&format!("limit {limit}")), "{err}");
+    }
+
+    #[test]
+    fn reasons_for_not_being_activated() {
+        let reason = |vars: &[(&str, &str)]| match parse_with(vars, 7).unwrap() {
+            Activation::None { reason } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&[]), "LISTEN_FDS is not set");
+        assert_eq!(reason(&[("LISTEN_FDS", "2")]), "LISTEN_FDS=2 is set but LISTEN_PID is not");
+        assert_eq!(
+            reason(&[("LISTEN_PID", " 8 "), ("LISTEN_FDS", "2")]),
+            "LISTEN_PID=8 names another process (we are 7), so the sockets are not ours"
+        );
     }
 }

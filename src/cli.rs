@@ -780,3 +780,32 @@ fn generate(what: Generate) -> Result<u8> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(text: &str) -> Result<Duration, String> {
+        text.parse::<Seconds>().map(|s| s.0)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(secs("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(secs("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(secs("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(secs("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(secs(" 2m "), Ok(Duration::from_secs(120)));
+        assert_eq!(secs("0"), Ok(Duration::ZERO));
+        assert_eq!(secs("999999999"), Ok(Duration::from_secs(999_999_999)));
+    }
+
+    #[test]
+    fn bad_durations() {
+        for bad in ["", "s", "-1", "-1s", "abc", "1h", "inf", "NaN", "1000000000", "16666667m", "2 m m"] {
+            let err = secs(bad).unwrap_err();
+            assert_eq!(err, format!("invalid duration '{bad}' (expected e.g. 30, 30s, 1500ms or 2m)"), "{bad}");
+        }
+    }
+}

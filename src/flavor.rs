@@ -154,3 +154,104 @@ impl FromStr for Flavor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::Origin;
+    use std::net::TcpListener;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn names_parse_back() {
+        for flavor in Flavor::ALL {
+            assert_eq!(flavor.name().parse::<Flavor>(), Ok(flavor));
+            assert_eq!(flavor.to_string(), flavor.name());
+        }
+        assert_eq!(" Gunicorn ".parse::<Flavor>(), Ok(Flavor::Gunicorn));
+        for alias in ["starter", "start-server", "start_server", "Server_Starter"] {
+            assert_eq!(alias.parse::<Flavor>(), Ok(Flavor::ServerStarter), "{alias}");
+        }
+        let err = "uwsgi".parse::<Flavor>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown flavor 'uwsgi' (expected one of: systemd, gunicorn, unicorn, puma, server-starter, einhorn, nginx)"
+        );
+    }
+
+    #[test]
+    fn stop_signals() {
+        let table = [
+            (Flavor::Systemd, Signal::TERM, Signal::INT),
+            (Flavor::Gunicorn, Signal::TERM, Signal::INT),
+            (Flavor::Unicorn, Signal::QUIT, Signal::TERM),
+            (Flavor::Puma, Signal::TERM, Signal::INT),
+            (Flavor::ServerStarter, Signal::TERM, Signal::KILL),
+            (Flavor::Einhorn, Signal::USR2, Signal::TERM),
+            (Flavor::Nginx, Signal::QUIT, Signal::TERM),
+        ];
+        for (flavor, graceful, fast) in table {
+            assert_eq!((flavor.graceful_signal(), flavor.fast_signal()), (graceful, fast), "{flavor}");
+        }
+    }
+
+    #[test]
+    fn clean_exits() {
+        let code = |c: i32| ExitStatus::from_raw(c << 8);
+        let signal = |s: i32| ExitStatus::from_raw(s);
+        for flavor in Flavor::ALL {
+            assert!(flavor.is_clean_exit(code(0)), "{flavor}: exit 0");
+            assert!(!flavor.is_clean_exit(code(1)), "{flavor}: exit 1");
+            assert!(!flavor.is_clean_exit(code(15)), "{flavor}: exit 15 is not a signal");
+            assert!(!flavor.is_clean_exit(signal(libc::SIGKILL)), "{flavor}: SIGKILL");
+            let term_is_clean = matches!(flavor, Flavor::Puma | Flavor::Systemd | Flavor::ServerStarter);
+            assert_eq!(flavor.is_clean_exit(signal(libc::SIGTERM)), term_is_clean, "{flavor}: SIGTERM");
+        }
+    }
+
+    fn sockets() -> (Vec<Socket>, Vec<String>) {
+        let mut sockets = Vec::new();
+        let mut addrs = Vec::new();
+        for name in ["http", "admin"] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            addrs.push(listener.local_addr().unwrap().to_string());
+            sockets.push(Socket::new(listener.into(), name.into(), Origin::Bound { created: None }).unwrap());
+        }
+        (sockets, addrs)
+    }
+
+    fn env(flavor: Flavor, generation: u64) -> (Vec<(String, String)>, bool, Vec<String>) {
+        let (sockets, addrs) = sockets();
+        let refs: Vec<&Socket> = sockets.iter().collect();
+        let SocketEnv { vars, listen_pid } = flavor.socket_env(&refs, generation);
+        (vars, listen_pid, addrs)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn socket_environments() {
+        assert_eq!(env(Flavor::Systemd, 1).0, pairs(&[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "http:admin")]));
+        assert!(env(Flavor::Systemd, 1).1);
+        for flavor in [Flavor::Gunicorn, Flavor::Puma] {
+            let (vars, listen_pid, _) = env(flavor, 1);
+            assert_eq!(vars, pairs(&[("LISTEN_FDS", "2")]), "{flavor}");
+            assert!(listen_pid, "{flavor}");
+        }
+        assert_eq!(env(Flavor::Unicorn, 1).0, pairs(&[("UNICORN_FD", "3,4")]));
+        let (vars, listen_pid, addrs) = env(Flavor::ServerStarter, 7);
+        let port = format!("{}=3;{}=4", addrs[0], addrs[1]);
+        assert_eq!(vars, pairs(&[("SERVER_STARTER_PORT", &port), ("SERVER_STARTER_GENERATION", "7")]));
+        assert!(!listen_pid);
+        assert_eq!(
+            env(Flavor::Einhorn, 1).0,
+            pairs(&[("EINHORN_FD_COUNT", "2"), ("EINHORN_FD_0", "3"), ("EINHORN_FD_1", "4")])
+        );
+        assert_eq!(env(Flavor::Nginx, 1).0, pairs(&[("NGINX", "3;4;")]));
+        for flavor in [Flavor::Unicorn, Flavor::ServerStarter, Flavor::Einhorn, Flavor::Nginx] {
+            assert!(!env(flavor, 1).1, "{flavor} takes no LISTEN_PID");
+        }
+    }
+}

@@ -176,7 +176,8 @@ impl ListenSpec {
                 // second could unlink the file the first just bound. Checking, unlinking and
                 // binding happen under a lock on the directory (flock: advisory, taken only by
                 // sockherd), and the socket listens before the lock is released.
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+                // Absolute (parse_unix checks): its parent is a directory, `/` at least.
+                let dir = path.parent().unwrap_or(Path::new("/"));
                 let lock = std::fs::File::open(dir).ok();
                 if let Some(lock) = &lock {
                     sys::flock_exclusive(lock.as_fd())
@@ -249,6 +250,12 @@ mod tests {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
+    impl ListenSpec {
+        fn to_string_addr(&self) -> String {
+            self.addr.to_string()
+        }
+    }
+
     #[test]
     fn addresses() {
         assert_eq!(ok("127.0.0.1:8080").addr, ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()));
@@ -286,5 +293,49 @@ mod tests {
             let err = spec.parse::<ListenSpec>().unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn unix_path_and_abstract_name_limits() {
+        let longest = format!("/{}", "a".repeat(106));
+        assert_eq!(ok(&longest).addr, ListenAddr::Unix(longest.clone().into()));
+        let err = format!("/{}", "a".repeat(107)).parse::<ListenSpec>().unwrap_err();
+        assert_eq!(err, "unix socket path is 108 bytes long; the limit is 107");
+        assert_eq!(ok(&format!("@{}", "b".repeat(107))).addr, ListenAddr::Abstract("b".repeat(107)));
+        assert!(format!("@{}", "b".repeat(108)).parse::<ListenSpec>().unwrap_err().contains("1 to 107 bytes"));
+        assert!("@".parse::<ListenSpec>().unwrap_err().contains("1 to 107 bytes"));
+    }
+
+    #[test]
+    fn fd_names_as_systemd_checks_them() {
+        assert_eq!(validate_fd_name(&"n".repeat(255)), Ok(()));
+        assert_eq!(validate_fd_name(&"n".repeat(256)), Err("a name must have 1 to 255 characters".into()));
+        assert_eq!(validate_fd_name(""), Err("a name must have 1 to 255 characters".into()));
+        assert_eq!(
+            validate_fd_name("a b"),
+            Err("a name may not contain ' ' (printable ASCII without ':' only)".into())
+        );
+        assert_eq!(validate_fd_name("web-1_x.y"), Ok(()));
+        assert_eq!(ok("127.0.0.1:1,name=web").name.as_deref(), Some("web"));
+        assert_eq!(ok("127.0.0.1:1").to_string_addr(), "127.0.0.1:1");
+        assert_eq!(ok("@abs").to_string_addr(), "@abs");
+        assert_eq!(ok("/run/a.sock").to_string_addr(), "/run/a.sock");
+    }
+
+    #[test]
+    fn bind_errors_say_why() {
+        let addr = ListenAddr::Tcp("127.0.0.1:80".parse().unwrap());
+        for (kind, why) in [
+            (io::ErrorKind::AddrInUse, "address in use (another process listens there)"),
+            (io::ErrorKind::AddrNotAvailable, "address not available on this host"),
+            (io::ErrorKind::PermissionDenied, "permission denied"),
+        ] {
+            assert_eq!(
+                bind_error(&addr, io::Error::from(kind)).to_string(),
+                format!("failed to bind 127.0.0.1:80: {why}")
+            );
+        }
+        let other = bind_error(&addr, io::Error::from(io::ErrorKind::InvalidInput));
+        assert_eq!(other.to_string(), "failed to bind 127.0.0.1:80");
     }
 }

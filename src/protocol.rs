@@ -63,3 +63,33 @@ pub fn is_socket_convention_var(name: &str) -> bool {
     ) || name.starts_with(EINHORN_FD_PREFIX)
         || name.starts_with(PUMA_INHERIT_PREFIX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_convention_variables() {
+        for name in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "LISTEN_FDS_FIRST_FD",
+            "UNICORN_FD",
+            "GUNICORN_FD",
+            "GUNICORN_PID",
+            "SERVER_STARTER_PORT",
+            "SERVER_STARTER_GENERATION",
+            "EINHORN_FD_COUNT",
+            "EINHORN_FD_0",
+            "EINHORN_FD_12",
+            "NGINX",
+            "PUMA_INHERIT_0",
+        ] {
+            assert!(is_socket_convention_var(name), "{name}");
+        }
+        for name in ["PATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN", "NGINX_CONF", "EINHORN_FD", "PUMA_INHERIT"] {
+            assert!(!is_socket_convention_var(name), "{name}");
+        }
+    }
+}

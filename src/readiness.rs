@@ -279,7 +279,8 @@ impl Check {
         }
     }
 
-    /// When the check wants to act next without an event (retry, delay).
+    /// When the check wants to act next without an event (retry, delay). `exec` needs none: the
+    /// supervisor makes a generation with it ready as soon as it is spawned.
     pub fn next_timer(&self) -> Option<Instant> {
         match self {
             Check::Probe { attempt: Some(a), .. } => Some(a.deadline),
@@ -680,6 +681,60 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 302 Found\r\nLocation: /\r\n"), Some(302));
+        assert_eq!(parse_status(b"HTTP/1.1 503\n"), Some(503));
         assert_eq!(parse_status(b"garbage"), None);
+        assert_eq!(parse_status(b"FTP/1.0 200 OK\r\n"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 abc\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+
+    #[test]
+    fn specs_print_as_they_parse() {
+        for text in ["exec", "notify", "probe", "probe:/health", "delay:1.5", "delay:2", "cmd:test -e /run/ok"] {
+            let parsed: Readiness = text.parse().unwrap();
+            assert_eq!(parsed.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn spec_errors_say_what_is_wrong() {
+        for (bad, want) in [
+            ("probe:health", "probe path 'health' must start with '/' and contain no spaces"),
+            ("probe:/a b", "probe path '/a b' must start with '/' and contain no spaces"),
+            ("delay:x", "delay 'x' is not a number of seconds"),
+            ("delay:-1", "delay '-1' is not a number of seconds"),
+            ("delay:86400", "delay '86400' is not a number of seconds"),
+            ("delay:inf", "delay 'inf' is not a number of seconds"),
+            ("delay", "'delay' needs an argument"),
+            ("cmd", "'cmd' needs an argument"),
+            ("cmd:  ", "'cmd' needs an argument"),
+            ("exec:1", "'exec' takes no argument"),
+            ("notify:1", "'notify' takes no argument"),
+            ("booted:2", "'booted' takes no argument"),
+            ("ready", "unknown readiness 'ready'"),
+        ] {
+            let err = bad.parse::<Readiness>().unwrap_err();
+            assert!(err.starts_with(want), "{bad}: {err}");
+        }
+        assert_eq!("delay:0".parse::<Readiness>(), Ok(Readiness::Delay(Duration::ZERO)));
+        assert_eq!("delay:86399".parse::<Readiness>(), Ok(Readiness::Delay(Duration::from_secs(86399))));
+    }
+
+    #[test]
+    fn defaults_per_flavor() {
+        let probe = Readiness::Probe { path: None };
+        let delay = Readiness::Delay(Duration::from_secs(1));
+        for (flavor, want) in [
+            (Flavor::Systemd, Readiness::Notify),
+            (Flavor::Puma, Readiness::Notify),
+            (Flavor::Gunicorn, Readiness::Booted),
+            (Flavor::Unicorn, probe.clone()),
+            (Flavor::Nginx, Readiness::Workers(1)),
+            (Flavor::ServerStarter, delay.clone()),
+            (Flavor::Einhorn, delay),
+        ] {
+            assert_eq!(Readiness::default_for(flavor), want, "{flavor}");
+        }
     }
 }

@@ -437,5 +437,7 @@ mod tests {
         let json = Json::parse(&state.to_json(Some(r#"{"pid":42}"#))).unwrap();
         assert_eq!(json.get("supervisor").get("pid").num(), Some(42.0));
         assert_eq!(json.get("active_state").str(), Some("active"));
+        assert_eq!(json.get("unit").str(), Some("app.service"));
+        assert!(state.render().starts_with("app.service: active (running)"), "{}", state.render());
     }
 }

@@ -558,8 +558,11 @@ fn exec_with_fallback_uses_activated_sockets() {
 }
 
 /// `--ready probe`: the generation gets one more socket after the activated ones, a unix socket
-/// in sockherd's private runtime directory, named `sockherd-probe`, that only it serves; it counts
-/// as ready once it answers there.
+/// in sockherd's private runtime directory, named `sockherd-probe`, not close-on-exec. That
+/// readiness comes from an answer on that socket and on no other is proven by
+/// tests/readiness.rs (`probe_is_ready_only_once_the_private_socket_answers`), whose server
+/// holds the probe socket's answer back; this probe answers on every socket at once, so it
+/// cannot tell.
 #[test]
 fn run_adds_a_private_probe_socket_for_probe_readiness() {
     require!("systemd-socket-activate", "python3");
@@ -585,10 +588,14 @@ fn run_adds_a_private_probe_socket_for_probe_readiness() {
             "fd 5 should be a listening unix socket (…/probe.1) without CLOEXEC, got address {address:?}"
         ));
     }
-    // The probe serves every listening socket, so the probe request is answered: ready.
-    let ready = wait_until(PATIENCE, || act.proc.stderr().contains("is ready after"));
-    if !ready {
-        problems.push("the generation never became ready through its probe socket".to_string());
+    // The socket is sockherd's own and private: not one of the activator's, and nothing but the
+    // generation holds it (sockherd dropped its copy once the generation had it).
+    let inode: Option<u64> = report.fd(5, "inode").and_then(|i| i.parse().ok());
+    if inode.is_none() || inode == Some(act.tcp_inode) || inode == Some(act.unix_inode) {
+        problems.push(format!("fd 5 should be a socket of its own, not an activated one: inode {inode:?}"));
+    }
+    if inode.is_some_and(|i| socket_inodes(act.proc.pid()).contains(&i)) {
+        problems.push("sockherd still holds the probe socket: only the generation should".to_string());
     }
     if !problems.is_empty() {
         act.fail(&problems, &report);

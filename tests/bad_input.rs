@@ -335,7 +335,7 @@ fn listen_fds_more_than_are_open() {
     let cmd = case.activated(&["--fd", "tcp", "--fd", &unix, "--set", &listen_fds("3")], &["run", "--", "true"]);
     // The activator creates the unix socket's file during the run, so the directory does change.
     let out = case.run_changing_files(cmd);
-    out.expect_error(1, &["LISTEN_FDS=3", "fd 5", "not open"]);
+    out.expect_error(1, &["LISTEN_FDS=3 promises fds 3-5, but fd 5 is not open"]);
     if !sock.exists() {
         out.fail("sockherd removed the activated unix socket's file, which is not its own");
     }
@@ -525,6 +525,35 @@ fn regular_file_at_unix_path_is_refused_and_untouched() {
     let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
     out.expect_error(1, &[&spec, "not a socket", "refusing"]);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious data\n");
+}
+
+/// A datagram socket at the path: connecting to it fails with another error than "refused", so
+/// sockherd cannot tell whether it is in use: it refuses, and leaves it alone.
+#[test]
+fn datagram_socket_at_unix_path_is_refused_and_untouched() {
+    let case = Case::new("unix-dgram");
+    let path = case.path("dgram.sock");
+    let dgram = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let spec = path.display().to_string();
+    let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
+    out.expect_error(1, &[&spec, "cannot tell whether the existing socket is in use"]);
+    if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(inode) {
+        out.fail("the datagram socket's file was replaced");
+    }
+    drop(dgram);
+}
+
+/// A path through a regular file (not a directory): the check for a stale socket says it cannot
+/// look at the path, before anything is bound.
+#[test]
+fn unix_path_through_a_file_cannot_be_looked_at() {
+    let case = Case::new("unix-notdir");
+    let file = case.path("file");
+    write_file(&file, "", 0o600);
+    let spec = file.join("app.sock").display().to_string();
+    let out = case.run(case.sockherd(&["run", "--listen", &spec, "--", "true"]));
+    out.expect_error(1, &[&format!("failed to stat {spec}")]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,521 +1,429 @@
-//! Lifecycle faults of `sockherd run`, each replayed as the scenario an operator met: a server
-//! that says ready and crashes, signals nobody meant for sockherd, a join racing a control
-//! reload, a failed generation that already served, readiness that must wake the loop, a loop
-//! that cannot wait any more. The servers are tests/support/scenario_server.py, told by a
-//! BEHAVIOR file in each release how to misbehave.
+//! `sockherd run`'s life as the README promises it, against the real binary: which signal a
+//! stopping or draining generation gets (per flavor, `--stop-signal`, SIGINT), `--drain-timeout`,
+//! a serving generation that exits 0 by itself, `reload --timeout` and `--join`, `status` of a
+//! draining generation and for another user, the runtime directory and `PWD`.
+//!
+//! Generations are held starting by a gate file (`--ready cmd:test -e GATE`), so every check is
+//! an ordering, never a race with the machine's speed.
 mod common;
 
+use common::run::{generations, line_with, lines, support, wait_file, wait_generations};
 use common::*;
-use sockherd::status::Json;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-fn scenario_server() -> String {
-    repo().join("tests/support/scenario_server.py").display().to_string()
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn run_cmd(extra: &[&str], server: &[&str]) -> std::process::Command {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["run", "--listen", &addr];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(server);
+    sockherd_cmd(&args)
 }
 
-/// releases/<name>/{RELEASE,BEHAVIOR} and a `current` symlink, flipped atomically.
-struct Releases {
-    dir: TempDir,
+/// `--ready` that holds every generation after the first until `gate` exists.
+fn gated_after_first(gate: &Path) -> String {
+    format!("cmd:test \"$SOCKHERD_GENERATION\" = 1 || test -e '{}'", gate.display())
 }
 
-impl Releases {
-    fn new(tag: &str, releases: &[(&str, &str)]) -> Releases {
-        let r = Releases { dir: TempDir::new(tag) };
-        for (name, behavior) in releases {
-            let path = r.dir.join("releases").join(name);
-            std::fs::create_dir_all(&path).unwrap();
-            std::fs::write(path.join("RELEASE"), name).unwrap();
-            std::fs::write(path.join("BEHAVIOR"), behavior).unwrap();
-        }
-        r.flip(releases[0].0);
-        r
-    }
-
-    fn flip(&self, name: &str) {
-        let tmp = self.dir.join("current.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(Path::new("releases").join(name), &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("current")).unwrap();
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The signals the servers recorded, as (pid, name).
-    fn signals(&self) -> Vec<(i32, String)> {
-        std::fs::read_to_string(self.dir.join("signals.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (pid, name) = l.split_once(' ')?;
-                Some((pid.parse().ok()?, name.to_string()))
-            })
-            .collect()
-    }
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
 }
 
-/// `sockherd run --listen 127.0.0.1:<free> --chdir <releases>/current <extra> -- scenario_server`.
-struct Herd {
-    proc: Proc,
-    addr: String,
+/// signal_logger.py under `sockherd run --ready exec --flavor F`, then `signal` to sockherd:
+/// returns the signal the server got (by name, "" for none) and sockherd's exit status.
+fn stop_with(flavor: &str, signal: i32) -> (String, std::process::ExitStatus, Proc, TempDir) {
+    let dir = TempDir::new(&format!("stop-{flavor}-{signal}"));
+    let report = dir.join("report");
+    let logger = path_str(&support("signal_logger.py"));
+    let report_arg = path_str(&report);
+    let cmd = run_cmd(&["--ready", "exec", "--flavor", flavor], &["python3", &logger, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let server: i32 = wait_file(&mut proc, &report, PATIENCE).trim().parse().unwrap_or(0);
+    if ppid(server) != Some(proc.pid()) {
+        proc.fail(&format!("the server {server} is not sockherd's child"));
+    }
+    proc.signal(signal);
+    let status = proc.wait_exit(PATIENCE);
+    let got = std::fs::read_to_string(dir.join("report.signals")).unwrap_or_default().trim().to_string();
+    (got, status, proc, dir)
 }
 
-impl Herd {
-    fn start(releases: &Releases, extra: &[&str]) -> Herd {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let current = releases.path().join("current").display().to_string();
-        let mut args = vec!["run", "--listen", &addr, "--chdir", &current];
-        args.extend_from_slice(extra);
-        args.extend(["--", "python3"]);
-        let mut cmd = sockherd_cmd(&args);
-        cmd.arg(scenario_server())
-            .env("SCENARIO_LOG", releases.path().join("signals.log"))
-            .env("SCENARIO_DIR", releases.path());
-        let proc = Proc::spawn(cmd, releases.path(), "sockherd");
-        Herd { proc, addr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.proc.pid()
-    }
-
-    fn fail(&self, message: &str) -> ! {
-        self.proc.fail(message)
-    }
-
-    /// Runs `sockherd <args> --pid <us>` to completion.
-    fn client(&self, args: &[&str], timeout: Duration) -> (ExitStatus, String) {
-        let pid = self.pid().to_string();
-        let mut all = args.to_vec();
-        all.extend(["--pid", &pid]);
-        let dir = self.proc_dir();
-        let (status, _, stderr) = run_sockherd(&all, &dir, timeout);
-        (status, stderr)
-    }
-
-    fn spawn_client(&self, args: &[&str], tag: &str) -> Proc {
-        let pid = self.pid().to_string();
-        let mut all = args.to_vec();
-        all.extend(["--pid", &pid]);
-        Proc::spawn(sockherd_cmd(&all), &self.proc_dir(), tag)
-    }
-
-    fn proc_dir(&self) -> PathBuf {
-        std::env::temp_dir()
-    }
-
-    fn status(&self) -> Json {
-        let pid = self.pid().to_string();
-        let out = sockherd_cmd(&["status", "--json", "--pid", &pid]).output().unwrap();
-        if !out.status.success() {
-            self.fail(&format!("sockherd status failed: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Json::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_else(|e| self.fail(&e.to_string()))
-    }
-
-    /// (number, pid, state) of every generation.
-    fn generations(&self) -> Vec<(u64, i32, String)> {
-        let status = self.status();
-        let mut out = Vec::new();
-        for g in status.get("generations").arr() {
-            let number = g.get("number").num().unwrap_or(0.0) as u64;
-            let pid = g.get("pid").num().unwrap_or(0.0) as i32;
-            let state = g.get("state").str().unwrap_or("").to_string();
-            out.push((number, pid, state));
-        }
-        out
-    }
-
-    /// Waits until generation `number` alone serves, and returns its pid.
-    fn wait_alone(&self, number: u64, timeout: Duration) -> i32 {
-        let mut last = Vec::new();
-        let ok = wait_until(timeout, || {
-            last = self.generations();
-            last.len() == 1 && last[0].0 == number && last[0].2 == "serving"
-        });
-        if !ok {
-            self.fail(&format!("generation {number} never served alone within {timeout:?}: {last:?}"));
-        }
-        last[0].1
-    }
-
-    fn started(&self) -> Vec<u64> {
-        self.proc
-            .stderr()
-            .lines()
-            .filter_map(|l| l.strip_prefix("sockherd: started generation "))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-            .collect()
-    }
-
-    fn get(&self, path: &str) -> Result<Response, String> {
-        http_get(&self.addr, path).map_err(|e| e.to_string())
-    }
-}
-
-fn signal_pid(pid: i32, signal: i32) {
-    assert!(pid > 1);
-    // SAFETY: kill(2) on one positive pid that this test started (sockherd or its child).
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-/// Generation 1 serves release r1; `current` then points at r2 and a reload is asked for. The
-/// reload must fail, generation 1 must never have been told to stop, and it keeps serving.
-fn broken_after_ready(tag: &str, r2: &str, extra: &[&str], expected: &str) {
+/// TERM to sockherd reaches the server as its flavor's graceful signal, QUIT as its fast one;
+/// sockherd exits 0 when the server obeyed.
+fn flavor_signals(flavor: &str, graceful: &str, fast: &str) {
     require!("python3");
-    let releases = Releases::new(tag, &[("r1", "serve"), ("r2", r2)]);
-    let mut herd = Herd::start(&releases, extra);
-    let addr = herd.addr.clone();
-    wait_http_ok(&mut herd.proc, &addr, Duration::from_secs(20));
-    let g1 = herd.wait_alone(1, Duration::from_secs(20));
-    releases.flip("r2");
-    let (status, stderr) = herd.client(&["reload", "--timeout", "60s"], Duration::from_secs(90));
-    if status.success() || !stderr.contains(expected) {
-        herd.fail(&format!("the reload must fail saying {expected:?}: {status:?} {stderr}"));
-    }
-    if herd.proc.try_status().is_some() {
-        herd.fail("sockherd must keep running after a failed reload");
-    }
-    let told: Vec<_> = releases.signals().into_iter().filter(|(pid, _)| *pid == g1).collect();
-    if !told.is_empty() {
-        herd.fail(&format!("generation 1 (pid {g1}) must not be told anything: {told:?}"));
-    }
-    herd.wait_alone(1, Duration::from_secs(20));
-    for _ in 0..5 {
-        match herd.get("/") {
-            Ok(r) if r.body.contains("release=r1") && r.body.contains(&format!("pid={g1}")) => {}
-            other => herd.fail(&format!("generation 1 should still answer: {other:?}")),
+    for (asked, want) in [(15, graceful), (3, fast)] {
+        let (got, status, proc, _dir) = stop_with(flavor, asked);
+        if got != want || status.code() != Some(0) {
+            proc.fail(&format!(
+                "signal {asked} to sockherd --flavor {flavor}: the server should get SIG{want} and sockherd exit 0; \
+                 it got {got:?}, sockherd {status:?}"
+            ));
         }
     }
-    let last = herd.status();
-    let ok = last.get("last_reload").get("ok").bool();
-    if ok != Some(false) {
-        herd.fail(&format!("status should say the last reload failed: {:?}", last));
-    }
 }
 
 #[test]
-fn ready_then_crash_fails_the_reload_with_notify() {
-    broken_after_ready("crash-notify", "crash-after-ready:0.05", &["--ready", "notify"], "after it reported ready");
+fn systemd_flavor_stops_with_term_and_fast_with_int() {
+    flavor_signals("systemd", "TERM", "INT");
 }
 
 #[test]
-fn ready_then_crash_fails_the_reload_with_probe() {
-    broken_after_ready("crash-probe", "crash-after-ready:0.05", &["--ready", "probe"], "after it reported ready");
+fn gunicorn_flavor_stops_with_term_and_fast_with_int() {
+    flavor_signals("gunicorn", "TERM", "INT");
 }
 
-/// `cmd:` readiness: the command sees the server ready (it waits for the file the server creates
-/// when it says ready), and the master exits 50 ms later.
 #[test]
-fn cmd_ready_then_crash_fails_the_reload() {
-    let check = "cmd:test \"$SOCKHERD_GENERATION\" = 1 || { f=\"$(readlink -f \"$SCENARIO_DIR\"/current)/READY\"; \
-                 while ! test -e \"$f\"; do sleep 0.002; done; }";
-    broken_after_ready("crash-cmd", "crash-after-ready:0.05", &["--ready", check], "after it reported ready");
+fn unicorn_flavor_stops_with_quit_and_fast_with_term() {
+    flavor_signals("unicorn", "QUIT", "TERM");
 }
 
-/// `systemctl kill -s USR1 app` (logrotate) and friends: sockherd survives every signal whose
-/// default action would end it, forwards the servers' own control signals to the serving
-/// master, and takes USR2 (every upgrading server's "upgrade") as a reload.
 #[test]
-fn signals_nobody_meant_for_sockherd_do_not_stop_it() {
+fn puma_flavor_stops_with_term_and_fast_with_int() {
+    flavor_signals("puma", "TERM", "INT");
+}
+
+#[test]
+fn einhorn_flavor_stops_with_usr2_and_fast_with_term() {
+    flavor_signals("einhorn", "USR2", "TERM");
+}
+
+#[test]
+fn nginx_flavor_stops_with_quit_and_fast_with_term() {
+    flavor_signals("nginx", "QUIT", "TERM");
+}
+
+/// server-starter: TERM graceful; the fast stop is SIGKILL, which no server can log: sockherd
+/// exits 137 (128 + SIGKILL) and the server logged nothing.
+#[test]
+fn server_starter_flavor_stops_with_term_and_fast_with_kill() {
     require!("python3");
-    let releases = Releases::new("signals", &[("r1", "serve")]);
-    let mut herd = Herd::start(&releases, &["--ready", "notify"]);
-    let addr = herd.addr.clone();
-    wait_http_ok(&mut herd.proc, &addr, Duration::from_secs(20));
-    let g1 = herd.wait_alone(1, Duration::from_secs(20));
-    let forwarded = [libc::SIGUSR1, libc::SIGTTIN, libc::SIGTTOU, libc::SIGWINCH];
-    let ignored = [
-        libc::SIGALRM,
-        libc::SIGPWR,
-        libc::SIGVTALRM,
-        libc::SIGPROF,
-        libc::SIGXCPU,
-        libc::SIGIO,
-        libc::SIGSTKFLT,
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGSYS,
-        libc::SIGRTMIN() + 3,
-        libc::SIGRTMAX(),
-    ];
-    for &signal in forwarded.iter().chain(&ignored) {
-        signal_pid(herd.pid(), signal);
-        std::thread::sleep(Duration::from_millis(20));
-        if let Some(status) = herd.proc.try_status() {
-            herd.fail(&format!("sockherd died of signal {signal}: {status:?}"));
-        }
+    let (got, status, proc, _dir) = stop_with("server-starter", 15);
+    if got != "TERM" || status.code() != Some(0) {
+        proc.fail(&format!("TERM: the server should get SIGTERM and sockherd exit 0: got {got:?}, {status:?}"));
     }
-    let names = ["USR1", "TTIN", "TTOU", "WINCH"];
-    let ok = wait_until(Duration::from_secs(10), || {
-        let got = releases.signals();
-        names.iter().all(|n| got.iter().filter(|(p, s)| *p == g1 && s == &format!("SIG{n}")).count() == 1)
-    });
-    if !ok {
-        herd.fail(&format!("generation 1 should get USR1, TTIN, TTOU and WINCH once each: {:?}", releases.signals()));
-    }
-    if herd.get("/").map(|r| r.status) != Ok(200) {
-        herd.fail("generation 1 should still serve");
-    }
-    // USR2: a reload.
-    signal_pid(herd.pid(), libc::SIGUSR2);
-    herd.wait_alone(2, Duration::from_secs(30));
-    herd.proc.signal(libc::SIGTERM);
-    let status = herd.proc.wait_exit(Duration::from_secs(30));
-    if status.code() != Some(0) {
-        herd.fail(&format!("a clean stop after all that must exit 0: {status:?}"));
-    }
-}
-
-/// A control reload is in flight when a SIGHUP (systemd's notify-reload) arrives; the SIGHUP's
-/// follow-up handoff is already running when its ExecReload= (`--join`) connects. The join
-/// reports that follow-up and starts nothing: three generations in all, not four.
-#[test]
-fn join_reports_the_handoff_covering_its_signal() {
-    require!("python3");
-    // Every generation takes 2 s to say it is ready.
-    let releases = Releases::new("join", &[("r1", "slow-ready:2")]);
-    let mut herd = Herd::start(&releases, &["--ready", "notify"]);
-    let addr = herd.addr.clone();
-    wait_http_ok(&mut herd.proc, &addr, Duration::from_secs(20));
-    herd.wait_alone(1, Duration::from_secs(20));
-    let started = Instant::now();
-    let control = herd.spawn_client(&["reload", "--timeout", "60s"], "control-reload");
-    if !wait_until(Duration::from_secs(20), || herd.started().contains(&2)) {
-        herd.fail("the control reload did not start generation 2");
-    }
-    signal_pid(herd.pid(), libc::SIGHUP);
-    if !wait_until(Duration::from_secs(30), || herd.started().contains(&3)) {
-        herd.fail("the SIGHUP's follow-up reload did not start generation 3");
-    }
-    let (status, stderr) = herd.client(&["reload", "--join", "--timeout", "60s"], Duration::from_secs(90));
-    if !status.success() || !stderr.contains("generation 3") {
-        herd.fail(&format!("the join must report generation 3's handoff: {status:?} {stderr}"));
-    }
-    herd.wait_alone(3, Duration::from_secs(30));
-    let mut control = control;
-    let control_status = control.wait_exit(Duration::from_secs(60));
-    if !control_status.success() || !control.stderr().contains("generation 2") {
-        control.fail("the control reload must report generation 2");
-    }
-    // Nothing else was started meanwhile, nor afterwards.
-    std::thread::sleep(Duration::from_millis(500));
-    if herd.started() != [1, 2, 3] {
-        herd.fail(&format!(
-            "exactly generations 1, 2, 3 should start: {:?} in {:?}",
-            herd.started(),
-            started.elapsed()
+    let (got, status, proc, _dir) = stop_with("server-starter", 3);
+    if !got.is_empty() || status.code() != Some(137) {
+        proc.fail(&format!(
+            "QUIT: the server should be killed (SIGKILL) and sockherd exit 137: got {got:?}, {status:?}"
         ));
     }
 }
 
-/// A reload whose new generation never passes its readiness check, though it already serves on
-/// the shared socket: at the ready timeout it is told to stop gracefully, so the requests it
-/// accepted complete (a SIGKILL would reset them).
+/// SIGINT to `run` is a graceful stop, like TERM: a unicorn-flavored server gets QUIT.
 #[test]
-fn a_failed_generation_finishes_the_requests_it_accepted() {
+fn sigint_stops_gracefully() {
     require!("python3");
-    let releases = Releases::new("failed-drain", &[("r1", "serve"), ("r2", "unhealthy")]);
-    let mut herd = Herd::start(&releases, &["--ready", "probe:/health", "--ready-timeout", "4s"]);
-    let addr = herd.addr.clone();
-    wait_http_ok(&mut herd.proc, &addr, Duration::from_secs(20));
-    herd.wait_alone(1, Duration::from_secs(20));
-    releases.flip("r2");
-    let reload = herd.spawn_client(&["reload", "--timeout", "60s"], "reload");
-    // Slow requests, a new one every 100 ms, until well past the ready timeout.
-    let clients: Vec<_> = (0..70)
-        .map(|i| {
-            std::thread::sleep(Duration::from_millis(100));
-            let addr = addr.clone();
-            std::thread::spawn(move || (i, http_get(&addr, "/slow?s=1.5").map_err(|e| e.to_string())))
-        })
-        .collect();
-    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let mut reload = reload;
-    let reload_status = reload.wait_exit(Duration::from_secs(60));
-    if reload_status.success() {
-        reload.fail("the reload of a release that never gets healthy must fail");
+    let (got, status, proc, _dir) = stop_with("unicorn", 2);
+    if got != "QUIT" || status.code() != Some(0) {
+        proc.fail(&format!(
+            "SIGINT: the server should get SIGQUIT (unicorn's graceful) and sockherd exit 0: {got:?} {status:?}"
+        ));
     }
-    let failed: Vec<_> = results.iter().filter(|(_, r)| !matches!(r, Ok(resp) if resp.status == 200)).collect();
-    let by_r2 = results.iter().filter(|(_, r)| matches!(r, Ok(resp) if resp.body.contains("release=r2"))).count();
-    if !failed.is_empty() {
-        herd.fail(&format!("requests failed around the rollback: {failed:?}"));
-    }
-    if by_r2 == 0 {
-        herd.fail("no request reached the failed generation: the scenario did not happen");
-    }
-    eprintln!("{} slow requests, {by_r2} answered by the failed generation, 0 failed", results.len());
 }
 
-/// `--ready exec` wakes the loop itself: generation 1 is ready at once, not at the next
-/// unrelated wakeup (the ready timeout, 60 s here).
+/// `--stop-signal` replaces the flavor's graceful signal when the service stops.
 #[test]
-fn ready_exec_is_noticed_at_once() {
+fn stop_signal_is_what_a_stopping_generation_gets() {
     require!("python3");
-    let releases = Releases::new("exec-ready", &[("r1", "serve")]);
-    let herd = Herd::start(&releases, &["--ready", "exec", "--ready-timeout", "60s"]);
-    let ok = wait_until(Duration::from_secs(30), || herd.proc.stderr().contains("is ready after"));
-    if !ok {
-        herd.fail("generation 1 with --ready exec was not ready within half its ready timeout");
-    }
-}
-
-/// A reload asked for while generation 1 starts is queued, and the log says so truthfully.
-#[test]
-fn a_reload_during_the_first_start_says_what_it_waits_for() {
-    require!("python3");
-    let releases = Releases::new("early", &[("r1", "serve")]);
-    let herd = Herd::start(&releases, &["--ready", "delay:2"]);
-    if !wait_until(Duration::from_secs(10), || herd.started().contains(&1)) {
-        herd.fail("generation 1 never started");
-    }
-    let (status, stderr) = herd.client(&["reload", "--timeout", "30s"], Duration::from_secs(40));
-    if !status.success() {
-        herd.fail(&format!("the early reload should run once generation 1 serves: {stderr}"));
-    }
-    let log = herd.proc.stderr();
-    if !log.contains("reload requested while generation 1 is starting") || log.contains("handoff is in flight") {
-        herd.fail("the queued reload should be logged as waiting for generation 1, not for a handoff");
-    }
-}
-
-/// When sockherd can no longer wait for events (poll fails: here its descriptor limit is cut
-/// below the descriptors it polls), it stops every generation and exits non-zero instead of
-/// leaving them running unsupervised.
-#[test]
-fn a_loop_that_cannot_wait_stops_every_generation() {
-    require!("python3", "prlimit");
-    let releases = Releases::new("poll-fails", &[("r1", "serve")]);
-    let mut herd = Herd::start(&releases, &["--ready", "notify", "--stop-timeout", "5s"]);
-    let addr = herd.addr.clone();
-    wait_http_ok(&mut herd.proc, &addr, Duration::from_secs(20));
-    let g1 = herd.wait_alone(1, Duration::from_secs(20));
-    let out = std::process::Command::new("prlimit")
-        .args(["--pid", &herd.pid().to_string(), "--nofile=1:1"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        herd.fail(&format!("prlimit failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    // Wake the loop (SIGCHLD: it reaps and finds nothing) so that its next poll fails.
-    signal_pid(herd.pid(), libc::SIGCHLD);
-    let status = herd.proc.wait_exit(Duration::from_secs(30));
-    if status.success() {
-        herd.fail(&format!("sockherd must exit non-zero when it cannot wait for events: {status:?}"));
-    }
-    if pid_alive(g1) {
-        herd.fail(&format!("generation 1 (pid {g1}) was left running"));
-    }
-    if !herd.proc.stderr().contains("waiting for events failed") {
-        herd.fail("sockherd should say why it stopped");
-    }
-}
-
-/// nginx under `sockherd run` with its default readiness: it closes every inherited socket its
-/// config does not `listen` on (a probe socket's too), so it is ready by its workers. It serves,
-/// and a reload hands over to a new master.
-#[test]
-fn nginx_is_ready_under_run_by_default() {
-    require!("curl");
-    if !prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)") {
-        return;
-    }
-    let dir = TempDir::new("nginx-run");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let d = dir.path().display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pid {d}/nginx.pid;\nworker_processes 2;\nerror_log stderr;\ndaemon off;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/px;\n\
-               fastcgi_temp_path {d}/fc;\n  uwsgi_temp_path {d}/uw;\n  scgi_temp_path {d}/sc;\n\
-               server {{ listen {addr}; location / {{ default_type text/plain; return 200 \"nginx worker=$pid\\n\"; }} }}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let conf_arg = conf.display().to_string();
-    let cmd = sockherd_cmd(&[
-        "run",
-        "--flavor",
-        "nginx",
-        "--ready-timeout",
-        "20s",
-        "--listen",
-        &addr,
-        "--",
-        "/usr/sbin/nginx",
-        "-c",
-        &conf_arg,
-    ]);
+    let dir = TempDir::new("stop-signal");
+    let report = dir.join("report");
+    let (logger, report_arg) = (path_str(&support("signal_logger.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", "exec", "--stop-signal", "USR1"], &["python3", &logger, &report_arg]);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    let first = wait_http_ok(&mut proc, &addr, Duration::from_secs(20));
-    if !first.body.starts_with("nginx worker=") {
-        proc.fail(&format!("unexpected answer: {first:?}"));
+    wait_file(&mut proc, &report, PATIENCE);
+    proc.signal(15);
+    let status = proc.wait_exit(PATIENCE);
+    let got = lines(&dir.join("report.signals"));
+    if got != ["USR1"] || status.code() != Some(0) {
+        proc.fail(&format!(
+            "with --stop-signal USR1, TERM to sockherd should reach the server as USR1: {got:?} {status:?}"
+        ));
     }
-    let pid = proc.pid().to_string();
-    let (status, _, stderr) =
-        run_sockherd(&["reload", "--pid", &pid, "--timeout", "60s"], dir.path(), Duration::from_secs(90));
-    if !status.success() || !stderr.contains("generation 2") {
-        proc.fail(&format!("the reload of nginx under run must succeed: {status:?} {stderr}"));
+}
+
+/// `--stop-signal` is also what the old generation gets when a reload drains it.
+#[test]
+fn stop_signal_is_what_a_draining_generation_gets() {
+    require!("python3");
+    let dir = TempDir::new("stop-signal-drain");
+    let report = dir.join("report");
+    let (logger, report_arg) = (path_str(&support("signal_logger.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", "exec", "--stop-signal", "USR1"], &["python3", &logger, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let first: i32 = wait_file(&mut proc, &report, PATIENCE).trim().parse().unwrap_or(0);
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
+    if !out.status.success() {
+        proc.fail(&format!("reload failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    if !wait_until(PATIENCE, || !pid_alive(first)) {
+        proc.fail(&format!("generation 1 ({first}) did not stop after the reload"));
+    }
+    let got = lines(&dir.join("report.signals"));
+    if got != ["USR1"] {
+        proc.fail(&format!("the drained generation should have got SIGUSR1 (--stop-signal), it logged {got:?}"));
+    }
+}
+
+/// `--drain-timeout`: an old generation that ignores its graceful signal is SIGKILLed, its whole
+/// process group (master and a child that ignores TERM too), after the drain timeout and not
+/// before; the reload then completes.
+#[test]
+fn drain_timeout_kills_the_old_generation_group_wide() {
+    require!("python3");
+    let dir = TempDir::new("drain-timeout");
+    let report = dir.join("report.json");
+    let (server, report_arg) = (path_str(&support("stubborn_server.py")), path_str(&report));
+    let cmd = run_cmd(
+        &["--ready", "exec", "--drain-timeout", "2s", "--stop-timeout", "1s"],
+        &["python3", &server, &report_arg],
+    );
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let json = wait_file(&mut proc, &report, PATIENCE);
+    let number = |key: &str| -> i32 {
+        let rest = &json[json.find(&format!("\"{key}\":")).expect("key") + key.len() + 3..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (master, child) = (number("pid"), number("child"));
+    std::fs::remove_file(&report).unwrap();
+    let asked = Instant::now();
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
+    let took = asked.elapsed();
+    if !out.status.success() {
+        proc.fail(&format!(
+            "the reload should succeed once the old generation is killed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if pid_alive(master) || pid_alive(child) {
+        proc.fail(&format!("generation 1's master {master} or its child {child} survived the drain timeout"));
+    }
+    if took < Duration::from_secs(2) {
+        proc.fail(&format!("the old generation was gone after {took:?}, before the 2 s drain timeout"));
     }
     let log = proc.stderr();
-    if !log.contains("ready: workers") || !log.contains("generation 2") {
-        proc.fail("nginx should have been started with the workers readiness, twice");
+    let drain = line_with(&log, &["draining generation 1 "]);
+    let kill = line_with(&log, &["generation 1 ", "sending SIGKILL to its process group"]);
+    if !matches!((drain, kill), (Some(d), Some(k)) if d < k) {
+        proc.fail("sockherd should say it drains generation 1, then that it sends SIGKILL to its process group");
     }
-    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
-    proc.signal(libc::SIGTERM);
-    let status = proc.wait_exit(Duration::from_secs(30));
-    if status.code() != Some(0) {
-        proc.fail(&format!("nginx under run should stop cleanly: {status:?}"));
+    if lines(&report.with_extension("json.signals")) != ["TERM"] {
+        proc.fail(&format!(
+            "the old master should have got one SIGTERM first: {:?}",
+            lines(&report.with_extension("json.signals"))
+        ));
     }
 }
 
-/// sockherd blocks every signal while it forks (so a signal sent to a child before it execs is
-/// never handled by that child's copy of sockherd's handler); the generation must still start
-/// with nothing blocked, ignored or caught. The generation is `cp` copying its own
-/// /proc/self/status (a shell would clear its mask itself and hide a mistake). Signals 32 and 33
-/// are glibc's own, left as the test runner had them; they are not compared.
+/// A serving generation that exits 0 by itself takes the service down: `run` exits non-zero.
 #[test]
-fn generations_start_with_default_signal_handling() {
-    require!("cp");
-    let dir = TempDir::new("sigmask");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let copy = dir.join("server").display().to_string();
-    let cmd = sockherd_cmd(&[
-        "run",
-        "--ready",
-        "exec",
-        "--ready-settle",
-        "0",
-        "--listen",
-        &addr,
-        "--",
-        "cp",
-        "/proc/self/status",
-        &copy,
-    ]);
+fn serving_generation_exiting_0_by_itself_makes_run_fail() {
+    let dir = TempDir::new("exit-0");
+    let quit = dir.join("quit");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.05; done; exit 0", quit.display());
+    let cmd = run_cmd(&["--ready", "exec"], &["sh", "-c", &script]);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    // cp exits at once: sockherd reports the serving generation gone and exits non-zero.
-    proc.wait_exit(Duration::from_secs(20));
-    let status = std::fs::read_to_string(&copy).unwrap_or_default();
-    let glibc_internal: u64 = (1 << 31) | (1 << 32);
-    let masks: Vec<(String, u64)> = status
-        .lines()
-        .filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigIgn:") || l.starts_with("SigCgt:"))
-        .map(|l| {
-            let (name, hex) = l.split_once(':').unwrap_or_default();
-            (name.to_string(), u64::from_str_radix(hex.trim(), 16).unwrap_or(u64::MAX))
-        })
-        .collect();
-    if masks.len() != 3 || masks.iter().any(|(_, m)| m & !glibc_internal != 0) {
-        proc.fail(&format!("the generation must start with no signal blocked, ignored or caught: {masks:x?}"));
+    proc.wait_for_stderr(" is ready after ", PATIENCE);
+    std::fs::write(&quit, "").unwrap();
+    let status = proc.wait_exit(PATIENCE);
+    if status.success() || status.code() != Some(1) || !proc.stderr().contains("exited on its own") {
+        proc.fail("a serving generation exiting 0 by itself should make sockherd exit 1, saying it exited on its own");
+    }
+}
+
+/// `sockherd reload --timeout`: the client gives up (exit 1, saying so) while the handoff goes
+/// on; the old generation serves meanwhile, the new one still comes.
+#[test]
+fn reload_timeout_expires_while_the_handoff_goes_on() {
+    require!("python3");
+    let dir = TempDir::new("reload-timeout");
+    let gate = dir.join("gate");
+    let report = dir.join("report");
+    let (server, report_arg) = (path_str(&support("gated_http.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", &gated_after_first(&gate)], &["python3", &server, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1 && g[0].state == "serving");
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "2s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1) || !stderr.contains("did not answer within 2s") {
+        proc.fail(&format!("reload --timeout 2s should give up with exit 1: {:?} {stderr}", out.status));
+    }
+    let gens = generations(proc.pid());
+    if !gens.iter().any(|g| g.number == 1 && g.state == "serving")
+        || !gens.iter().any(|g| g.number == 2 && g.state == "starting")
+    {
+        proc.fail(&format!("generation 1 should serve while generation 2 still starts: {gens:?}"));
+    }
+    std::fs::write(&gate, "").unwrap();
+    wait_generations(&mut proc, "generation 2 serving alone", PATIENCE, |g| g.len() == 1 && g[0].number == 2);
+}
+
+/// `sockherd reload --join` with no SIGHUP-started handoff: it starts a reload of its own and
+/// reports it.
+#[test]
+fn join_alone_starts_a_reload() {
+    require!("python3");
+    let dir = TempDir::new("join-alone");
+    let report = dir.join("report");
+    let (server, report_arg) = (path_str(&support("gated_http.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", "exec"], &["python3", &server, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1 && g[0].state == "serving");
+    let out =
+        sockherd_cmd(&["reload", "--join", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
+    if !out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("reload succeeded: generation 2 ") {
+        proc.fail(&format!("reload --join alone: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+}
+
+/// `sockherd reload --join` after a SIGHUP (systemd's notify-reload): it reports the outcome of
+/// the handoff the SIGHUP started, and starts none of its own.
+#[test]
+fn join_reports_the_handoff_a_sighup_started() {
+    require!("python3");
+    let dir = TempDir::new("join-hup");
+    let gate = dir.join("gate");
+    let report = dir.join("report");
+    let (server, report_arg) = (path_str(&support("gated_http.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", &gated_after_first(&gate)], &["python3", &server, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1 && g[0].state == "serving");
+    proc.signal(1);
+    wait_generations(&mut proc, "generation 2 starting", PATIENCE, |g| g.iter().any(|g| g.number == 2));
+    let mut join = Proc::spawn(
+        sockherd_cmd(&["reload", "--join", "--pid", &proc.pid().to_string(), "--timeout", "60s"]),
+        dir.path(),
+        "join",
+    );
+    // The join waits for the held handoff (and so has not exited) until the gate opens.
+    if join.wait_timeout(Duration::from_millis(500)).is_some() {
+        join.fail("reload --join returned while the SIGHUP's handoff was still in flight");
+    }
+    std::fs::write(&gate, "").unwrap();
+    let status = join.wait_exit(PATIENCE);
+    if !status.success() || !join.stderr().contains("reload succeeded: generation 2 ") {
+        join.fail("reload --join should report the SIGHUP's handoff to generation 2");
+    }
+    wait_generations(&mut proc, "generation 2 serving alone", PATIENCE, |g| g.len() == 1 && g[0].number == 2);
+    if proc.stderr().contains("started generation 3") {
+        proc.fail("reload --join started a reload of its own");
+    }
+}
+
+/// `sockherd status` shows an old generation that still runs after its graceful signal as
+/// `draining` beside the serving one.
+#[test]
+fn status_shows_a_draining_generation() {
+    require!("python3");
+    let dir = TempDir::new("status-draining");
+    let report = dir.join("report.json");
+    let (server, report_arg) = (path_str(&support("stubborn_server.py")), path_str(&report));
+    let cmd = run_cmd(
+        &["--ready", "exec", "--drain-timeout", "5m", "--stop-timeout", "1s"],
+        &["python3", &server, &report_arg],
+    );
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_file(&mut proc, &report, PATIENCE);
+    let reload = Proc::spawn(sockherd_cmd(&["reload", "--pid", &proc.pid().to_string()]), dir.path(), "reload");
+    wait_generations(&mut proc, "generation 1 draining beside generation 2 serving", PATIENCE, |g| {
+        g.len() == 2
+            && g.iter().any(|g| g.number == 1 && g.state == "draining")
+            && g.iter().any(|g| g.number == 2 && g.state == "serving")
+    });
+    let (code, text) = {
+        let out = sockherd_cmd(&["status", "--pid", &proc.pid().to_string()]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let row = text.lines().find(|l| l.starts_with("1 "));
+    if code != Some(0) || row.is_none_or(|r| r.split_whitespace().nth(2) != Some("draining")) {
+        proc.fail(&format!("the status table should show generation 1 draining:\n{text}"));
+    }
+    drop(reload);
+}
+
+/// `sockherd status` from another user is refused with the fix (root or the service's user).
+#[test]
+fn status_from_another_user_is_refused() {
+    require!("python3", "setpriv");
+    if !prerequisite(is_root(), "root (to run the client as another user)") {
+        return;
+    }
+    let dir = TempDir::new("status-peer");
+    let report = dir.join("report");
+    let (server, report_arg) = (path_str(&support("gated_http.py")), path_str(&report));
+    let cmd = run_cmd(&["--ready", "exec"], &["python3", &server, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(sockherd())
+        .args(["status", "--pid", &proc.pid().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1)
+        || !out.stdout.is_empty()
+        || !stderr.contains("refused")
+        || !stderr.contains("as root")
+    {
+        proc.fail(&format!("status as uid 65534: {:?} {stderr}", out.status));
+    }
+}
+
+/// The runtime directory: the generations' notify sockets live in
+/// `$RUNTIME_DIRECTORY/sockherd.<pid>/`; a generation's socket goes with it, the directory with
+/// sockherd.
+#[test]
+fn runtime_directory_is_cleaned_up() {
+    require!("python3");
+    let dir = TempDir::new("runtime-dir");
+    let runtime = dir.join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let report = dir.join("report");
+    std::fs::write(report.with_extension("notify"), "").unwrap(); // every generation notifies at once
+    let (server, report_arg) = (path_str(&support("gated_http.py")), path_str(&report));
+    let mut cmd = run_cmd(&["--ready", "notify"], &["python3", &server, &report_arg]);
+    cmd.env("RUNTIME_DIRECTORY", &runtime);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let ours: PathBuf = runtime.join(format!("sockherd.{}", proc.pid()));
+    wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1 && g[0].state == "serving");
+    if !ours.join("notify.1").exists() {
+        proc.fail(&format!("{} should hold generation 1's notify socket", ours.display()));
+    }
+    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
+    if !out.status.success() {
+        proc.fail(&format!("reload failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    wait_generations(&mut proc, "generation 2 alone", PATIENCE, |g| g.len() == 1 && g[0].number == 2);
+    if !wait_until(PATIENCE, || !ours.join("notify.1").exists()) || !ours.join("notify.2").exists() {
+        proc.fail("generation 1's notify socket should go with it, generation 2's stay");
+    }
+    proc.signal(15);
+    proc.wait_exit(PATIENCE);
+    if ours.exists() {
+        proc.fail(&format!("{} was left after sockherd exited", ours.display()));
+    }
+}
+
+/// `--chdir` through a symlink: the server runs in the resolved release, with `PWD` set to it.
+#[test]
+fn chdir_sets_pwd_to_the_resolved_release() {
+    require!("python3");
+    let dir = TempDir::new("pwd");
+    let release = dir.join("releases/r1");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink("releases/r1", dir.join("current")).unwrap();
+    let report = dir.join("report.json");
+    let (probe_py, report_arg, current) = (path_str(&probe()), path_str(&report), path_str(&dir.join("current")));
+    let cmd = run_cmd(&["--ready", "exec", "--chdir", &current], &["python3", &probe_py, &report_arg]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let json = wait_file(&mut proc, &report, PATIENCE);
+    let resolved = std::fs::canonicalize(&release).unwrap().display().to_string();
+    let compact: String = json.split_whitespace().collect();
+    if !compact.contains(&format!("\"cwd\":\"{resolved}\"")) || !compact.contains(&format!("\"PWD\":\"{resolved}\"")) {
+        proc.fail(&format!("the server should run in {resolved} with PWD={resolved}: {json}"));
     }
 }

@@ -40,6 +40,7 @@ sleep 0.5
 touch /tmp/load.stop; kill -INT $hey; wait $tcp $unix $hey
 cat /tmp/load.tcp.result /tmp/load.unix.result | tr ' ' '\n'
 echo "hey.200=$(awk '/\[200\]/ {{print $2}}' /tmp/load.hey)"
+sed -n '/Status code distribution/,/^$/p' /tmp/load.hey | grep -o '\[[0-9]*\][[:space:]]*[0-9]*' | tr -s ' ' | sed 's/^/hey.status=/'
 grep -q 'Error distribution' /tmp/load.hey && echo "hey.errors=$(sed -n '/Error distribution/,$p' /tmp/load.hey | tr '\n' ' ')"
 grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^/error=/'
 echo "masters=$(pgrep -u app -f 'master' | wc -l)"
@@ -70,6 +71,11 @@ fn check_reloads(d: &Deployment, report: &str) {
     if fails > 0 || value(report, "hey.errors").is_some() || value(report, "error").is_some() {
         d.sdbox.fail(&format!("requests failed during native reloads:\n{report}"));
     }
+    let statuses: Vec<&str> = report.lines().filter_map(|l| l.strip_prefix("hey.status=")).collect();
+    if statuses.is_empty() || statuses.iter().any(|s| !s.starts_with("[200]")) {
+        d.sdbox
+            .fail(&format!("hey got answers other than 200 (every status line must be [200]): {statuses:?}\n{report}"));
+    }
     if number(report, "tcp.ok") < 20 || number(report, "unix.ok") < 20 || number(report, "hey.200") < 100 {
         d.sdbox.fail(&format!("too few requests to call it a load:\n{report}"));
     }
@@ -78,11 +84,28 @@ fn check_reloads(d: &Deployment, report: &str) {
     }
 }
 
+/// `systemctl stop app` leaves no process in app.service's cgroup: found by cgroup
+/// (/proc/PID/cgroup), not by user; the master and its workers (at least 3) before, none after.
 fn stop_leaves_nothing(d: &Deployment) {
-    d.sdbox.ok("systemctl stop app");
-    let left = d.sdbox.ok("systemctl show -P ActiveState app; pgrep -u app -a || true");
-    if left.trim() != "inactive" {
-        d.sdbox.fail(&format!("after systemctl stop: {left}"));
+    let report = d.sdbox.ok(
+        r#"
+in_unit() { grep -l -E '/app\.service(/|$)' /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3 | sort -n | tr '\n' ' '; }
+before=$(in_unit)
+echo "before=$before"
+systemctl stop app
+echo "state=$(systemctl show -P ActiveState app)"
+echo "after=$(in_unit)"
+alive=""; for p in $before; do [ -d /proc/$p ] && [ "$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)" != Z ] && alive="$alive $p"; done
+echo "alive=$alive"
+"#,
+    );
+    let before = value(&report, "before").unwrap_or("").split_whitespace().count();
+    let after = value(&report, "after").unwrap_or("").trim().to_string();
+    let alive = value(&report, "alive").unwrap_or("").trim().to_string();
+    if before < 3 || value(&report, "state") != Some("inactive") || !after.is_empty() || !alive.is_empty() {
+        d.sdbox.fail(&format!(
+            "after systemctl stop, app.service's cgroup should be empty (it had {before} processes, expected at least 3):\n{report}"
+        ));
     }
 }
 
@@ -588,4 +611,55 @@ fn native_reload_never_drives_a_sockherd_process() {
     if supervisor.try_status().is_some() || common::http_get(&format!("127.0.0.1:{port}"), "/").is_err() {
         supervisor.fail("the supervisor stopped serving after a refused native reload");
     }
+}
+
+/// puma's own USR2 re-execs in the same pid: refused with a pointer to `run`.
+#[test]
+fn native_reload_refuses_puma() {
+    let dir = common::TempDir::new("native-puma");
+    let (status, _, stderr) = common::run_sockherd(
+        &["reload", "--native", "--flavor", "puma", "--pid", "1"],
+        dir.path(),
+        std::time::Duration::from_secs(10),
+    );
+    if status.code() != Some(1) || !stderr.contains("same pid") || !stderr.contains("sockherd run --flavor puma") {
+        panic!("expected a refusal pointing to `sockherd run`, got {status:?}: {stderr}");
+    }
+}
+
+/// A broken nginx release (its nginx.conf does not parse): the new binary exits at once, the
+/// reload fails, the old master keeps serving under the same MainPID and its pid file, and no
+/// request fails.
+#[test]
+fn nginx_broken_release_keeps_the_old_master() {
+    require!("curl");
+    let Some(d) = Deployment::install("native-nginx-broken", Server::Nginx, None, false) else { return };
+    d.start();
+    let main_pid = d.sdbox.property("MainPID");
+    d.sdbox.ok("printf 'this is not nginx configuration;\\n' >/srv/app/releases/r3/nginx.conf");
+    d.flip("r3");
+    let during = d.sdbox.ok(r#"
+(fail=0; ok=0; while [ ! -e /tmp/broken.stop ]; do
+   if curl -sS -m 30 http://127.0.0.1:8080/ 2>&1 | grep -q '^nginx worker='; then ok=$((ok+1)); else fail=$((fail+1)); fi
+ done; echo "ok=$ok fail=$fail" >/tmp/broken.result) &
+loop=$!
+systemctl reload app >/tmp/broken.out 2>&1; echo "code=$?"
+sleep 0.5; touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
+journalctl -u app -o cat --no-pager | grep -i 'native upgrade failed' | tail -1
+"#);
+    eprintln!("nginx native broken: {}", during.replace('\n', " "));
+    if value(&during, "code") == Some("0") {
+        d.sdbox.fail(&format!("a native reload onto a broken nginx release succeeded:\n{during}"));
+    }
+    if !during.contains("fail=0") || during.contains("ok=0 ") || !during.contains("still serving") {
+        d.sdbox.fail(&format!("requests failed, or the failure was not explained:\n{during}"));
+    }
+    if d.sdbox.property("MainPID") != main_pid || d.sdbox.property("ActiveState") != "active" {
+        d.sdbox.fail(&format!("MainPID moved or the service is down after a failed nginx reload (was {main_pid})"));
+    }
+    let pidfile = d.sdbox.ok("cat /run/app/nginx.pid");
+    if pidfile.trim() != main_pid {
+        d.sdbox.fail(&format!("nginx's pid file says {pidfile:?}, the old master is {main_pid}"));
+    }
+    stop_leaves_nothing(&d);
 }

@@ -79,8 +79,12 @@ fn deb_installs_the_binary_and_the_unit_templates() {
     if !unit.contains("\nExecStart=/usr/bin/sockherd run --flavor systemd -- /usr/bin/server\n") {
         b.fail(&format!("the installed sockherd's unit does not run /usr/bin/sockherd:\n{unit}"));
     }
-    let removed = b.ok("dpkg -r sockherd >/dev/null 2>&1; ls /usr/bin/sockherd /usr/share/sockherd 2>&1 || true");
-    if !removed.contains("No such file") || removed.contains("/usr/share/sockherd:") {
+    // Each path on its own: one left behind must fail the test even if the other is gone.
+    let removed = b.ok(
+        "dpkg -r sockherd >/dev/null 2>&1; for p in /usr/bin/sockherd /usr/share/sockherd /usr/share/man/man1/sockherd.1.gz \
+         /usr/share/bash-completion/completions/sockherd; do if [ -e \"$p\" ]; then echo \"left=$p\"; fi; done",
+    );
+    if removed.contains("left=") {
         b.fail(&format!("dpkg -r sockherd left files behind:\n{removed}"));
     }
 }

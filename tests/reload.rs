@@ -645,8 +645,12 @@ fn broken_release_rolls_back(server: Server, expected: &[&str]) {
     if run.status.success() {
         herd.fail(&format!("reloading into a broken release must fail: {run:?}"));
     }
-    if run.took > BROKEN_READY_TIMEOUT + Duration::from_secs(3) {
-        herd.fail(&format!("the failed reload took {:?}, beyond the ready timeout {BROKEN_READY_TIMEOUT:?}", run.took));
+    // Why it failed, not how fast: the new generation exited (the fragments below), it was not
+    // killed at the ready timeout.
+    if run.stderr.contains("not ready within") {
+        herd.fail(&format!(
+            "the reload should fail because the broken generation exited, not at the ready timeout: {run:?}"
+        ));
     }
     let mut fragments = vec!["reload failed:", "generation 2", "still serving"];
     fragments.extend_from_slice(expected);
@@ -761,9 +765,10 @@ fn reload_times_out(
     if run.status.success() {
         herd.fail(&format!("a reload whose generation never gets ready must fail: {run:?}"));
     }
-    let limit = timeout + Duration::from_secs(3);
-    if run.took < timeout || run.took > limit {
-        herd.fail(&format!("the reload should fail after about {timeout:?}, not {:?}: {run:?}", run.took));
+    // Not before the timeout (a lower bound cannot flake on a loaded machine); that it was the
+    // timeout is said by the message, checked next.
+    if run.took < timeout {
+        herd.fail(&format!("the reload failed after {:?}, before the {timeout:?} ready timeout: {run:?}", run.took));
     }
     let expected = format!("not ready within {}s", timeout.as_secs());
     for fragment in ["reload failed:", "generation 2", &expected, "still serving"] {
@@ -787,11 +792,11 @@ fn reload_times_out(
 #[test]
 fn hung_boot_is_killed_at_the_ready_timeout() {
     require_server!(Server::Gunicorn);
-    // The release decides how it starts (bin/start in capistrano terms): r2's app hangs 30 s
+    // The release decides how it starts (bin/start in capistrano terms): r2's app hangs 120 s
     // in its import, so gunicorn's workers never answer the probe.
     let deploy = Deploy::new("hung", &["r1", "r2"]);
     let conf = contrib("gunicorn/gunicorn.conf.py");
-    for (release, sleep) in [("r1", 0), ("r2", 30)] {
+    for (release, sleep) in [("r1", 0), ("r2", 120)] {
         let script = deploy.release(release).join("start");
         std::fs::write(
             &script,
@@ -800,12 +805,13 @@ fn hung_boot_is_killed_at_the_ready_timeout() {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    // Long enough for generation 1 to boot on a loaded machine; short enough to wait for.
-    let timeout = Duration::from_secs(6);
+    // Long enough for generation 1, and for generation 2 to show its processes, on a loaded
+    // machine; short enough to wait for.
+    let timeout = Duration::from_secs(20);
     let current = deploy.current().display().to_string();
     let mut herd = Herd::start(
         deploy.path(),
-        &["--flavor", "gunicorn", "--chdir", &current, "--ready-timeout", "6s"],
+        &["--flavor", "gunicorn", "--chdir", &current, "--ready-timeout", "20s"],
         &["./start".to_string()],
         &[],
     );
@@ -831,10 +837,10 @@ fn hung_readiness_command_is_killed_with_its_generation() {
     // Generation 1 passes the check at once; generation 2's check hangs.
     let dir = TempDir::new("hung-cmd");
     let report = dir.join("report.json").display().to_string();
-    let timeout = Duration::from_secs(4);
+    let timeout = Duration::from_secs(10);
     let mut herd = Herd::start(
         dir.path(),
-        &["--ready", "cmd:test \"$SOCKHERD_GENERATION\" = 1 || exec sleep 30", "--ready-timeout", "4s"],
+        &["--ready", "cmd:test \"$SOCKHERD_GENERATION\" = 1 || exec sleep 120", "--ready-timeout", "10s"],
         &[probe().display().to_string(), report, "serve".to_string()],
         &[],
     );
@@ -846,7 +852,7 @@ fn hung_readiness_command_is_killed_with_its_generation() {
     let python = exe(g1.pid);
     let run = reload_times_out(&herd, timeout, &g1, |status, new| {
         let Some(g2) = status.generation(2) else { return false };
-        members_running(new, g2.pid, &python) == 1 && new.iter().any(|&p| cmdline(p).starts_with("sleep 30"))
+        members_running(new, g2.pid, &python) == 1 && new.iter().any(|&p| cmdline(p).starts_with("sleep 120"))
     });
     // The command was started and was still running at the timeout: the message should say
     // so, not that it never ran.
@@ -864,25 +870,58 @@ fn hung_readiness_command_is_killed_with_its_generation() {
 
 // ----- 4. reload requests during a handoff coalesce into one follow-up ---------------------------------
 
-/// gunicorn whose app takes 2 s to import in every generation.
-fn slow_gunicorn(tag: &str, extra: &[&str]) -> (Deploy, Herd) {
-    let deploy = Deploy::new(tag, &["r1"]);
-    let mut herd = Herd::start_server(&deploy, Server::Gunicorn, extra, &[("APP_BOOT_SLEEP", "2")]);
-    herd.wait_serving(Duration::from_secs(20));
-    herd.wait_settled(Duration::from_secs(10));
-    (deploy, herd)
+/// gunicorn whose app import is held while a hold file exists (APP_BOOT_HOLD, contrib/app/app.py):
+/// generation 1 boots freely; a generation started while the file exists stays starting until
+/// the test removes it, however fast or slow the machine is.
+struct Held {
+    // Dropped in this order: the service stops before its directory goes.
+    herd: Herd,
+    hold: PathBuf,
+    _deploy: Deploy,
+}
+
+impl Held {
+    fn start(tag: &str, extra: &[&str]) -> Held {
+        let deploy = Deploy::new(tag, &["r1"]);
+        let hold = deploy.path().join("hold");
+        let hold_arg = hold.display().to_string();
+        let mut herd = Herd::start_server(&deploy, Server::Gunicorn, extra, &[("APP_BOOT_HOLD", &hold_arg)]);
+        herd.wait_serving(Duration::from_secs(30));
+        herd.wait_settled(Duration::from_secs(30));
+        std::fs::write(&hold, "").unwrap();
+        Held { herd, hold, _deploy: deploy }
+    }
+
+    fn release(&self) {
+        let _ = std::fs::remove_file(&self.hold);
+    }
+
+    /// How many reload requests sockherd queued behind the handoff in flight (its log).
+    fn queued(&self) -> usize {
+        self.herd.proc.stderr().matches("reload requested while a handoff is in flight").count()
+    }
 }
 
 #[test]
 fn concurrent_reload_clients_coalesce() {
     require_server!(Server::Gunicorn);
-    let (_deploy, herd) = slow_gunicorn("coalesce-clients", &[]);
-    // Three deploys at once: one handoff starts, the two others wait for a single follow-up.
+    let held = Held::start("coalesce-clients", &[]);
+    let herd = &held.herd;
+    // Three deploys at once: one handoff starts (generation 2, held), the two others are queued
+    // behind it and covered by a single follow-up.
     let started = Instant::now();
     let clients: Vec<Proc> = (0..3).map(|_| herd.spawn_client("reload")).collect();
+    if !wait_until(Duration::from_secs(30), || held.queued() == 2) {
+        herd.fail(&format!(
+            "two of three concurrent reloads should be queued behind the first; queued {}",
+            held.queued()
+        ));
+    }
+    held.release();
     let runs: Vec<ClientRun> =
-        clients.into_iter().map(|c| herd.finish_client(c, started, Duration::from_secs(60))).collect();
-    let status = herd.status();
+        clients.into_iter().map(|c| herd.finish_client(c, started, Duration::from_secs(120))).collect();
+    let status = herd.wait_settled(Duration::from_secs(60));
+    let status_json = herd.status();
     let mut covered = Vec::new();
     for run in &runs {
         if !run.status.success() {
@@ -903,37 +942,37 @@ fn concurrent_reload_clients_coalesce() {
         ));
     }
     let started_gens = herd.started_generations();
-    if started_gens != [1, 2, 3] || status.generations().iter().any(|g| g.number > 3) {
+    if started_gens != [1, 2, 3] || status.number != 3 {
         herd.fail(&format!(
             "exactly 2 new generations should start for 3 concurrent reloads; started {started_gens:?}; status {:?}",
-            status.0
+            status_json.0
         ));
     }
-    if status.state() != "running" || status.serving().map(|g| g.number) != Some(3) {
-        herd.fail(&format!("generation 3 should serve and no handoff be in flight: {:?}", status.0));
-    }
-    eprintln!("coalescing (clients): 3 reloads answered in {:?}", runs.iter().map(|r| r.took).max().unwrap());
 }
 
 #[test]
 fn sighups_during_a_handoff_coalesce() {
     require_server!(Server::Gunicorn);
-    let (_deploy, herd) = slow_gunicorn("coalesce-hup", &[]);
+    let held = Held::start("coalesce-hup", &[]);
+    let herd = &held.herd;
     herd.signal(libc::SIGHUP);
-    let ok = wait_until(Duration::from_secs(10), || herd.started_generations().contains(&2));
+    let ok = wait_until(Duration::from_secs(30), || herd.started_generations().contains(&2));
     if !ok {
         herd.fail("SIGHUP did not start generation 2");
     }
-    // Three more while generation 2 boots (2 s): one follow-up reload for all of them.
+    // Three more while generation 2 is held in its boot: one follow-up reload for all of them.
     for _ in 0..3 {
         herd.signal(libc::SIGHUP);
-        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !wait_until(Duration::from_secs(30), || held.queued() == 3) {
+        herd.fail(&format!("the three SIGHUPs during the handoff should be queued; queued {}", held.queued()));
     }
     let status = herd.status();
     if status.generation(2).map(|g| g.state) != Some("starting".into()) {
-        herd.fail(&format!("generation 2 should still be starting when the SIGHUPs arrive: {:?}", status.0));
+        herd.fail(&format!("generation 2 should still be starting (held): {:?}", status.0));
     }
-    let status = herd.wait_status("generation 3 serving, no handoff in flight", Duration::from_secs(30), |s| {
+    held.release();
+    let status = herd.wait_status("generation 3 serving, no handoff in flight", Duration::from_secs(60), |s| {
         s.state() == "running" && s.serving().is_some_and(|g| g.number >= 3)
     });
     let started_gens = herd.started_generations();
@@ -944,9 +983,6 @@ fn sighups_during_a_handoff_coalesce() {
             status.0
         ));
     }
-    if !herd.proc.stderr().contains("reload requested while a handoff is in flight") {
-        herd.fail("sockherd should log that the SIGHUPs were queued behind the handoff");
-    }
 }
 
 // ----- 5. SIGTERM during a handoff stops both generations --------------------------------------------
@@ -954,14 +990,14 @@ fn sighups_during_a_handoff_coalesce() {
 #[test]
 fn sigterm_during_a_handoff_stops_both_generations() {
     require_server!(Server::Gunicorn);
-    let (_deploy, mut herd) = slow_gunicorn("term-handoff", &["--stop-timeout", "10s"]);
+    let mut held = Held::start("term-handoff", &["--stop-timeout", "30s"]);
     let started = Instant::now();
-    let client = herd.spawn_client("reload");
-    // Generation 2 is booting (its workers sleep in the import): master + 2 workers.
+    let client = held.herd.spawn_client("reload");
+    // Generation 2 is booting (its workers are held in the import): master + 2 workers.
     let mut family = Vec::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        let status = herd.status();
-        family = descendants(herd.pid());
+    let ok = wait_until(Duration::from_secs(30), || {
+        let status = held.herd.status();
+        family = descendants(held.herd.pid());
         let (Some(g1), Some(g2)) = (status.serving(), status.generation(2)) else { return false };
         let python = exe(g1.pid);
         g2.state == "starting"
@@ -969,14 +1005,15 @@ fn sigterm_during_a_handoff_stops_both_generations() {
             && members_running(&family, g2.pid, &python) == 3
     });
     if !ok {
-        herd.fail(&format!("never saw both generations complete while generation 2 starts: {family:?}"));
+        held.herd.fail(&format!("never saw both generations complete while generation 2 starts: {family:?}"));
     }
-    let term_at = Instant::now();
-    herd.signal(libc::SIGTERM);
-    let Some(status) = herd.proc.wait_timeout(Duration::from_secs(12)) else {
-        herd.fail("sockherd did not exit within its stop timeout (10s) after SIGTERM");
+    held.herd.signal(libc::SIGTERM);
+    // The held workers finish their import, see they were told to stop, and exit.
+    held.release();
+    let herd = &mut held.herd;
+    let Some(status) = herd.proc.wait_timeout(Duration::from_secs(90)) else {
+        herd.fail("sockherd did not exit after SIGTERM (its stop timeout is 30s)");
     };
-    let stop_took = term_at.elapsed();
     if status.code() != Some(0) {
         herd.fail(&format!(
             "sockherd should exit 0 when the serving generation stops cleanly, got {status:?} (signal {:?})",
@@ -988,11 +1025,13 @@ fn sigterm_during_a_handoff_stops_both_generations() {
         let described: Vec<String> = leftovers.iter().map(|&p| format!("{p} ({})", cmdline(p))).collect();
         herd.fail(&format!("processes left after sockherd exited: {described:?}"));
     }
-    let run = herd.finish_client(client, started, Duration::from_secs(10));
+    let run = herd.finish_client(client, started, Duration::from_secs(30));
     if run.status.success() || !run.stderr.contains("stopping") {
         herd.fail(&format!("the pending `sockherd reload` should fail, saying the service stops: {run:?}"));
     }
-    eprintln!("SIGTERM mid-handoff: sockherd exited 0 after {stop_took:?}; {} processes stopped", family.len());
+    if herd.proc.stderr().contains("sending SIGKILL") {
+        herd.fail("the stop needed SIGKILL: the generations should have stopped on SIGTERM");
+    }
 }
 
 // ----- 6. many reloads leak nothing --------------------------------------------------------------------
@@ -1008,61 +1047,112 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn two_hundred_reloads_leak_nothing() {
+fn runtime_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// How much sockherd's RSS may grow over 200 reloads: a leak of a few hundred bytes per reload
+/// (a generation's record, a socket's state) would exceed it; allocator noise does not.
+const RSS_GROWTH_KIB: u64 = 1024;
+
+/// 200 reloads with readiness `ready`, of tests/support/gated_http.py, which answers its probe
+/// socket and sends READY=1 at once: afterwards sockherd has the same fds, descendants and
+/// runtime-directory files as before, and its RSS grew by less than RSS_GROWTH_KIB.
+fn reloads_leak_nothing(ready: &str) {
     require!("python3");
     const RELOADS: u64 = 200;
-    let dir = TempDir::new("many");
-    let report = dir.join("report.json").display().to_string();
+    let dir = TempDir::new(&format!("many-{}", ready.replace(':', "-")));
+    let report = dir.join("report");
+    std::fs::write(report.with_extension("probe"), "").unwrap();
+    std::fs::write(report.with_extension("notify"), "").unwrap();
+    let runtime = dir.join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let runtime_arg = runtime.display().to_string();
+    let server = repo().join("tests/support/gated_http.py").display().to_string();
     let mut herd = Herd::start(
         dir.path(),
-        &["--ready", "exec", "--ready-settle", "0"],
-        &[probe().display().to_string(), report, "serve".to_string()],
-        &[],
+        &["--ready", ready, "--ready-settle", "0"],
+        &["python3".to_string(), server, report.display().to_string()],
+        &[("RUNTIME_DIRECTORY", &runtime_arg)],
     );
-    herd.wait_serving(Duration::from_secs(10));
-    herd.wait_settled(Duration::from_secs(10));
-    let (fds_before, procs_before, rss_before) =
-        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+    herd.wait_serving(Duration::from_secs(30));
+    let first = herd.wait_settled(Duration::from_secs(30));
+    let ours = runtime.join(format!("sockherd.{}", herd.pid()));
+    // The generation's own server answers (its start-up, and any launcher shim, is over).
+    let answers_itself = |pid: i32| http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("gated {pid}"));
+    if !wait_until(Duration::from_secs(30), || answers_itself(first.pid)) {
+        herd.fail(&format!("generation 1 (pid {}) never answered", first.pid));
+    }
+    let (fds_before, procs_before, rss_before, files_before) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()), runtime_files(&ours));
 
     let started = Instant::now();
     for i in 0..RELOADS {
-        let run = herd.reload(Duration::from_secs(30));
+        let run = herd.reload(Duration::from_secs(60));
         if !run.status.success() {
             herd.fail(&format!("reload {} of {RELOADS} failed: {run:?}", i + 1));
         }
     }
     let reloads_took = started.elapsed();
     let last = herd.wait_settled(Duration::from_secs(60));
-    let settled_took = started.elapsed();
     if last.number != RELOADS + 1 {
         herd.fail(&format!("generation {} should serve after {RELOADS} reloads: {last:?}", RELOADS + 1));
     }
-    // `--ready exec` is ready before the server runs its code: wait until the last generation
-    // answers itself, so that its start-up (and any launcher shim) is over before counting.
-    let answered = wait_until(Duration::from_secs(10), || {
-        http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("probe {}", last.pid))
-    });
-    if !answered {
+    if !wait_until(Duration::from_secs(30), || answers_itself(last.pid)) {
         herd.fail(&format!("the last generation (pid {}) never answered", last.pid));
     }
-    let (fds_after, procs_after, rss_after) =
-        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()));
+    let (fds_after, procs_after, rss_after, files_after) =
+        (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()), runtime_files(&ours));
     eprintln!(
-        "{RELOADS} reloads: {reloads_took:?} ({:?} each), all drained after {settled_took:?}; \
-         sockherd fds {fds_before} -> {fds_after}; descendants {procs_before} -> {procs_after}; \
-         VmRSS {rss_before} KiB -> {rss_after} KiB ({} build)",
-        reloads_took / RELOADS as u32,
+        "--ready {ready}: {RELOADS} reloads in {reloads_took:?}; sockherd fds {fds_before} -> {fds_after}; \
+         descendants {procs_before} -> {procs_after}; VmRSS {rss_before} KiB -> {rss_after} KiB; runtime files \
+         {files_before:?} -> {files_after:?} ({} build)",
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
-    if fds_after != fds_before || procs_after != procs_before {
+    // The notify socket is named after its generation: compare counts, and that none is left
+    // of an old generation.
+    let stale: Vec<&String> = files_after.iter().filter(|f| **f != format!("notify.{}", last.number)).collect();
+    if fds_after != fds_before
+        || procs_after != procs_before
+        || files_after.len() != files_before.len()
+        || !stale.is_empty()
+    {
         let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", herd.pid()))
             .map(|d| d.flatten().map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default())).collect())
             .unwrap_or_default();
         herd.fail(&format!(
-            "{RELOADS} reloads leaked: fds {fds_before} -> {fds_after} ({fds:?}), descendants {procs_before} -> {procs_after}"
+            "{RELOADS} reloads with --ready {ready} leaked: fds {fds_before} -> {fds_after} ({fds:?}), descendants \
+             {procs_before} -> {procs_after}, runtime files {files_before:?} -> {files_after:?}"
         ));
     }
+    if rss_after > rss_before + RSS_GROWTH_KIB {
+        herd.fail(&format!(
+            "sockherd's RSS grew from {rss_before} KiB to {rss_after} KiB over {RELOADS} reloads with --ready {ready} \
+             (bound: {RSS_GROWTH_KIB} KiB)"
+        ));
+    }
+}
+
+#[test]
+fn two_hundred_reloads_leak_nothing_with_exec() {
+    reloads_leak_nothing("exec");
+}
+
+/// A probe generation gets a probe socket of its own each time (sockherd keeps no copy).
+#[test]
+fn two_hundred_reloads_leak_nothing_with_probe() {
+    reloads_leak_nothing("probe");
+}
+
+/// A notify generation gets a notify socket file in the runtime directory each time: each goes
+/// with its generation.
+#[test]
+fn two_hundred_reloads_leak_nothing_with_notify() {
+    reloads_leak_nothing("notify");
 }
 
 // ----- 7. the serving generation crashing takes the service down ---------------------------------------

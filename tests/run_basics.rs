@@ -65,23 +65,65 @@ fn reload_from_another_user_is_refused() {
     if !stderr.contains("run as root or as the service's user") {
         proc.fail(&format!("the refusal must say who may ask: {stderr}"));
     }
-    if proc.stderr().contains("started generation 2") {
-        proc.fail("the refused request must start nothing");
+    // It started nothing, not even later: the next reload, by the supervisor's own user, is the
+    // one that starts generation 2, and it is the only generation started after the first.
+    let allowed = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]).output().unwrap();
+    let started: Vec<String> = proc
+        .stderr()
+        .lines()
+        .filter_map(|l| l.strip_prefix("sockherd: started generation "))
+        .filter_map(|rest| rest.split_whitespace().next().map(String::from))
+        .collect();
+    if !allowed.status.success()
+        || !String::from_utf8_lossy(&allowed.stderr).contains("reload succeeded: generation 2 ")
+        || started != ["1", "2"]
+    {
+        proc.fail(&format!(
+            "after the refused request, an allowed reload should start generation 2 and only it; started {started:?}; \
+             the allowed reload: {:?} {}",
+            allowed.status,
+            String::from_utf8_lossy(&allowed.stderr)
+        ));
     }
 }
 
-/// A reload asked for while generation 1 is still starting waits for it, then runs.
+/// A reload asked for while generation 1 is still starting waits for it, then runs. Generation 1
+/// is held unready by a gate file (`--ready cmd:test -e GATE`), so the reload is asked for while
+/// it starts whatever the machine's speed.
 #[test]
 fn reload_during_the_first_start_runs_once_it_is_ready() {
     require!("python3");
     let dir = TempDir::new("early-reload");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = sockherd_cmd(&["run", "--ready", "delay:1.5", "--listen", &addr, "--"]);
+    let gate = dir.join("gate");
+    let ready = format!("cmd:test -e '{}'", gate.display());
+    let mut cmd = sockherd_cmd(&["run", "--ready", &ready, "--listen", &addr, "--"]);
     cmd.arg(probe()).arg(dir.join("report.json")).arg("serve");
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    proc.wait_for_stderr("started generation 1", Duration::from_secs(10));
-    let out = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "20s"]).output().unwrap();
-    if !out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("generation 2") {
-        proc.fail(&format!("early reload: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    proc.wait_for_stderr("started generation 1", Duration::from_secs(30));
+    let client = Proc::spawn(
+        sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "60s"]),
+        dir.path(),
+        "reload",
+    );
+    proc.wait_for_stderr("reload requested while generation 1 is starting", Duration::from_secs(30));
+    if proc.stderr().contains(" is ready after ") || proc.stderr().contains("started generation 2") {
+        proc.fail("generation 1 was ready, or generation 2 started, before the gate opened");
+    }
+    std::fs::write(&gate, "").unwrap();
+    let mut client = client;
+    let status = client.wait_exit(Duration::from_secs(60));
+    if !status.success() || !client.stderr().contains("reload succeeded: generation 2 ") {
+        proc.fail(&format!("early reload: {status:?} {}", client.stderr()));
+    }
+    // Order: generation 2 was started only after generation 1 was ready.
+    let log = proc.stderr();
+    let ready_line = log.lines().position(|l| l.contains("generation 1 (pid ") && l.contains(" is ready after "));
+    let second_line = log.lines().position(|l| l.contains("started generation 2 "));
+    if !matches!((ready_line, second_line), (Some(r), Some(s)) if r < s) {
+        proc.fail(&format!(
+            "generation 2 should start only after generation 1 is ready (ready at line {ready_line:?}, \
+             generation 2 started at line {second_line:?})"
+        ));
     }
 }

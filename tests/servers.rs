@@ -433,7 +433,7 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
     let signals = dir.join("report.json.signals");
     let asked = Instant::now();
     proc.signal(15);
-    let status = proc.wait_exit(Duration::from_secs(15));
+    let status = proc.wait_exit(Duration::from_secs(60));
     let took = asked.elapsed();
 
     if std::fs::read_to_string(&signals).unwrap_or_default() != "TERM\n" {
@@ -442,11 +442,10 @@ fn stop_after_timeout(tag: &str, master_obeys: bool) -> Killed {
             std::fs::read_to_string(&signals)
         ));
     }
+    // Causality, not speed: the SIGKILL came only after the timeout (a lower bound cannot flake
+    // on a loaded machine), and it came at all (the bounded wait above).
     if took < Duration::from_millis(950) {
         proc.fail(&format!("sockherd exited after {took:?}, before the 1s --stop-timeout"));
-    }
-    if took > Duration::from_secs(6) {
-        proc.fail(&format!("sockherd took {took:?} to enforce a 1s --stop-timeout"));
     }
     let left: Vec<i32> = family.iter().copied().filter(|&p| pid_alive(p)).collect();
     if !left.is_empty() || pid_alive(child) {
@@ -472,9 +471,12 @@ fn stop_timeout_kills_a_worker_that_outlives_its_obedient_master_and_reports_fai
     // was not clean, and sockherd must not report success.
     require!("python3");
     let Killed { proc, status, took } = stop_after_timeout("stop-timeout-worker", true);
-    if status.success() {
+    // Exactly 137 (128 + SIGKILL), the documented status of a stop that needed SIGKILL: any
+    // other non-zero status (a panic's 101, a plain failure's 1) is a different outcome.
+    if status.code() != Some(137) {
         proc.fail(&format!(
-            "sockherd exited 0 although the stop needed SIGKILL after the 1s --stop-timeout (exited after {took:?})"
+            "sockherd should exit 137 (128 + SIGKILL) because the stop needed SIGKILL after the 1s \
+             --stop-timeout, although the master itself exited 0; got {status:?} after {took:?}"
         ));
     }
 }

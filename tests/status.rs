@@ -71,8 +71,10 @@ fn status_shows_two_generations_during_a_handoff_and_one_after() {
     let addr = format!("127.0.0.1:{}", free_port());
     let app = contrib("app").display().to_string();
     let mut cmd = sockherd_cmd(&["run", "--listen", &addr, "--chdir", &app, "--", "python3", "serve.py"]);
-    // Every generation takes 2 s to import the app (and so to send READY=1): a window to look.
-    cmd.env("APP_BOOT_SLEEP", "2");
+    // A generation started while the hold file exists stays in its import (and so does not send
+    // READY=1) until the test removes it: the handoff lasts as long as the test looks.
+    let hold = dir.join("hold");
+    cmd.env("APP_BOOT_HOLD", &hold);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_http_ok(&mut proc, &addr, Duration::from_secs(30));
     let one = wait_status(&proc, "generation 1 serving", Duration::from_secs(10), |rows| {
@@ -82,9 +84,10 @@ fn status_shows_two_generations_during_a_handoff_and_one_after() {
         proc.fail(&format!("before any reload, status should show the socket, readiness and no reload:\n{one}"));
     }
 
+    std::fs::write(&hold, "").unwrap();
     proc.signal(1); // SIGHUP: a reload
     let during =
-        wait_status(&proc, "generation 2 starting beside generation 1 serving", Duration::from_secs(10), |rows| {
+        wait_status(&proc, "generation 2 starting beside generation 1 serving", Duration::from_secs(30), |rows| {
             rows.len() == 2
                 && rows.iter().any(|r| r.number == 1 && r.state == "serving")
                 && rows.iter().any(|r| r.number == 2 && r.state == "starting")
@@ -94,7 +97,8 @@ fn status_shows_two_generations_during_a_handoff_and_one_after() {
         proc.fail(&format!("during the handoff the supervisor should say it is reloading:\n{during}"));
     }
 
-    let after = wait_status(&proc, "generation 2 alone, serving", Duration::from_secs(30), |rows| {
+    std::fs::remove_file(&hold).unwrap();
+    let after = wait_status(&proc, "generation 2 alone, serving", Duration::from_secs(60), |rows| {
         rows.len() == 1 && rows[0].number == 2 && rows[0].state == "serving"
     });
     eprintln!("after the handoff:\n{after}");

@@ -99,7 +99,7 @@ fn unit_picks_the_reload_style_from_the_systemd_version() {
         }
     }
     // Without --systemd-version: the installed systemd's (252 on Debian 12 has no notify-reload).
-    if have("systemctl") {
+    if prerequisite(have("systemctl"), "program systemctl in PATH (the installed systemd's version)") {
         let version = Command::new("systemctl").arg("--version").output().unwrap();
         let first = text(&version.stdout).lines().next().unwrap_or_default().to_string();
         let number: u32 = first.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -352,4 +352,82 @@ fn generated_unit_serves_and_reloads_on_systemd_252() {
 fn generated_unit_serves_and_reloads_on_systemd_254_notify_reload() {
     let tree = systemd_254_tree();
     generated_unit_lifecycle(Some(&tree), "notify-reload");
+}
+
+/// `--user` defaults to NAME and `--group` to the user; `--group` sets the service's Group= and
+/// the unix socket file's SocketGroup=.
+#[test]
+fn unit_user_defaults_to_the_name_and_group_to_the_user() {
+    let base =
+        ["-l", "127.0.0.1:1", "-l", "/run/web.sock", "--sockherd", "/usr/bin/sockherd", "--systemd-version", "252"];
+    let default = unit(&[&["web"][..], &base[..], &["--", "/usr/bin/server"][..]].concat());
+    let files_default = files(&text(&default.stdout));
+    let service = &files_default.iter().find(|(n, _)| n == "web.service").expect("web.service").1;
+    let socket = &files_default.iter().find(|(n, _)| n == "web-unix.socket").expect("web-unix.socket").1;
+    if !default.status.success()
+        || !service.contains("\nUser=web\n")
+        || !service.contains("\nGroup=web\n")
+        || !socket.contains("\nSocketGroup=web\n")
+    {
+        panic!("without --user/--group: User=web, Group=web, SocketGroup=web expected:\n{service}\n{socket}");
+    }
+    let grouped =
+        unit(&[&["web", "--user", "app", "--group", "www"][..], &base[..], &["--", "/usr/bin/server"][..]].concat());
+    let files_grouped = files(&text(&grouped.stdout));
+    let service = &files_grouped.iter().find(|(n, _)| n == "web.service").expect("web.service").1;
+    let socket = &files_grouped.iter().find(|(n, _)| n == "web-unix.socket").expect("web-unix.socket").1;
+    if !grouped.status.success()
+        || !service.contains("\nUser=app\n")
+        || !service.contains("\nGroup=www\n")
+        || !socket.contains("\nSocketGroup=www\n")
+    {
+        panic!("--user app --group www: User=app, Group=www, SocketGroup=www expected:\n{service}\n{socket}");
+    }
+}
+
+/// The warnings about what would fail at start: a relative command without `--chdir`, a user
+/// that does not exist; and none for a sound unit.
+#[test]
+fn unit_warns_about_a_relative_command_and_a_missing_user() {
+    let missing_user = format!("nouser{}", std::process::id());
+    let out = unit(&[
+        "web",
+        "-l",
+        "127.0.0.1:1",
+        "--user",
+        &missing_user,
+        "--sockherd",
+        "/usr/bin/sockherd",
+        "--systemd-version",
+        "252",
+        "--",
+        "bin/server",
+    ]);
+    let err = text(&out.stderr);
+    if !out.status.success()
+        || !err.contains("the command bin/server is a relative path and no --chdir is given")
+        || !err.contains(&format!("user {missing_user} does not exist"))
+        || !err.contains("useradd --system")
+    {
+        panic!("expected both warnings with their fixes, got {:?}:\n{err}", out.status);
+    }
+    let sound = unit(&[
+        "web",
+        "-l",
+        "127.0.0.1:1",
+        "--user",
+        "root",
+        "--chdir",
+        "/srv/web/current",
+        "--sockherd",
+        "/usr/bin/sockherd",
+        "--systemd-version",
+        "252",
+        "--",
+        "bin/server",
+    ]);
+    let err = text(&sound.stderr);
+    if !sound.status.success() || err.contains("warning") {
+        panic!("a sound unit (existing user, --chdir for a relative command) should warn about nothing:\n{err}");
+    }
 }

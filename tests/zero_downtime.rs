@@ -138,7 +138,10 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
     let mut wrk = Proc::spawn(
         {
             let mut c = std::process::Command::new("wrk");
-            c.args(["-t1", "-c4", "-d300s", &format!("http://{addr}/")]);
+            // wrk's default 2 s timeout would count a slow answer on a loaded machine as an
+            // error; -d is only a backstop: it is stopped after the reloads, and must still be
+            // running then (checked below), so no reload goes without its load.
+            c.args(["-t1", "-c4", "-d3600s", "--timeout", "30s", &format!("http://{addr}/")]);
             c
         },
         dir.path(),
@@ -147,7 +150,7 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
     let mut hey = Proc::spawn(
         {
             let mut c = std::process::Command::new("hey");
-            c.args(["-z", "300s", "-c", "4", "-t", "30", &format!("http://{addr}/")]);
+            c.args(["-z", "3600s", "-c", "4", "-t", "30", &format!("http://{addr}/")]);
             c
         },
         dir.path(),
@@ -175,14 +178,32 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
         let master = serving_master(proc.pid()).unwrap_or_else(|| proc.fail("status shows no serving generation"));
         masters.push(master);
     }
-    // Let the last drain finish under load too.
-    wait_until(Duration::from_secs(30), || run_status(proc.pid()).1.matches("\"number\":").count() == 1);
+    // Let the last drain finish under load too: one generation left, and every old master gone.
+    let drained = wait_until(Duration::from_secs(120), || {
+        let (ok, json, _) = run_status(proc.pid());
+        ok && json.matches("\"number\":").count() == 1
+    });
+    if !drained {
+        proc.fail(&format!("the old generations never drained: status {:?}", run_status(proc.pid()).1));
+    }
+    let old_masters: Vec<i32> = masters[..RELOADS].iter().copied().filter(|&m| pid_alive(m)).collect();
+    if !old_masters.is_empty() {
+        proc.fail(&format!(
+            "status shows one generation, but old masters still live: {old_masters:?} (masters in order: {masters:?})"
+        ));
+    }
+    // The load generators ran through every reload (neither stopped early or crashed).
+    for (name, generator) in [("wrk", &mut wrk), ("hey", &mut hey)] {
+        if let Some(status) = generator.try_status() {
+            generator.fail(&format!("{name} stopped before the reloads ended ({status:?})"));
+        }
+    }
     let tally = load.finish();
     wrk.signal(2); // SIGINT: wrk prints its report and exits
-    wrk.wait_exit(Duration::from_secs(10));
+    wrk.wait_exit(Duration::from_secs(30));
     let report = wrk_report(wrk.stdout());
     hey.signal(2); // SIGINT: hey stops and prints its summary
-    hey.wait_exit(Duration::from_secs(10));
+    hey.wait_exit(Duration::from_secs(30));
     let hey_report = hey.stdout();
     let hey_200 = hey_report
         .lines()

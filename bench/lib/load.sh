@@ -17,6 +17,14 @@ hey -z "${max}s" -c 4 -t 10 -disable-keepalive "http://$tcp/" >"$out/hey.txt" 2>
 date +%s.%N >"$out/started"
 while [ ! -e "$out/stop" ] && kill -0 "$rec" 2>/dev/null; do sleep 0.05; done
 date +%s.%N >"$out/stopped"
+# Whether each generator was still running when the reloads ended (one that stopped early, or
+# never started, measured nothing for the later reloads), then their exit statuses.
+for name in wrk hey; do
+  pid=${!name}
+  if kill -0 "$pid" 2>/dev/null; then echo 1 >"$out/$name.alive"; else echo 0 >"$out/$name.alive"; fi
+done
 kill -INT "$wrk" "$hey" 2>/dev/null
-wait
+wait "$wrk"; echo $? >"$out/wrk.rc"
+wait "$hey"; echo $? >"$out/hey.rc"
+wait "$rec"; echo $? >"$out/loadrec.rc"
 touch "$out/done"

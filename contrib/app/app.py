@@ -7,7 +7,7 @@ GET /health      -> "ok"
 
 The release is the content of a RELEASE file in the working directory, else the directory's name.
 A file named BROKEN in the working directory makes the import fail (a broken deploy);
-APP_BOOT_SLEEP=N delays the import (a slow boot).
+APP_BOOT_SLEEP=N delays the import (a slow boot); APP_BOOT_HOLD=PATH holds it while PATH exists.
 """
 import os
 import time
@@ -15,6 +15,10 @@ import time
 if os.path.exists("BROKEN"):
     raise RuntimeError("this release is broken on purpose (BROKEN file present)")
 time.sleep(float(os.environ.get("APP_BOOT_SLEEP", "0")))
+# APP_BOOT_HOLD=PATH holds the import while PATH exists (a boot that lasts exactly as long as a
+# test wants: no race with the machine's speed).
+while os.environ.get("APP_BOOT_HOLD") and os.path.exists(os.environ["APP_BOOT_HOLD"]):
+    time.sleep(0.02)
 
 try:
     with open("RELEASE") as f:

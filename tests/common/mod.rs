@@ -7,6 +7,7 @@
 //! - HTTP/1.0 clients over TCP and unix sockets, `wait_until` with deadlines, free ports.
 #![allow(dead_code)]
 
+pub mod run;
 pub mod sdbox;
 
 use std::io::{Read, Write};

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A server that misbehaves on purpose, for the lifecycle scenarios (tests/lifecycle.rs).
+"""A server that misbehaves on purpose, for the lifecycle scenarios (tests/faults.rs).
 
 It speaks the systemd dialect (LISTEN_FDS from fd 3, LISTEN_PID its own pid, READY=1 on
 NOTIFY_SOCKET once it accepts) and answers every GET with

@@ -18,7 +18,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone)]
@@ -175,8 +175,15 @@ fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>) -> Vec<Record> {
-    let mut records = Vec::with_capacity(100_000);
+/// A thread's records, kept outside the thread: a thread that panics loses none of the requests
+/// it recorded before (they are written out, and the run exits non-zero).
+type Records = Arc<Mutex<Vec<Record>>>;
+
+fn push(records: &Records, record: Record) {
+    records.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(record);
+}
+
+fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, records: Records) {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loadrec\r\n{}\r\n",
         if spec.keepalive { "" } else { "Connection: close\r\n" }
@@ -202,31 +209,29 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>) ->
                 if a.close || !spec.keepalive {
                     conn = None;
                 }
-                records.push(Record {
-                    start,
-                    latency_ms,
-                    outcome: a.status.to_string(),
-                    reused,
-                    worker: a.worker,
-                    master: a.master,
-                });
+                push(
+                    &records,
+                    Record {
+                        start,
+                        latency_ms,
+                        outcome: a.status.to_string(),
+                        reused,
+                        worker: a.worker,
+                        master: a.master,
+                    },
+                );
             }
             Err(e) => {
                 conn = None;
-                records.push(Record {
-                    start,
-                    latency_ms,
-                    outcome: classify(&e).to_string(),
-                    reused,
-                    worker: 0,
-                    master: 0,
-                });
+                push(
+                    &records,
+                    Record { start, latency_ms, outcome: classify(&e).to_string(), reused, worker: 0, master: 0 },
+                );
                 // Do not spin on an address that refuses: a client would back off a little too.
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
-    records
 }
 
 fn main() {
@@ -242,7 +247,9 @@ fn main() {
         match arg.as_str() {
             "--out" => out = Some(PathBuf::from(value("--out"))),
             "--stop-file" => stop_file = Some(PathBuf::from(value("--stop-file"))),
-            "--max-seconds" => max_seconds = value("--max-seconds").parse().unwrap_or_else(|_| die("bad --max-seconds")),
+            "--max-seconds" => {
+                max_seconds = value("--max-seconds").parse().unwrap_or_else(|_| die("bad --max-seconds"))
+            }
             "--timeout" => timeout = value("--timeout").parse().unwrap_or_else(|_| die("bad --timeout")),
             "--path" => path = value("--path"),
             s if s.starts_with("--") => die(&format!("unknown option {s}")),
@@ -259,7 +266,9 @@ fn main() {
         for _ in 0..spec.conns {
             let (spec, path, stop) = (spec.clone(), path.clone(), stop.clone());
             let timeout = Duration::from_secs_f64(timeout);
-            threads.push((index, std::thread::spawn(move || worker(spec, path, timeout, stop))));
+            let records: Records = Arc::new(Mutex::new(Vec::with_capacity(100_000)));
+            let mine = records.clone();
+            threads.push((index, records, std::thread::spawn(move || worker(spec, path, timeout, stop, mine))));
         }
     }
     // Bounded: stop at the stop file, or after max-seconds whatever happens.
@@ -270,8 +279,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let mut text = String::from("start,latency_ms,outcome,spec,reused,worker,master\n");
     let mut total = 0usize;
-    for (index, thread) in threads {
-        let records = thread.join().unwrap_or_default();
+    let mut panicked = 0usize;
+    for (index, records, thread) in threads {
+        if thread.join().is_err() {
+            panicked += 1;
+        }
+        let records = std::mem::take(&mut *records.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         total += records.len();
         for r in records {
             text.push_str(&format!(
@@ -282,6 +295,11 @@ fn main() {
     }
     std::fs::write(&out, text).unwrap_or_else(|e| die(&format!("failed to write {}: {e}", out.display())));
     eprintln!("loadrec: {total} requests recorded in {}", out.display());
+    if panicked > 0 {
+        // The records are written (none lost), but the load was not what was asked for.
+        eprintln!("loadrec: {panicked} load thread(s) panicked; their records up to the panic are in the file");
+        std::process::exit(3);
+    }
 }
 
 fn die(message: &str) -> ! {

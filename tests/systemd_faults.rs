@@ -155,7 +155,11 @@ fn watchdog_restarts_a_hung_generation(server: common::sdbox::Server, mode: &str
     let tag = format!("watchdog-{}", server.flavor());
     let Some(d) = Deployment::install(&tag, server, None, false) else { return };
     let exec_start = d.sdbox.ok("systemctl show -P ExecStart app | grep -o 'argv\\[\\]=[^;]*' | sed 's/argv\\[\\]=//'");
-    let exec_start = exec_start.trim().replacen(" run ", &format!(" run --watchdog {mode} --stop-timeout 3s "), 1);
+    // The probe watchdog asks the private probe socket, which only `--ready probe` gives (not
+    // gunicorn's default readiness, `booted`).
+    let ready = if mode == "probe" { " --ready probe" } else { "" };
+    let exec_start =
+        exec_start.trim().replacen(" run ", &format!(" run --watchdog {mode}{ready} --stop-timeout 3s "), 1);
     d.sdbox.ok(&format!(
         "mkdir -p /etc/systemd/system/app.service.d
 printf '[Service]\\nWatchdogSec=3s\\nTimeoutStopSec=15s\\nExecStart=\\nExecStart={exec_start}\\n' >/etc/systemd/system/app.service.d/watchdog.conf

@@ -1,0 +1,128 @@
+//! Native upgrade mode with real unicorn on the host (no systemd: there is no MAINPID to hand
+//! over, the upgrade itself is the same): `sockherd reload` on a pid that is no `sockherd run`
+//! supervisor drives the server's own USR2 upgrade by itself, and `--workers` is what the new
+//! master must reach, or it is killed at the timeout and the old master keeps serving.
+//! Inside systemd (MAINPID handoff, NotifyAccess=, nginx) see tests/native.rs.
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `sockherd exec --flavor unicorn` with contrib's config: the unicorn master is the process
+/// started (exec keeps the pid).
+fn unicorn(dir: &TempDir) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let conf = contrib("unicorn/unicorn.conf.rb").display().to_string();
+    let app = contrib("app").display().to_string();
+    let cmd = sockherd_cmd(&[
+        "exec",
+        "--flavor",
+        "unicorn",
+        "--listen",
+        &addr,
+        "--chdir",
+        &app,
+        "--",
+        "unicorn",
+        "-c",
+        &conf,
+        "config.ru",
+    ]);
+    let mut proc = Proc::spawn(cmd, dir.path(), "unicorn");
+    let answer = wait_http_ok(&mut proc, &addr, PATIENCE);
+    if master(&answer.body) != Some(proc.pid()) {
+        proc.fail(&format!("unicorn's master should be the exec'd process {}: {answer:?}", proc.pid()));
+    }
+    // Both workers booted, so the old master's worker count is the one the new must reach.
+    let pid = proc.pid();
+    if !wait_until(PATIENCE, || descendants(pid).len() >= 2) {
+        proc.fail(&format!("unicorn never had its 2 workers: {:?}", descendants(pid)));
+    }
+    (proc, addr)
+}
+
+fn master(body: &str) -> Option<i32> {
+    body.split_whitespace().find_map(|w| w.strip_prefix("master="))?.parse().ok()
+}
+
+/// `sockherd reload --pid PID [extra]` outside systemd.
+fn reload(pid: i32, extra: &[&str]) -> std::process::Output {
+    let pid = pid.to_string();
+    let mut args = vec!["reload", "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut cmd = sockherd_cmd(&args);
+    cmd.env_remove("INVOCATION_ID");
+    cmd.output().expect("run sockherd reload")
+}
+
+/// Stops a master that is no longer our child (an upgraded unicorn is its old master's child,
+/// re-parented when that one exits), by its pid.
+fn quit(pid: i32) {
+    let _ = std::process::Command::new("kill").arg("-QUIT").arg(pid.to_string()).status();
+    wait_until(PATIENCE, || !pid_alive(pid));
+}
+
+#[test]
+fn reload_of_a_server_that_is_no_supervisor_drives_its_own_upgrade() {
+    require!("unicorn");
+    let dir = TempDir::new("native-auto");
+    let (mut proc, addr) = unicorn(&dir);
+    let old = proc.pid();
+    let out = reload(old, &["--timeout", "60s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let answer = http_get(&addr, "/");
+    let new = answer.as_ref().ok().and_then(|r| master(&r.body));
+    if let Some(new) = new.filter(|&n| n != old) {
+        // Whatever happens next, the new master is ours to stop.
+        let _cleanup = Stop(new);
+        if !out.status.success()
+            || !stderr.contains(&format!("pid {old} is not a sockherd supervisor: driving the server's own upgrade"))
+            || !stderr.contains("upgrading without a MAINPID handoff")
+        {
+            proc.fail(&format!("the automatic native reload: {:?}\n{stderr}", out.status));
+        }
+        let status = proc.wait_exit(PATIENCE);
+        if status.code() != Some(0) {
+            proc.fail(&format!("the old master should have stopped on QUIT (exit 0): {status:?}"));
+        }
+        return;
+    }
+    proc.fail(&format!("after the reload a new master should answer, not {old}: {answer:?}\n{stderr}"));
+}
+
+/// Quits a re-parented master when dropped.
+struct Stop(i32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        quit(self.0);
+    }
+}
+
+#[test]
+fn a_new_master_without_the_workers_asked_for_is_killed_and_the_old_one_serves() {
+    require!("unicorn");
+    let dir = TempDir::new("native-workers");
+    let (proc, addr) = unicorn(&dir);
+    let old = proc.pid();
+    let before: Vec<i32> = descendants(old);
+    // unicorn starts 2 workers; 5 never come: late, so killed at the timeout.
+    let out = reload(old, &["--native", "--workers", "5", "--timeout", "8s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() != Some(1)
+        || !stderr.contains("of 5 worker(s)")
+        || !stderr.contains(&format!("old master {old} still serving"))
+    {
+        proc.fail(&format!("a reload whose new master never has 5 workers should fail: {:?}\n{stderr}", out.status));
+    }
+    let answer = http_get(&addr, "/");
+    if !matches!(&answer, Ok(r) if master(&r.body) == Some(old)) {
+        proc.fail(&format!("the old master {old} should still answer: {answer:?}"));
+    }
+    let extra: Vec<i32> = descendants(old).into_iter().filter(|p| !before.contains(p)).collect();
+    if !wait_until(PATIENCE, || descendants(old).iter().all(|p| before.contains(p))) {
+        proc.fail(&format!("the new master and its workers should be gone: {extra:?}"));
+    }
+}
