@@ -554,7 +554,7 @@ mod tests {
             (Flavor::Unicorn, "units/unicorn/app.service", "# unicorn has no sd_notify"),
             (Flavor::Puma, "units/puma/app.service", "# puma (with ruby-sd-notify) sends READY=1"),
             (Flavor::Systemd, "units/generic/app.service", "in the systemd dialect; readiness: notify."),
-            (Flavor::Nginx, "units/generic/app.service", "in the nginx dialect; readiness: probe."),
+            (Flavor::Nginx, "units/generic/app.service", "in the nginx dialect; readiness: workers."),
         ] {
             let mut s = spec(&["127.0.0.1:8000"], 252);
             s.flavor = flavor;

@@ -105,7 +105,7 @@ fn reload_during_the_first_start_runs_once_it_is_ready() {
         dir.path(),
         "reload",
     );
-    proc.wait_for_stderr("reload requested while a handoff is in flight", Duration::from_secs(30));
+    proc.wait_for_stderr("reload requested while generation 1 is starting", Duration::from_secs(30));
     if proc.stderr().contains(" is ready after ") || proc.stderr().contains("started generation 2") {
         proc.fail("generation 1 was ready, or generation 2 started, before the gate opened");
     }
