@@ -782,7 +782,7 @@ impl Core {
                     };
                     if let Some(g) = self.generation(number) {
                         let message = format!(
-                            "{} still running {grace:?} after it was told to stop: sending SIGKILL",
+                            "{} still running {grace:?} after it was told to stop: sending SIGKILL to its process group",
                             g.describe()
                         );
                         let event = log::warn(message).kind("kill").field("GENERATION", number).field("PID", g.pid);
@@ -1092,7 +1092,10 @@ impl Core {
             return;
         }
         if self.primary.is_none() {
-            self.primary = self.serving().map(|g| (g.number, g.exit));
+            // The generation that serves, or (stopped during its start) the one starting: its
+            // exit status becomes ours.
+            let primary = self.serving().or_else(|| self.generations.iter().find(|g| g.phase.is_starting()));
+            self.primary = primary.map(|g| (g.number, g.exit));
         }
         self.emit(log::info(format!("{why}: stopping{}", if fast { " fast" } else { "" })).kind("stop"));
         self.actions.push_back(Action::Notify(Notice::Stopping));

@@ -10,11 +10,21 @@ use std::time::Duration;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// `sockherd exec --flavor unicorn` with contrib's config: the unicorn master is the process
-/// started (exec keeps the pid).
+/// `sockherd exec --flavor unicorn` with contrib's config and a pid file in `dir` (native mode
+/// finds the new master by it): the unicorn master is the process started (exec keeps the pid).
 fn unicorn(dir: &TempDir) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let conf = contrib("unicorn/unicorn.conf.rb").display().to_string();
+    let conf = dir.join("unicorn.conf.rb");
+    std::fs::write(
+        &conf,
+        format!(
+            "instance_eval(File.read({:?}))\npid {:?}\n",
+            contrib("unicorn/unicorn.conf.rb").display().to_string(),
+            pidfile(dir).display().to_string()
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
     let app = contrib("app").display().to_string();
     let cmd = sockherd_cmd(&[
         "exec",
@@ -43,14 +53,19 @@ fn unicorn(dir: &TempDir) -> (Proc, String) {
     (proc, addr)
 }
 
+fn pidfile(dir: &TempDir) -> std::path::PathBuf {
+    dir.join("unicorn.pid")
+}
+
 fn master(body: &str) -> Option<i32> {
     body.split_whitespace().find_map(|w| w.strip_prefix("master="))?.parse().ok()
 }
 
-/// `sockherd reload --pid PID [extra]` outside systemd.
-fn reload(pid: i32, extra: &[&str]) -> std::process::Output {
+/// `sockherd reload --pid PID --pidfile DIR/unicorn.pid [extra]` outside systemd.
+fn reload(dir: &TempDir, pid: i32, extra: &[&str]) -> std::process::Output {
     let pid = pid.to_string();
-    let mut args = vec!["reload", "--pid", &pid];
+    let pidfile = pidfile(dir).display().to_string();
+    let mut args = vec!["reload", "--pid", &pid, "--pidfile", &pidfile];
     args.extend_from_slice(extra);
     let mut cmd = sockherd_cmd(&args);
     cmd.env_remove("INVOCATION_ID");
@@ -70,7 +85,7 @@ fn reload_of_a_server_that_is_no_supervisor_drives_its_own_upgrade() {
     let dir = TempDir::new("native-auto");
     let (mut proc, addr) = unicorn(&dir);
     let old = proc.pid();
-    let out = reload(old, &["--timeout", "60s"]);
+    let out = reload(&dir, old, &["--timeout", "60s"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let answer = http_get(&addr, "/");
     let new = answer.as_ref().ok().and_then(|r| master(&r.body));
@@ -109,10 +124,10 @@ fn a_new_master_without_the_workers_asked_for_is_killed_and_the_old_one_serves()
     let old = proc.pid();
     let before: Vec<i32> = descendants(old);
     // unicorn starts 2 workers; 5 never come: late, so killed at the timeout.
-    let out = reload(old, &["--native", "--workers", "5", "--timeout", "8s"]);
+    let out = reload(&dir, old, &["--native", "--workers", "5", "--timeout", "8s"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.code() != Some(1)
-        || !stderr.contains("of 5 worker(s)")
+        || !stderr.contains("(at least 5 wanted)")
         || !stderr.contains(&format!("old master {old} still serving"))
     {
         proc.fail(&format!("a reload whose new master never has 5 workers should fail: {:?}\n{stderr}", out.status));

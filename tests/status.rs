@@ -121,8 +121,8 @@ fn status_counts_workers_and_json_carries_them() {
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_http_ok(&mut proc, &addr, Duration::from_secs(30));
     // contrib/gunicorn/gunicorn.conf.py asks for 2 workers.
-    let text = wait_status(&proc, "generation 1 with 2 workers", Duration::from_secs(20), |rows| {
-        rows.len() == 1 && rows[0].workers == "2"
+    let text = wait_status(&proc, "generation 1 serving with 2 workers", Duration::from_secs(20), |rows| {
+        rows.len() == 1 && rows[0].workers == "2" && rows[0].state == "serving"
     });
     let rows = generation_rows(&text);
     let release = std::fs::canonicalize(contrib("app")).unwrap().display().to_string();

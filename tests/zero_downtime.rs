@@ -134,6 +134,10 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_http_ok(&mut proc, &addr, Duration::from_secs(30));
     wait_http_ok_unix(&mut proc, &sock, Duration::from_secs(30));
+    // Answering is not serving yet: generation 1 serves once its settle period is over.
+    if !wait_until(Duration::from_secs(30), || serving_master(proc.pid()).is_some()) {
+        proc.fail("generation 1 answered but never counted as serving");
+    }
 
     let mut wrk = Proc::spawn(
         {
