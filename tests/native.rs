@@ -3,7 +3,7 @@
 //! follows the new master each time.
 mod common;
 
-use common::sdbox::{Deployment, Server, report_number as number, report_value as value};
+use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -73,24 +73,23 @@ fn stop_leaves_nothing(d: &Deployment) {
     }
 }
 
-#[test]
-fn unicorn_native_upgrades_hand_mainpid_to_each_new_master() {
+fn unicorn_native_upgrades_hand_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-unicorn", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install("native-unicorn", Server::UnicornNative, systemd) else { return };
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
     eprintln!("unicorn native: {}", report.replace('\n', " "));
     check_reloads(&d, &report);
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(unicorn_native_upgrades_hand_mainpid_to_each_new_master);
 
 /// The release symlink in native mode: after a `current` flip the new master serves the new
 /// release, and deleting the old release does not break the next upgrade (the shipped config
 /// keeps every path behind `current`).
-#[test]
-fn unicorn_native_follows_the_current_symlink() {
+fn unicorn_native_follows_the_current_symlink(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-flip", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install("native-flip", Server::UnicornNative, systemd) else { return };
     d.start();
     d.flip("r2");
     let (code, out, _) = d.reload();
@@ -111,13 +110,13 @@ fn unicorn_native_follows_the_current_symlink() {
         d.sdbox.fail(&format!("after deleting r1 and reloading: {answer}"));
     }
 }
+on_every_systemd!(unicorn_native_follows_the_current_symlink);
 
 /// A broken release: the new master dies, the reload fails, the old master keeps serving under
 /// the same MainPID, and no request fails.
-#[test]
-fn unicorn_native_broken_release_keeps_the_old_master() {
+fn unicorn_native_broken_release_keeps_the_old_master(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-broken", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install("native-broken", Server::UnicornNative, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     d.flip("r3");
@@ -146,23 +145,23 @@ journalctl -u app -o cat --no-pager | grep -i 'native upgrade failed' | tail -1
     }
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(unicorn_native_broken_release_keeps_the_old_master);
 
-#[test]
-fn nginx_binary_upgrade_hands_mainpid_to_each_new_master() {
+fn nginx_binary_upgrade_hands_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-nginx", Server::Nginx, None, false) else { return };
+    let Some(d) = Deployment::install("native-nginx", Server::Nginx, systemd) else { return };
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
     eprintln!("nginx native: {}", report.replace('\n', " "));
     check_reloads(&d, &report);
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(nginx_binary_upgrade_hands_mainpid_to_each_new_master);
 
 /// A unit without NotifyAccess=all would lose the new master: the reload refuses to start.
-#[test]
-fn native_reload_refuses_a_unit_without_notify_access_all() {
+fn native_reload_refuses_a_unit_without_notify_access_all(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-access", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install("native-access", Server::UnicornNative, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\\nNotifyAccess=main\\n' >/etc/systemd/system/app.service.d/access.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");
@@ -175,6 +174,7 @@ fn native_reload_refuses_a_unit_without_notify_access_all() {
         d.sdbox.fail("a refused native reload must not touch the server");
     }
 }
+on_every_systemd!(native_reload_refuses_a_unit_without_notify_access_all);
 
 /// gunicorn's own USR2 cannot work with systemd's sockets: refused with a pointer to `run`.
 #[test]

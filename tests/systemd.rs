@@ -1,10 +1,11 @@
 //! The units as shipped, inside a real systemd (tests/support/sdbox): socket activation,
 //! `systemctl reload` under load, a `current` flip, a broken release, journald fields, stop,
-//! and restart with the sockets held by systemd. systemd 252 (the host's) uses ExecReload=
-//! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
+//! and restart with the sockets held by systemd, on every systemd of the matrix (252, 254, 257,
+//! 262). systemd 252 uses ExecReload=`sockherd reload`; 253 and later the Type=notify-reload
+//! drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, report_number as number, report_value as value, systemd_254_tree};
+use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -49,16 +50,10 @@ true
 
 /// The whole life of the service on one systemd: activation, reloads under load, a new
 /// release, a broken release, journald, stop.
-fn lifecycle(server: Server, systemd_254: bool) {
+fn lifecycle(server: Server, systemd: Systemd) {
     require!("curl", "hey");
-    let lower = systemd_254.then(systemd_254_tree);
-    let tag = format!("{}-{}", server.flavor(), if systemd_254 { "254" } else { "252" });
-    let Some(d) = Deployment::install(&tag, server, lower.as_deref(), systemd_254) else { return };
-    let version = d.sdbox.ok("systemctl --version | head -1");
-    eprintln!("{tag}: {}", version.trim());
-    if systemd_254 && !version.contains("systemd 254") {
-        d.sdbox.fail(&format!("expected systemd 254 in the box, got {version}"));
-    }
+    let tag = format!("{}-{}", server.flavor(), systemd.version());
+    let Some(d) = Deployment::install(server.flavor(), server, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
 
@@ -170,42 +165,15 @@ touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
     }
 }
 
-#[test]
-fn gunicorn_on_systemd_252() {
-    lifecycle(Server::Gunicorn, false);
-}
-
-#[test]
-fn unicorn_on_systemd_252() {
-    lifecycle(Server::Unicorn, false);
-}
-
-#[test]
-fn puma_on_systemd_252() {
-    lifecycle(Server::Puma, false);
-}
-
-#[test]
-fn gunicorn_on_systemd_254_notify_reload() {
-    lifecycle(Server::Gunicorn, true);
-}
-
-#[test]
-fn unicorn_on_systemd_254_notify_reload() {
-    lifecycle(Server::Unicorn, true);
-}
-
-#[test]
-fn puma_on_systemd_254_notify_reload() {
-    lifecycle(Server::Puma, true);
-}
+on_every_systemd!(gunicorn, |systemd| lifecycle(Server::Gunicorn, systemd));
+on_every_systemd!(unicorn, |systemd| lifecycle(Server::Unicorn, systemd));
+on_every_systemd!(puma, |systemd| lifecycle(Server::Puma, systemd));
 
 /// `systemctl restart app` with the socket units active: connections made while the service is
 /// down queue in systemd's sockets and are answered by the new instance; none is refused.
-#[test]
-fn restart_queues_connections_in_the_socket_units() {
+fn restart_queues_connections_in_the_socket_units(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("restart", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install("restart", Server::Gunicorn, systemd) else { return };
     d.start();
     let report = d.sdbox.ok(
         r#"
@@ -236,14 +204,14 @@ cat /tmp/r.err 2>/dev/null | head -3
         d.sdbox.fail(&format!("systemctl restart did not start a new main process: {pids}"));
     }
 }
+on_every_systemd!(restart_queues_connections_in_the_socket_units);
 
 /// contrib/deploy/deploy.sh against the shipped gunicorn units: a good release deploys and
 /// serves; a broken one fails the deploy, keeps the previous release serving and points
 /// `current` back at it.
-#[test]
-fn deploy_recipe_deploys_and_fails_loudly() {
+fn deploy_recipe_deploys_and_fails_loudly(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("deploy", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install("deploy", Server::Gunicorn, systemd) else { return };
     d.start();
     let deploy = common::repo().join("contrib/deploy/deploy.sh");
     let good = d.sdbox.sh(&format!(
@@ -277,13 +245,13 @@ fn deploy_recipe_deploys_and_fails_loudly() {
         ));
     }
 }
+on_every_systemd!(deploy_recipe_deploys_and_fails_loudly);
 
 /// WatchdogSec=: sockherd pings systemd while the serving generation lives, so systemd sees
 /// fresh pings (WatchdogTimestamp advances) and never kills the service.
-#[test]
-fn watchdog_pings_while_the_generation_serves() {
+fn watchdog_pings_while_the_generation_serves(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");
@@ -299,3 +267,5 @@ fn watchdog_pings_while_the_generation_serves() {
         d.sdbox.fail("the watchdog restarted the service");
     }
 }
+on_every_systemd!(watchdog_pings_while_the_generation_serves);
+
