@@ -269,3 +269,83 @@ fn watchdog_pings_while_the_generation_serves(systemd: Systemd) {
 }
 on_every_systemd!(watchdog_pings_while_the_generation_serves);
 
+/// The generation answering on port `port`, as the box sees it: its answer, pid, the socket
+/// variables it was given (contrib/app's /env), and the inode id of a pidfd of that pid.
+fn generation_view(d: &Deployment, port: u16) -> String {
+    d.sdbox.ok(&format!(
+        r#"
+answer=$(curl -sS -m 30 http://127.0.0.1:{port}/); echo "answer=$answer"
+curl -sS -m 30 http://127.0.0.1:{port}/env
+pid=$(echo "$answer" | sed -n 's/.* pid=\([0-9]*\) .*/\1/p'); echo "pid=$pid"
+echo "pidfdid=$(python3 -c 'import os, sys; print(os.fstat(os.pidfd_open(int(sys.argv[1]))).st_ino)' "$pid")"
+"#
+    ))
+}
+
+/// Whether this kernel gives every process its own pidfd inode (pidfs, Linux 6.9): then two
+/// processes' pidfds differ in st_ino, which they never do on the older anonymous inode.
+fn kernel_has_pidfd_ids(d: &Deployment) -> bool {
+    d.sdbox.ok("python3 -c 'import os; print(os.fstat(os.pidfd_open(os.getpid())).st_ino != os.fstat(os.pidfd_open(1)).st_ino)'").trim()
+        == "True"
+}
+
+/// Checks that the generation answering on `port` was handed its sockets for itself: LISTEN_PID
+/// is its pid and, on a kernel with pidfd ids, LISTEN_PIDFDID its own pidfd's inode id (never
+/// systemd's value for sockherd). Returns its pid.
+fn check_listen_vars(d: &Deployment, port: u16, release: &str, pidfd_ids: bool, when: &str) -> String {
+    let view = generation_view(d, port);
+    let pid = value(&view, "pid").unwrap_or("").to_string();
+    let ok = value(&view, "answer").is_some_and(|a| a.starts_with(&format!("release={release} ")))
+        && !pid.is_empty()
+        && value(&view, "LISTEN_PID") == Some(pid.as_str())
+        && value(&view, "LISTEN_FDS") == Some("2")
+        && value(&view, "LISTEN_PIDFDID") == if pidfd_ids { value(&view, "pidfdid") } else { None };
+    if !ok {
+        d.sdbox.fail(&format!(
+            "{when}: expected {release} served by a process whose LISTEN_PID is its pid and LISTEN_PIDFDID {}:\n{view}",
+            if pidfd_ids { "its pidfd's inode id" } else { "unset (no pidfd ids on this kernel)" }
+        ));
+    }
+    pid
+}
+
+/// A server that takes its sockets with libsystemd's own sd_listen_fds(0), as C servers do
+/// (units/generic as shipped, contrib/app/serve.py --libsystemd): every generation of `sockherd
+/// run` is handed them for itself, so libsystemd's checks pass on every systemd — 259 and later
+/// included, which give sockherd a LISTEN_PIDFDID naming sockherd — and it serves through
+/// reloads. Under `sockherd exec` (same pid) it serves too.
+fn libsystemd_server_serves_through_reloads(systemd: Systemd) {
+    require!("curl");
+    let Some(d) = Deployment::install("libsystemd", Server::Libsystemd, systemd) else { return };
+    let pidfd_ids = kernel_has_pidfd_ids(&d);
+    d.start();
+    let first = check_listen_vars(&d, 8080, "r1", pidfd_ids, "generation 1");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("systemctl reload failed ({code}): {out}"));
+    }
+    let second = check_listen_vars(&d, 8080, "r1", pidfd_ids, "generation 2");
+    d.flip("r2");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("systemctl reload onto r2 failed ({code}): {out}"));
+    }
+    let third = check_listen_vars(&d, 8080, "r2", pidfd_ids, "generation 3");
+    if first == second || second == third {
+        d.sdbox.fail(&format!("the reloads did not start new generations: pids {first}, {second}, {third}"));
+    }
+
+    // `sockherd exec`: the server becomes the service's main process, same pid as sockherd.
+    d.sdbox.ok(
+        "set -e
+printf '[Socket]\\nListenStream=127.0.0.1:8081\\nListenStream=/run/direct.sock\\n' >/etc/systemd/system/direct.socket
+printf '[Service]\\nType=notify\\nUser=app\\nExecStart=/usr/bin/sockherd exec --chdir /srv/app/current -- /srv/app/current/bin/server\\n' >/etc/systemd/system/direct.service
+systemctl daemon-reload && systemctl start direct.socket",
+    );
+    let direct = check_listen_vars(&d, 8081, "r2", pidfd_ids, "sockherd exec");
+    let main_pid = d.sdbox.ok("systemctl show -P MainPID direct.service").trim().to_string();
+    if direct != main_pid {
+        d.sdbox.fail_unit("direct", &format!("under sockherd exec, pid {direct} answered but MainPID is {main_pid}"));
+    }
+}
+on_every_systemd!(libsystemd_server_serves_through_reloads);
