@@ -5,6 +5,9 @@
 pub const LISTEN_FDS_START: i32 = 3;
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_PID: &str = "LISTEN_PID";
+/// systemd >= 259: the pidfd inode id of the process the descriptors are for, beside
+/// LISTEN_PID; libsystemd's sd_listen_fds() returns 0 when it does not name the caller.
+pub const LISTEN_PIDFDID: &str = "LISTEN_PIDFDID";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// Name systemd gives a socket without FileDescriptorName=.
 pub const UNKNOWN_FDNAME: &str = "unknown";
@@ -20,6 +23,10 @@ pub const WATCHDOG: &str = "WATCHDOG=1";
 pub const BARRIER: &str = "BARRIER=1";
 pub const STATUS: &str = "STATUS";
 pub const MAINPID: &str = "MAINPID";
+/// The pidfd inode id of `$MAINPID`, set beside it for ExecReload= and friends (systemd >= 257).
+pub const MAINPIDFDID: &str = "MAINPIDFDID";
+/// The number of fd store slots (FileDescriptorStoreMax=) for the service's main process.
+pub const FDSTORE: &str = "FDSTORE";
 pub const MONOTONIC_USEC: &str = "MONOTONIC_USEC";
 pub const EXTEND_TIMEOUT_USEC: &str = "EXTEND_TIMEOUT_USEC";
 
@@ -39,7 +46,7 @@ pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
 pub const NGINX: &str = "NGINX";
 /// `PUMA_INHERIT_0`, ...: puma's own re-exec protocol; never inherited from us.
 pub const PUMA_INHERIT_PREFIX: &str = "PUMA_INHERIT_";
-/// systemd's alternative start fd, read by some libraries (listenfd).
+/// systemfd's first descriptor when it is not 3, read by listenfd (not systemd's protocol).
 pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 
 /// Variables that describe inherited sockets. A child never inherits them from our own
@@ -49,6 +56,7 @@ pub fn is_socket_convention_var(name: &str) -> bool {
         name,
         LISTEN_FDS
             | LISTEN_PID
+            | LISTEN_PIDFDID
             | LISTEN_FDNAMES
             | LISTEN_FDS_FIRST_FD
             | UNICORN_FD
@@ -60,4 +68,20 @@ pub fn is_socket_convention_var(name: &str) -> bool {
             | NGINX
     ) || name.starts_with(EINHORN_FD_PREFIX)
         || name.starts_with(PUMA_INHERIT_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherited_socket_variables_are_recognised() {
+        for name in [LISTEN_FDS, LISTEN_PID, LISTEN_PIDFDID, LISTEN_FDNAMES, LISTEN_FDS_FIRST_FD, "EINHORN_FD_3"] {
+            assert!(is_socket_convention_var(name), "{name}");
+        }
+        // Not socket variables (command::environment withholds the notify ones in run mode).
+        for name in [NOTIFY_SOCKET, WATCHDOG_PID, FDSTORE, MAINPIDFDID, "SYSTEMD_EXEC_PID"] {
+            assert!(!is_socket_convention_var(name), "{name}");
+        }
+    }
 }
