@@ -15,11 +15,13 @@ use crate::flavor::Flavor;
 use crate::listen::ListenSpec;
 use crate::log;
 use crate::native::NativeReload;
+use crate::protocol::{MAINPID, MAINPIDFDID};
 use crate::readiness::Readiness;
 use crate::signal::Signal;
 use crate::socket::Socket;
 use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
+use crate::sys;
 use crate::unitgen::{self, UnitSpec};
 
 /// Exit codes, for `--help` and the man page's EXIT STATUS.
@@ -452,14 +454,38 @@ fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
     if let Some(pid) = args.pid {
         return Ok(pid);
     }
-    match std::env::var("MAINPID") {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p: &i32| *p > 0)
-            .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`")),
+    match std::env::var(MAINPID) {
+        Ok(value) => {
+            let pid = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p: &i32| *p > 0)
+                .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`"))?;
+            check_main_pid_identity(pid, std::env::var(MAINPIDFDID).ok().as_deref())?;
+            Ok(pid)
+        }
         Err(_) => bail!("no supervisor given: pass --pid PID, or run it as ExecReload= where systemd sets $MAINPID"),
+    }
+}
+
+/// systemd >= 257 sets `$MAINPIDFDID` beside `$MAINPID`: the main process's pidfd inode id.
+/// Where the kernel has pidfd ids, `pid` must still name that process, not one that took the
+/// pid after the main process exited.
+fn check_main_pid_identity(pid: i32, pidfd_id: Option<&str>) -> Result<()> {
+    let Some(text) = pidfd_id else { return Ok(()) };
+    let id: u64 =
+        text.trim().parse().map_err(|_| anyhow!("invalid {MAINPIDFDID}='{text}': expected a pidfd inode id"))?;
+    match sys::pid_inode_id(pid) {
+        Ok(Some(now)) if now != id => bail!(
+            "{MAINPID}={pid} no longer names the service's main process ({MAINPIDFDID}={id}, the process with that \
+             pid now has {now}): it exited"
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            bail!("{MAINPID}={pid}: the service's main process has exited")
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to open a pidfd of {MAINPID}={pid}")),
     }
 }
 
@@ -722,6 +748,28 @@ fn generate(what: Generate) -> Result<u8> {
                 .with_context(|| format!("failed to write {shell} completions into {}", dir.display()))?;
             println!("{}", path.display());
             Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn main_pid_must_still_have_the_pidfd_id_systemd_gave() {
+        let pid = sys::getpid();
+        check_main_pid_identity(pid, None).unwrap();
+        let err = check_main_pid_identity(pid, Some("x")).unwrap_err().to_string();
+        assert!(err.contains("invalid MAINPIDFDID='x'"), "{err}");
+        match sys::pid_inode_id(pid).unwrap() {
+            Some(id) => {
+                check_main_pid_identity(pid, Some(&id.to_string())).unwrap();
+                let err = check_main_pid_identity(pid, Some(&(id + 1).to_string())).unwrap_err().to_string();
+                assert!(err.contains(&format!("MAINPID={pid} no longer names the service's main process")), "{err}");
+            }
+            // Nothing to compare without pidfd ids.
+            None => check_main_pid_identity(pid, Some("12345")).unwrap(),
         }
     }
 }
