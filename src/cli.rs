@@ -374,7 +374,12 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
 }
 
 pub fn dispatch(cli: Cli) -> Result<u8> {
-    log::init(cli.debug);
+    // Native journal entries only from the processes that live on (`run`, and `exec`, which
+    // becomes the server): journald attributes a datagram to a unit by its sender's cgroup, read
+    // when it handles it, and loses the unit of a sender that has exited by then (seen for an
+    // ExecReload= `sockherd reload` that failed at once). stderr lines keep their unit: the stream
+    // says which unit it belongs to when systemd connects it.
+    log::init(cli.debug, matches!(cli.command, Command::Run(_) | Command::Exec(_)));
     match cli.command {
         Command::Run(args) => {
             let sockets = acquire_sockets(&args.sockets)?;

@@ -349,3 +349,26 @@ systemctl daemon-reload && systemctl start direct.socket",
     }
 }
 on_every_systemd!(libsystemd_server_serves_through_reloads);
+
+/// What a short-lived `sockherd reload` (ExecReload=) says reaches its unit's journal, every
+/// time: journald tells a native entry's unit from its sender's cgroup, which it cannot read
+/// once the sender has exited, so such commands write to stderr, whose stream names the unit.
+fn client_messages_stay_in_their_units_journal(systemd: Systemd) {
+    let Some(b) = common::sdbox::SdBox::boot("client-journal", systemd) else { return };
+    b.ok(&format!(
+        "install -m 0755 {} /usr/bin/sockherd
+printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/sockherd reload --pid 1\\n' >/run/systemd/system/client@.service
+systemctl daemon-reload",
+        common::sockherd().display()
+    ));
+    let report = b.ok(
+        "for i in $(seq 40); do systemctl start client@$i 2>/dev/null; done
+journalctl --sync
+for i in $(seq 40); do journalctl -u client@$i -o cat --no-pager | grep -q 'not a sockherd supervisor' || echo \"lost=$i\"; done
+true",
+    );
+    if report.contains("lost=") {
+        b.fail_unit("client@1", &format!("messages of sockherd reload missing from their unit's journal:\n{report}"));
+    }
+}
+on_every_systemd!(client_messages_stay_in_their_units_journal);
