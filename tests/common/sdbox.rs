@@ -190,14 +190,16 @@ impl SdBox {
         let locks = take_box_locks();
         let name =
             format!("{tag}-{}-{}-{}", systemd.version(), std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
+        // Read-only: the box needs the binary, units/, contrib/ and tests/support/ only, and
+        // nothing in the box can change the checkout.
         let mut cmd = Command::new(sdbox_script());
-        cmd.args(["start", &name, "--bind"]).arg(repo());
+        cmd.args(["start", &name, "--bind-ro"]).arg(repo());
         if let Some(lower) = &lower {
             cmd.arg("--lower").arg(lower);
         }
         let venv = test_venv();
         if venv.exists() {
-            cmd.arg("--bind").arg(&venv);
+            cmd.arg("--bind-ro").arg(&venv);
         }
         let started = std::time::Instant::now();
         let out = cmd.output().expect("run tests/support/sdbox");
