@@ -474,7 +474,7 @@ fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
     }
 }
 
-/// systemd >= 257 sets `$MAINPIDFDID` beside `$MAINPID`: the main process's pidfd inode id.
+/// systemd >= 258 sets `$MAINPIDFDID` beside `$MAINPID`: the main process's pidfd inode id.
 /// Where the kernel has pidfd ids, `pid` must still name that process, not one that took the
 /// pid after the main process exited.
 fn check_main_pid_identity(pid: i32, pidfd_id: Option<&str>) -> Result<()> {

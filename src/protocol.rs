@@ -23,7 +23,7 @@ pub const WATCHDOG: &str = "WATCHDOG=1";
 pub const BARRIER: &str = "BARRIER=1";
 pub const STATUS: &str = "STATUS";
 pub const MAINPID: &str = "MAINPID";
-/// The pidfd inode id of `$MAINPID`, set beside it for ExecReload= and friends (systemd >= 257).
+/// The pidfd inode id of `$MAINPID`, set beside it for ExecReload= and friends (systemd >= 258).
 pub const MAINPIDFDID: &str = "MAINPIDFDID";
 /// The number of fd store slots (FileDescriptorStoreMax=) for the service's main process.
 pub const FDSTORE: &str = "FDSTORE";

@@ -89,7 +89,7 @@ fn pidfd_id(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|id| !id.is_empty())
 }
 
-/// As ExecReload=, `sockherd reload` takes `$MAINPID`; systemd >= 257 also gives `$MAINPIDFDID`,
+/// As ExecReload=, `sockherd reload` takes `$MAINPID`; systemd >= 258 also gives `$MAINPIDFDID`,
 /// the main process's pidfd inode id. A MAINPID whose process has another id is not the
 /// service's main process any more (the pid was reused): refused, nothing reloaded. The right
 /// id reloads.
