@@ -128,3 +128,19 @@ fn reload_by_mainpid_checks_mainpidfdid() {
         ));
     }
 }
+
+/// NOTIFY_SOCKET in a form sockherd cannot speak to (vsock, systemd 253's way for a VM's
+/// manager): a precise warning, and the service runs on without notifications.
+#[test]
+fn vsock_notify_socket_is_refused_precisely_and_the_server_runs() {
+    require!("python3");
+    let dir = TempDir::new("vsock-notify");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve").env("NOTIFY_SOCKET", "vsock:2:1234");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    if !proc.stderr().contains("cannot reach NOTIFY_SOCKET=vsock:2:1234: a vsock address") {
+        proc.fail("expected a warning that names the vsock NOTIFY_SOCKET and why it cannot be used");
+    }
+}
