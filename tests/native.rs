@@ -75,7 +75,7 @@ fn stop_leaves_nothing(d: &Deployment) {
 
 fn unicorn_native_upgrades_hand_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-unicorn", Server::UnicornNative, systemd) else { return };
+    let Some(d) = Deployment::install_on("native-unicorn", Server::UnicornNative, systemd) else { return };
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
     eprintln!("unicorn native: {}", report.replace('\n', " "));
@@ -89,7 +89,7 @@ on_every_systemd!(unicorn_native_upgrades_hand_mainpid_to_each_new_master);
 /// keeps every path behind `current`).
 fn unicorn_native_follows_the_current_symlink(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-flip", Server::UnicornNative, systemd) else { return };
+    let Some(d) = Deployment::install_on("native-flip", Server::UnicornNative, systemd) else { return };
     d.start();
     d.flip("r2");
     let (code, out, _) = d.reload();
@@ -116,7 +116,7 @@ on_every_systemd!(unicorn_native_follows_the_current_symlink);
 /// the same MainPID, and no request fails.
 fn unicorn_native_broken_release_keeps_the_old_master(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-broken", Server::UnicornNative, systemd) else { return };
+    let Some(d) = Deployment::install_on("native-broken", Server::UnicornNative, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     d.flip("r3");
@@ -149,7 +149,7 @@ on_every_systemd!(unicorn_native_broken_release_keeps_the_old_master);
 
 fn nginx_binary_upgrade_hands_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-nginx", Server::Nginx, systemd) else { return };
+    let Some(d) = Deployment::install_on("native-nginx", Server::Nginx, systemd) else { return };
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
     eprintln!("nginx native: {}", report.replace('\n', " "));
@@ -161,7 +161,7 @@ on_every_systemd!(nginx_binary_upgrade_hands_mainpid_to_each_new_master);
 /// A unit without NotifyAccess=all would lose the new master: the reload refuses to start.
 fn native_reload_refuses_a_unit_without_notify_access_all(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-access", Server::UnicornNative, systemd) else { return };
+    let Some(d) = Deployment::install_on("native-access", Server::UnicornNative, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\\nNotifyAccess=main\\n' >/etc/systemd/system/app.service.d/access.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");

@@ -57,7 +57,7 @@ fn package() -> Option<PathBuf> {
 /// version of the matrix by tests/systemd.rs).
 fn installed(tag: &str) -> Option<SdBox> {
     let deb = package()?;
-    let sdbox = SdBox::boot(tag, Systemd::V252)?;
+    let sdbox = SdBox::boot_on(tag, Systemd::V252)?;
     let out = sdbox.ok(&format!("test ! -e /usr/bin/sockherd; dpkg -i {} 2>&1", deb.display()));
     eprintln!("{tag}: {}", out.lines().last().unwrap_or_default());
     Some(sdbox)

@@ -181,7 +181,7 @@ fn status_unit_and_pid_conflict() {
 /// process is not a supervisor shows what systemd knows and says so.
 fn status_of_a_unit_inside_systemd(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("status-unit", Server::Gunicorn, systemd) else { return };
+    let Some(d) = Deployment::install_on("status-unit", Server::Gunicorn, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     // gunicorn is ready once one worker answers; its second worker boots a moment later.

@@ -53,7 +53,7 @@ true
 fn lifecycle(server: Server, systemd: Systemd) {
     require!("curl", "hey");
     let tag = format!("{}-{}", server.flavor(), systemd.version());
-    let Some(d) = Deployment::install(server.flavor(), server, systemd) else { return };
+    let Some(d) = Deployment::install_on(server.flavor(), server, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
 
@@ -173,7 +173,7 @@ on_every_systemd!(puma, |systemd| lifecycle(Server::Puma, systemd));
 /// down queue in systemd's sockets and are answered by the new instance; none is refused.
 fn restart_queues_connections_in_the_socket_units(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("restart", Server::Gunicorn, systemd) else { return };
+    let Some(d) = Deployment::install_on("restart", Server::Gunicorn, systemd) else { return };
     d.start();
     let report = d.sdbox.ok(
         r#"
@@ -211,7 +211,7 @@ on_every_systemd!(restart_queues_connections_in_the_socket_units);
 /// `current` back at it.
 fn deploy_recipe_deploys_and_fails_loudly(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("deploy", Server::Gunicorn, systemd) else { return };
+    let Some(d) = Deployment::install_on("deploy", Server::Gunicorn, systemd) else { return };
     d.start();
     let deploy = common::repo().join("contrib/deploy/deploy.sh");
     let good = d.sdbox.sh(&format!(
@@ -251,7 +251,7 @@ on_every_systemd!(deploy_recipe_deploys_and_fails_loudly);
 /// fresh pings (WatchdogTimestamp advances) and never kills the service.
 fn watchdog_pings_while_the_generation_serves(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, systemd) else { return };
+    let Some(d) = Deployment::install_on("watchdog", Server::Gunicorn, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");
@@ -316,7 +316,7 @@ fn check_listen_vars(d: &Deployment, port: u16, release: &str, pidfd_ids: bool, 
 /// reloads. Under `sockherd exec` (same pid) it serves too.
 fn libsystemd_server_serves_through_reloads(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("libsystemd", Server::Libsystemd, systemd) else { return };
+    let Some(d) = Deployment::install_on("libsystemd", Server::Libsystemd, systemd) else { return };
     let pidfd_ids = kernel_has_pidfd_ids(&d);
     d.start();
     let first = check_listen_vars(&d, 8080, "r1", pidfd_ids, "generation 1");
@@ -354,7 +354,7 @@ on_every_systemd!(libsystemd_server_serves_through_reloads);
 /// time: journald tells a native entry's unit from its sender's cgroup, which it cannot read
 /// once the sender has exited, so such commands write to stderr, whose stream names the unit.
 fn client_messages_stay_in_their_units_journal(systemd: Systemd) {
-    let Some(b) = common::sdbox::SdBox::boot("client-journal", systemd) else { return };
+    let Some(b) = common::sdbox::SdBox::boot_on("client-journal", systemd) else { return };
     b.ok(&format!(
         "install -m 0755 {} /usr/bin/sockherd
 printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/sockherd reload --pid 1\\n' >/run/systemd/system/client@.service

@@ -267,7 +267,7 @@ fn generated_unit_serves_and_reloads(systemd: Systemd) {
     require!("curl");
     let expect_type = if systemd.notify_reload() { "notify-reload" } else { "notify" };
     let tag = format!("unitgen-{}", systemd.version());
-    let Some(d) = Deployment::install_app("unitgen", Server::Gunicorn, systemd) else { return };
+    let Some(d) = Deployment::install_app_on("unitgen", Server::Gunicorn, systemd) else { return };
     let b = &d.sdbox;
 
     // As an operator would: no --sockherd, no --systemd-version.

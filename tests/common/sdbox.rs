@@ -68,6 +68,13 @@ impl Systemd {
         )
     }
 
+    /// The systemd whose tree is `lower` (None: the host's 252). A tree that is none of the
+    /// matrix's is taken for 254, and the box's version check says so if it is not.
+    pub fn of_tree(lower: Option<&Path>) -> Systemd {
+        let Some(lower) = lower else { return Systemd::V252 };
+        Systemd::ALL.into_iter().find(|s| s.tree().as_deref() == Some(lower)).unwrap_or(Systemd::V254)
+    }
+
     /// Type=notify-reload exists since 253: the units get units/notify-reload.conf.
     pub fn notify_reload(self) -> bool {
         self.version() >= 253
@@ -115,6 +122,11 @@ macro_rules! on_every_systemd {
             }
         }
     };
+}
+
+/// The systemd 254 tree, for box tests written before the matrix (`Systemd::V254.tree()`).
+pub fn systemd_254_tree() -> PathBuf {
+    Systemd::V254.tree().expect("254 is a fetched tree")
 }
 
 /// A world-readable virtualenv with gunicorn, for the app user (see .ci/run).
@@ -167,7 +179,7 @@ fn take_box_locks() -> (std::fs::File, std::fs::File) {
 impl SdBox {
     /// Boots a box with `systemd` (252 is the host's; the others are trees laid on top).
     /// Returns None, after printing why, when a prerequisite is missing and the test should skip.
-    pub fn boot(tag: &str, systemd: Systemd) -> Option<SdBox> {
+    pub fn boot_on(tag: &str, systemd: Systemd) -> Option<SdBox> {
         if !prerequisite(is_root(), "root (to boot systemd in private namespaces)")
             || !prerequisite(have("unshare") && have("nsenter"), "unshare and nsenter (util-linux)")
             || !prerequisite(Path::new("/lib/systemd/systemd").exists(), "/lib/systemd/systemd (package systemd)")
@@ -217,6 +229,12 @@ impl SdBox {
         }
         eprintln!("box {}: {} booted in {} ms", sdbox.name, version.trim(), started.elapsed().as_millis());
         Some(sdbox)
+    }
+
+    /// The calling convention of box tests written before the matrix: the host's systemd, or
+    /// the tree at `lower` on top (one of the matrix's trees).
+    pub fn boot(tag: &str, lower: Option<&Path>) -> Option<SdBox> {
+        SdBox::boot_on(tag, Systemd::of_tree(lower))
     }
 
     /// Runs a bash script inside the box.
@@ -361,10 +379,20 @@ impl Deployment {
     /// Boots a box and installs the app with releases r1 and r2 (r3: broken), current -> r1,
     /// and, where the systemd has Type=notify-reload (253+), the notify-reload drop-in. Does not
     /// start anything.
-    pub fn install(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
-        let deployment = Deployment::install_app(tag, server, systemd)?;
+    pub fn install_on(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
+        Deployment::install_units(tag, server, systemd, systemd.notify_reload() && server.has_reload_styles())
+    }
+
+    /// The calling convention of box tests written before the matrix: the host's systemd or
+    /// the tree at `lower`, and the notify-reload drop-in when `notify_reload`.
+    pub fn install(tag: &str, server: Server, lower: Option<&Path>, notify_reload: bool) -> Option<Deployment> {
+        Deployment::install_units(tag, server, Systemd::of_tree(lower), notify_reload)
+    }
+
+    fn install_units(tag: &str, server: Server, systemd: Systemd, notify_reload: bool) -> Option<Deployment> {
+        let deployment = Deployment::install_app_on(tag, server, systemd)?;
         let units = repo().join("units");
-        let dropin = if systemd.notify_reload() && server.has_reload_styles() {
+        let dropin = if notify_reload {
             format!(
                 "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n",
                 units.display()
@@ -395,13 +423,18 @@ cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service 
         Some(deployment)
     }
 
+    /// `install_app_on` in the calling convention of box tests written before the matrix.
+    pub fn install_app(tag: &str, server: Server, lower: Option<&Path>) -> Option<Deployment> {
+        Deployment::install_app_on(tag, server, Systemd::of_tree(lower))
+    }
+
     /// Boots a box and installs everything but the units: /usr/bin/sockherd, user app, releases
     /// r1, r2 and r3 (broken) under /srv/app, current -> r1, /srv/app/shared/venv.
-    pub fn install_app(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
+    pub fn install_app_on(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
         if !server.available() {
             return None;
         }
-        let sdbox = SdBox::boot(tag, systemd)?;
+        let sdbox = SdBox::boot_on(tag, systemd)?;
         let mut copies = String::new();
         for release in ["r1", "r2", "r3"] {
             for file in server.release_files() {
