@@ -264,9 +264,9 @@ class Box:
         Box.counter += 1
         self.name = "bench-%s-%d-%d" % (tag, os.getpid(), Box.counter)
         self.outdir = outdir
-        # Boxes share the host's cgroup tree: two boxes running app.service would share (and kill)
-        # each other's cgroup. Take the lock the test harness takes (tests/common/sdbox.rs) for
-        # the box's life; wait for it at most 15 minutes.
+        # A measurement wants the machine to itself: take the box lock exclusively for the box's
+        # life (test boxes take it shared, tests/common/sdbox.rs, and wait); wait for it at most
+        # 15 minutes.
         import fcntl
         os.makedirs("/run/sockherd-sdbox", exist_ok=True)
         self.lock = open("/run/sockherd-sdbox/lock", "a")
@@ -431,7 +431,7 @@ class BoxMethod(Method):
         if not shutil.which("unshare") or not shutil.which("nsenter") or not os.path.exists("/lib/systemd/systemd"):
             return "needs unshare, nsenter and systemd"
         if self.systemd_254 and not os.path.exists(os.path.join(SYSTEMD_254, "usr/lib/systemd/systemd")):
-            return "systemd 254 tree missing at %s (tests/support/fetch-systemd-254)" % SYSTEMD_254
+            return "systemd 254 tree missing at %s (tests/support/fetch-systemd bookworm-backports %s)" % (SYSTEMD_254, SYSTEMD_254)
         if self.server == "gunicorn" and not os.path.exists(os.path.join(VENV, "bin/gunicorn")):
             return "gunicorn venv %s missing (.ci/run makes it)" % VENV
         if self.server in ("unicorn", "puma") and not have(self.server):

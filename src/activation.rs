@@ -2,29 +2,38 @@
 //! sd_listen_fds(3) defines it.
 //!
 //! `LISTEN_PID` must be our pid (otherwise the variables were meant for another process and are
-//! ignored), `LISTEN_FDS` counts descriptors from 3, and `LISTEN_FDNAMES` names them (default
-//! "unknown"). Unlike sd_listen_fds we never unset the variables: our own environment is never
-//! mutated; children get a fresh set built by their flavor.
+//! ignored), and so must `LISTEN_PIDFDID` when set (systemd >= 259: our pidfd inode id, which
+//! tells us from a process that reused the pid; not compared where the kernel has no such ids,
+//! as sd_listen_fds does). `LISTEN_FDS` counts descriptors from 3, and `LISTEN_FDNAMES` names
+//! them (default "unknown"). `LISTEN_FDS_FIRST_FD` (systemfd's, read by listenfd) is not part of
+//! the protocol and is ignored, as libsystemd ignores it. Unlike sd_listen_fds we never unset the
+//! variables: our own environment is never mutated; children get a fresh set built by their
+//! flavor.
 
 use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, bail};
 
-use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, UNKNOWN_FDNAME};
+use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, LISTEN_PIDFDID, UNKNOWN_FDNAME};
 use crate::socket::{Origin, Socket};
 use crate::sys;
 
 /// What the activation variables say, before any descriptor is looked at.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Activation {
-    /// No activation variables, or LISTEN_PID names another process.
+    /// No activation variables, or LISTEN_PID or LISTEN_PIDFDID names another process.
     None { reason: String },
     /// `names.len()` descriptors from fd 3.
     Fds { names: Vec<String> },
 }
 
-/// Parses the activation variables. `get` looks a variable up (our environment in production).
-pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> Result<Activation> {
+/// Parses the activation variables. `get` looks a variable up (our environment in production);
+/// `our_pidfd_id` is our pidfd inode id, None where the kernel has none.
+pub fn parse(
+    get: impl Fn(&str) -> Option<std::ffi::OsString>,
+    our_pid: i32,
+    our_pidfd_id: Option<u64>,
+) -> Result<Activation> {
     let text = |name: &str| -> Result<Option<String>> {
         match get(name) {
             None => Ok(None),
@@ -51,6 +60,22 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
         return Ok(Activation::None {
             reason: format!("{LISTEN_PID}={pid} names another process (we are {our_pid}), so the sockets are not ours"),
         });
+    }
+    if let Some(id) = text(LISTEN_PIDFDID)? {
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .with_context(|| format!("invalid {LISTEN_PIDFDID}='{id}': expected a pidfd inode id"))?;
+        if let Some(ours) = our_pidfd_id
+            && ours != id
+        {
+            return Ok(Activation::None {
+                reason: format!(
+                    "{LISTEN_PIDFDID}={id} names another process than ours ({ours}, pid {our_pid}), so the sockets are not ours"
+                ),
+            });
+        }
     }
     let Some(count) = text(LISTEN_FDS)? else {
         bail!("{LISTEN_PID}={pid} is our pid but {LISTEN_FDS} is not set");
@@ -90,7 +115,12 @@ pub fn parse(get: impl Fn(&str) -> Option<std::ffi::OsString>, our_pid: i32) -> 
 /// Each descriptor must be open and a socket; a stream socket must be listening.
 /// Our copies are close-on-exec; children get theirs explicitly.
 pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
-    let activation = parse(|name| std::env::var_os(name), sys::getpid())?;
+    // Our pidfd inode id, only needed (and only looked up) when there is one to compare with.
+    let our_pidfd_id = match std::env::var_os(LISTEN_PIDFDID) {
+        Some(_) => sys::pid_inode_id(sys::getpid()).context("failed to read our own pidfd inode id")?,
+        None => None,
+    };
+    let activation = parse(|name| std::env::var_os(name), sys::getpid(), our_pidfd_id)?;
     let names = match activation {
         Activation::None { reason } => return Ok(Err(reason)),
         Activation::Fds { names } => names,
@@ -152,8 +182,12 @@ mod tests {
     use std::ffi::OsString;
 
     fn parse_with(vars: &[(&str, &str)], pid: i32) -> Result<Activation> {
+        parse_with_id(vars, pid, Some(1234))
+    }
+
+    fn parse_with_id(vars: &[(&str, &str)], pid: i32, pidfd_id: Option<u64>) -> Result<Activation> {
         let map: HashMap<String, OsString> = vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
-        parse(|name| map.get(name).cloned(), pid)
+        parse(|name| map.get(name).cloned(), pid, pidfd_id)
     }
 
     #[test]
@@ -180,6 +214,23 @@ mod tests {
     }
 
     #[test]
+    fn pidfd_id_of_another_process_means_not_ours() {
+        let vars = [("LISTEN_PID", "7"), ("LISTEN_PIDFDID", "99"), ("LISTEN_FDS", "1")];
+        let a = parse_with_id(&vars, 7, Some(1234)).unwrap();
+        assert!(
+            matches!(&a, Activation::None { reason } if reason.contains("LISTEN_PIDFDID=99 names another process")),
+            "{a:?}"
+        );
+        let ours = [("LISTEN_PID", "7"), ("LISTEN_PIDFDID", "1234"), ("LISTEN_FDS", "1")];
+        assert_eq!(parse_with_id(&ours, 7, Some(1234)).unwrap(), Activation::Fds { names: vec!["unknown".into()] });
+        // Without pidfd ids (kernel before 6.9) there is nothing to compare: LISTEN_PID decides.
+        assert!(matches!(parse_with_id(&vars, 7, None).unwrap(), Activation::Fds { .. }));
+        // A LISTEN_PID of another process wins over any LISTEN_PIDFDID.
+        let other = [("LISTEN_PID", "8"), ("LISTEN_PIDFDID", "1234"), ("LISTEN_FDS", "1")];
+        assert!(matches!(parse_with_id(&other, 7, Some(1234)).unwrap(), Activation::None { .. }));
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         for (fds, names, want) in [
             ("abc", None, "expected a number"),
@@ -197,6 +248,10 @@ mod tests {
         }
         let err = parse_with(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")], 7).unwrap_err().to_string();
         assert!(err.contains("invalid LISTEN_PID='x'"), "{err}");
+        let err = parse_with(&[("LISTEN_PID", "7"), ("LISTEN_PIDFDID", "-1"), ("LISTEN_FDS", "1")], 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid LISTEN_PIDFDID='-1'"), "{err}");
         let err = parse_with(&[("LISTEN_PID", "0"), ("LISTEN_FDS", "1")], 7).unwrap_err().to_string();
         assert_eq!(err, "invalid LISTEN_PID='0': expected a process id");
         let err = parse_with(&[("LISTEN_PID", "7")], 7).unwrap_err().to_string();

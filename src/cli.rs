@@ -16,11 +16,13 @@ use crate::handoff::WatchdogMode;
 use crate::listen::ListenSpec;
 use crate::log;
 use crate::native::NativeReload;
+use crate::protocol::{MAINPID, MAINPIDFDID};
 use crate::readiness::Readiness;
 use crate::signal::Signal;
 use crate::socket::Socket;
 use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
+use crate::sys;
 use crate::unitgen::{self, UnitSpec};
 
 /// Exit codes, for `--help` and the man page's EXIT STATUS.
@@ -393,7 +395,12 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
 }
 
 pub fn dispatch(cli: Cli) -> Result<u8> {
-    log::init(cli.debug);
+    // Native journal entries only from the processes that live on (`run`, and `exec`, which
+    // becomes the server): journald attributes a datagram to a unit by its sender's cgroup, read
+    // when it handles it, and loses the unit of a sender that has exited by then (seen for an
+    // ExecReload= `sockherd reload` that failed at once). stderr lines keep their unit: the stream
+    // says which unit it belongs to when systemd connects it.
+    log::init(cli.debug, matches!(cli.command, Command::Run(_) | Command::Exec(_)));
     match cli.command {
         Command::Run(args) => {
             let ready = args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
@@ -500,18 +507,41 @@ fn supervisor_pid(args: &ControlArgs) -> Result<i32> {
     if let Some(pid) = args.pid {
         return Ok(pid);
     }
-    match std::env::var("MAINPID") {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p: &i32| *p > 0)
-            .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`")),
+    match std::env::var(MAINPID) {
+        Ok(value) => {
+            let pid = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p: &i32| *p > 0)
+                .ok_or_else(|| anyhow::anyhow!("invalid MAINPID='{value}': expected the pid of `sockherd run`"))?;
+            check_main_pid_identity(pid, std::env::var(MAINPIDFDID).ok().as_deref())?;
+            Ok(pid)
+        }
         Err(_) => bail!("no supervisor given: pass --pid PID, or run it as ExecReload= where systemd sets $MAINPID"),
     }
 }
 
-/// The supervisor's `status` answer (JSON), or why there is none.
+/// systemd >= 258 sets `$MAINPIDFDID` beside `$MAINPID`: the main process's pidfd inode id.
+/// Where the kernel has pidfd ids, `pid` must still name that process, not one that took the
+/// pid after the main process exited.
+fn check_main_pid_identity(pid: i32, pidfd_id: Option<&str>) -> Result<()> {
+    let Some(text) = pidfd_id else { return Ok(()) };
+    let id: u64 =
+        text.trim().parse().map_err(|_| anyhow!("invalid {MAINPIDFDID}='{text}': expected a pidfd inode id"))?;
+    match sys::pid_inode_id(pid) {
+        Ok(Some(now)) if now != id => bail!(
+            "{MAINPID}={pid} no longer names the service's main process ({MAINPIDFDID}={id}, the process with that \
+             pid now has {now}): it exited"
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            bail!("{MAINPID}={pid}: the service's main process has exited")
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to open a pidfd of {MAINPID}={pid}")),
+    }
+}
+
 /// The supervisor's `status` answer: a JSON object about itself (checked, since it is printed
 /// and embedded as JSON), or why there is none.
 fn ask_status(pid: i32, timeout: Duration) -> Result<String> {
@@ -806,6 +836,23 @@ mod tests {
         for bad in ["", "s", "-1", "-1s", "abc", "1h", "inf", "NaN", "1000000000", "16666667m", "2 m m"] {
             let err = secs(bad).unwrap_err();
             assert_eq!(err, format!("invalid duration '{bad}' (expected e.g. 30, 30s, 1500ms or 2m)"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn main_pid_must_still_have_the_pidfd_id_systemd_gave() {
+        let pid = sys::getpid();
+        check_main_pid_identity(pid, None).unwrap();
+        let err = check_main_pid_identity(pid, Some("x")).unwrap_err().to_string();
+        assert!(err.contains("invalid MAINPIDFDID='x'"), "{err}");
+        match sys::pid_inode_id(pid).unwrap() {
+            Some(id) => {
+                check_main_pid_identity(pid, Some(&id.to_string())).unwrap();
+                let err = check_main_pid_identity(pid, Some(&(id + 1).to_string())).unwrap_err().to_string();
+                assert!(err.contains(&format!("MAINPID={pid} no longer names the service's main process")), "{err}");
+            }
+            // Nothing to compare without pidfd ids.
+            None => check_main_pid_identity(pid, Some("12345")).unwrap(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::flavor::Flavor;
-use crate::protocol::{self, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
+use crate::protocol::{self, FDSTORE, NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC};
 use crate::socket::Socket;
 use crate::sys::{self, ExecImage, Pid};
 
@@ -38,8 +38,9 @@ pub struct Launch<'a> {
     pub generation: u64,
     /// The resolved working directory (a release path), if `--chdir` was given.
     pub dir: Option<PathBuf>,
-    /// Whether NOTIFY_SOCKET and WATCHDOG_* pass through (exec mode: the server is the
-    /// service's main process) or are withheld (run mode: they are ours).
+    /// Whether NOTIFY_SOCKET, WATCHDOG_* and FDSTORE pass through (exec mode: the server is the
+    /// service's main process) or are withheld (run mode: they are ours; a generation has no
+    /// way to systemd's fd store).
     pub pass_notify: bool,
     /// Variables set on top of everything (e.g. a generation's private NOTIFY_SOCKET).
     pub extra_env: Vec<(String, OsString)>,
@@ -113,7 +114,8 @@ fn check_executable(path: &Path) -> Result<(), Found> {
 }
 
 /// The environment of a generation: ours, minus every variable that describes sockets (and,
-/// unless passed through, systemd's notify/watchdog variables), plus the flavor's variables.
+/// unless passed through, systemd's notify/watchdog/fd store variables), plus the flavor's
+/// variables. LISTEN_PID and LISTEN_PIDFDID are written by the child itself (`ExecImage`).
 pub fn environment(launch: &Launch<'_>) -> (Vec<Vec<u8>>, bool) {
     let socket_env = launch.flavor.socket_env(&launch.sockets, launch.generation);
     let mut env: Vec<Vec<u8>> = Vec::new();
@@ -128,7 +130,7 @@ pub fn environment(launch: &Launch<'_>) -> (Vec<Vec<u8>>, bool) {
             if protocol::is_socket_convention_var(name_str) || overridden(name_str) {
                 continue;
             }
-            if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID) {
+            if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID | FDSTORE) {
                 continue;
             }
         }

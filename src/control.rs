@@ -37,7 +37,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::log;
 use crate::procfs;
-use crate::runtime::{DIR_PREFIX, RuntimeDir};
+use crate::runtime::DIR_PREFIX;
 use crate::sys::{self, Pid};
 
 /// The socket's file name in the runtime directory.
@@ -140,13 +140,11 @@ pub struct ControlServer {
     /// accept(2) ran out of descriptors: the listener is left alone until then.
     backoff: Option<(Instant, Duration)>,
     refusals: RefusalLog,
-    /// The private directory `bind` made for itself (removed on drop).
-    _own_dir: Option<RuntimeDir>,
 }
 
 impl ControlServer {
     /// Listens on `<dir>/control`. `dir` must be private to the service's user (a
-    /// [`RuntimeDir`]): the directory's permissions are what keeps other users out.
+    /// [`crate::runtime::RuntimeDir`]): the directory's permissions are what keeps other users out.
     pub fn new(dir: &Path) -> Result<ControlServer> {
         let path = dir.join(SOCKET_NAME);
         // A file left there is ours (the directory is): replace it.
@@ -165,18 +163,7 @@ impl ControlServer {
             spare: spare_fd(),
             backoff: None,
             refusals: RefusalLog::default(),
-            _own_dir: None,
         })
-    }
-
-    /// Listens in a private runtime directory of its own ([`RuntimeDir::create`]), removed
-    /// when the server is dropped. `pid` is ours (the directory's name carries it).
-    pub fn bind(pid: Pid) -> Result<ControlServer> {
-        debug_assert_eq!(pid, sys::getpid());
-        let dir = RuntimeDir::create()?;
-        let mut server = ControlServer::new(dir.path())?;
-        server._own_dir = Some(dir);
-        Ok(server)
     }
 
     /// Descriptors to wait on: the listener (unless backing off), and connections whose

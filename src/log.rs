@@ -31,9 +31,11 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-/// Chooses the sink once, at start. `debug` also shows debug events.
-pub fn init(debug: bool) {
-    let sink = if stderr_is_journal() {
+/// Chooses the sink once, at start. `debug` also shows debug events; `native_journal` allows
+/// native journal entries when stderr is the journal (only for a process that outlives its
+/// messages: journald needs the sender alive to tell which unit an entry belongs to).
+pub fn init(debug: bool, native_journal: bool) {
+    let sink = if native_journal && stderr_is_journal() {
         match UnixDatagram::unbound().and_then(|s| s.connect(JOURNAL_SOCKET).map(|()| s)) {
             Ok(sock) => Sink::Journal(sock),
             Err(_) => Sink::Stderr,

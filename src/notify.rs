@@ -105,12 +105,27 @@ pub fn clean_text(text: &str, max: usize) -> String {
     out
 }
 
-fn connect(target: &str) -> io::Result<UnixDatagram> {
-    let sock = UnixDatagram::unbound()?;
-    let addr = match target.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(target)?,
+/// The forms of `$NOTIFY_SOCKET` sd_notify(3) knows: an absolute path, `@name` (abstract), and
+/// since systemd 253 `vsock:CID:PORT` (also `vsock-stream:`, `vsock-dgram:`, `vsock-seqpacket:`),
+/// which a VM's manager uses to hear from the VM's own systemd, never a service's: refused.
+fn notify_address(target: &str) -> io::Result<SocketAddr> {
+    if let Some(name) = target.strip_prefix('@') {
+        return SocketAddr::from_abstract_name(name.as_bytes());
+    }
+    if target.starts_with('/') {
+        return SocketAddr::from_pathname(target);
+    }
+    let reason = if target.starts_with("vsock") {
+        "a vsock address (a virtual machine's manager socket); sockherd speaks to systemd on a unix socket only"
+    } else {
+        "neither an absolute path nor @name"
     };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, reason))
+}
+
+fn connect(target: &str) -> io::Result<UnixDatagram> {
+    let addr = notify_address(target)?;
+    let sock = UnixDatagram::unbound()?;
     sock.connect_addr(&addr)?;
     Ok(sock)
 }
@@ -193,5 +208,23 @@ mod tests {
         assert_eq!(clean_text("ééé", 5), "éé");
         assert_eq!(clean_text(&"a".repeat(5000), MAX_APP_TEXT).len(), MAX_APP_TEXT);
         assert_eq!(clean_text("plain status", MAX_APP_TEXT), "plain status");
+    }
+
+    #[test]
+    fn notify_socket_forms() {
+        assert_eq!(
+            notify_address("/run/systemd/notify").unwrap().as_pathname(),
+            Some(std::path::Path::new("/run/systemd/notify"))
+        );
+        assert_eq!(notify_address("@sd-notify").unwrap().as_abstract_name(), Some(&b"sd-notify"[..]));
+        for (target, want) in [
+            ("vsock:2:1234", "vsock address"),
+            ("vsock-dgram:2:1234", "vsock address"),
+            ("run/notify", "neither an absolute path nor @name"),
+            ("", "neither an absolute path nor @name"),
+        ] {
+            let err = notify_address(target).unwrap_err().to_string();
+            assert!(err.contains(want), "{target}: {err}");
+        }
     }
 }

@@ -5,6 +5,9 @@
 pub const LISTEN_FDS_START: i32 = 3;
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_PID: &str = "LISTEN_PID";
+/// systemd >= 259: the pidfd inode id of the process the descriptors are for, beside
+/// LISTEN_PID; libsystemd's sd_listen_fds() returns 0 when it does not name the caller.
+pub const LISTEN_PIDFDID: &str = "LISTEN_PIDFDID";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// Name systemd gives a socket without FileDescriptorName=.
 pub const UNKNOWN_FDNAME: &str = "unknown";
@@ -22,6 +25,10 @@ pub const STATUS: &str = "STATUS";
 pub const MAINPID: &str = "MAINPID";
 /// The new main process as a pidfd attached to the message (systemd ≥ 257).
 pub const MAINPIDFD: &str = "MAINPIDFD=1";
+/// The pidfd inode id of `$MAINPID`, set beside it for ExecReload= and friends (systemd >= 258).
+pub const MAINPIDFDID: &str = "MAINPIDFDID";
+/// The number of fd store slots (FileDescriptorStoreMax=) for the service's main process.
+pub const FDSTORE: &str = "FDSTORE";
 pub const MONOTONIC_USEC: &str = "MONOTONIC_USEC";
 pub const EXTEND_TIMEOUT_USEC: &str = "EXTEND_TIMEOUT_USEC";
 
@@ -41,7 +48,7 @@ pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
 pub const NGINX: &str = "NGINX";
 /// `PUMA_INHERIT_0`, ...: puma's own re-exec protocol; never inherited from us.
 pub const PUMA_INHERIT_PREFIX: &str = "PUMA_INHERIT_";
-/// systemd's alternative start fd, read by some libraries (listenfd).
+/// systemfd's first descriptor when it is not 3, read by listenfd (not systemd's protocol).
 pub const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 
 /// Variables that describe inherited sockets. A child never inherits them from our own
@@ -51,6 +58,7 @@ pub fn is_socket_convention_var(name: &str) -> bool {
         name,
         LISTEN_FDS
             | LISTEN_PID
+            | LISTEN_PIDFDID
             | LISTEN_FDNAMES
             | LISTEN_FDS_FIRST_FD
             | UNICORN_FD
@@ -73,6 +81,7 @@ mod tests {
         for name in [
             "LISTEN_FDS",
             "LISTEN_PID",
+            "LISTEN_PIDFDID",
             "LISTEN_FDNAMES",
             "LISTEN_FDS_FIRST_FD",
             "UNICORN_FD",
@@ -88,7 +97,19 @@ mod tests {
         ] {
             assert!(is_socket_convention_var(name), "{name}");
         }
-        for name in ["PATH", "NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN", "NGINX_CONF", "EINHORN_FD", "PUMA_INHERIT"] {
+        for name in [
+            "PATH",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "FDSTORE",
+            "MAINPIDFDID",
+            "SYSTEMD_EXEC_PID",
+            "LISTEN",
+            "NGINX_CONF",
+            "EINHORN_FD",
+            "PUMA_INHERIT",
+        ] {
             assert!(!is_socket_convention_var(name), "{name}");
         }
     }

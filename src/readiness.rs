@@ -566,12 +566,6 @@ pub fn receive_notify(socket: &UnixDatagram, generation: Pid) -> Vec<NotifyMessa
     receive(socket, Some(generation))
 }
 
-/// Like [`receive_notify`], but checks only that each sender is alive when its datagram is
-/// read; the caller checks which generation it belongs to.
-pub fn read_notify(socket: &UnixDatagram) -> Vec<NotifyMessage> {
-    receive(socket, None)
-}
-
 fn receive(socket: &UnixDatagram, generation: Option<Pid>) -> Vec<NotifyMessage> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; notify::DATAGRAM_LIMIT];

@@ -29,6 +29,7 @@ use crate::log;
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
 use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
+use crate::runtime::RuntimeDir;
 use crate::signal::SignalQueue;
 use crate::socket::{Origin, Socket};
 use crate::status::json_str;
@@ -63,7 +64,9 @@ pub struct Supervisor {
     notifier: Notifier,
     signals: SignalQueue,
     control: ControlServer,
-    runtime_dir: PathBuf,
+    /// The private directory of the control socket and the generations' notify and probe
+    /// sockets ([`RuntimeDir`]); removed with them.
+    runtime_dir: RuntimeDir,
     /// Each generation's readiness check, by number.
     checks: Vec<(u64, Check)>,
     /// Each generation's private notify socket, by number.
@@ -81,8 +84,8 @@ impl Supervisor {
     pub fn start(config: RunConfig, sockets: Vec<Socket>) -> Result<Supervisor> {
         sys::set_child_subreaper().context("failed to become a child subreaper (PR_SET_CHILD_SUBREAPER)")?;
         let signals = SignalQueue::install().context("failed to install signal handlers")?;
-        let control = ControlServer::bind(sys::getpid())?;
-        let runtime_dir = make_runtime_dir()?;
+        let runtime_dir = RuntimeDir::create()?;
+        let control = ControlServer::new(runtime_dir.path())?;
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
@@ -288,22 +291,12 @@ impl Supervisor {
         let mut ready = false;
         let mut watchdog = false;
         let mut status = None;
-        for message in readiness::read_notify(socket) {
-            // The socket is private to the generation; still, a live sender must belong to its
-            // process group. A sender already gone (a short-lived notify helper) is accepted.
-            if let Some(sender) = message.sender
-                && let Some(group) = sys::getpgid(sender)
-                && group != pgid
-                && sender != pgid
-            {
-                log::warn(format!(
-                    "ignored a notification from pid {sender}, which is not part of generation {number}"
-                ))
-                .emit();
-                continue;
-            }
-            if let Some(text) = message.status {
-                status = Some(notify::clean_text(&text, notify::MAX_APP_TEXT));
+        // Only live senders of this generation (readiness::receive_notify); their BARRIER=1
+        // descriptors are closed once the messages were acted on, below.
+        let messages = readiness::receive_notify(socket, pgid);
+        for message in &messages {
+            if let Some(text) = &message.status {
+                status = Some(text.clone());
             }
             ready |= message.ready;
             watchdog |= message.watchdog;
@@ -318,6 +311,7 @@ impl Supervisor {
         if ready && self.checks.iter().any(|(n, c)| *n == number && matches!(c, Check::Notify)) {
             self.feed(Event::Ready { number });
         }
+        drop(messages);
     }
 
     fn on_timers(&mut self) {
@@ -483,7 +477,7 @@ impl Supervisor {
         let release = self.config.chdir.as_deref().map(command::resolve_dir).transpose()?;
         // Every generation gets a private NOTIFY_SOCKET when systemd listens to us: its STATUS=
         // shows in ours and its WATCHDOG=1 can be relayed.
-        let prepared = Check::prepare(&self.config.ready, number, &self.runtime_dir, self.notifier.is_enabled())?;
+        let prepared = Check::prepare(&self.config.ready, number, self.runtime_dir.path(), self.notifier.is_enabled())?;
         let probe_socket = match &prepared.probe_socket {
             Some(fd) => Some(
                 Socket::new(
@@ -623,7 +617,7 @@ impl Supervisor {
         // Drop the notify sockets (their Drop removes the files) before the directory.
         self.checks.clear();
         self.inboxes.clear();
-        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        let _ = std::fs::remove_dir_all(self.runtime_dir.path());
     }
 }
 
@@ -634,23 +628,6 @@ enum Source {
     Control(ConnId),
     Notify(u64),
     Probe(u64),
-}
-
-/// A private directory for the generations' notify sockets: under `$RUNTIME_DIRECTORY`
-/// (systemd's RuntimeDirectory=), else `$XDG_RUNTIME_DIR`, else the temp directory.
-fn make_runtime_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::var_os("RUNTIME_DIRECTORY")
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("sockherd.{}", sys::getpid()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("failed to create runtime directory {}", dir.display()))?;
-    Ok(dir)
 }
 
 fn json_opt(s: Option<String>) -> String {

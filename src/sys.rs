@@ -9,7 +9,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -234,6 +234,104 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
 }
 
 // ---------------------------------------------------------------------------------------------
+// pidfds: a descriptor that refers to one process for as long as it is open, so a pid that was
+// reused by another process is never signalled or mistaken for it.
+
+/// The magic number of pidfs (`PID_FS_MAGIC`, linux/magic.h), the filesystem of pidfds since
+/// Linux 6.9: each process has its own inode there, whose number is its *pidfd inode id*.
+const PID_FS_MAGIC: i64 = 0x5049_4446;
+
+/// A pidfd of `pid` (pidfd_open(2), close-on-exec). Fails with ESRCH when no such process exists.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, owned from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process of `pidfd` (pidfd_send_signal(2)): the very process the pidfd
+/// was opened for, never one that reused its pid. Returns false when that process is gone.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<bool> {
+    // SAFETY: a borrowed pidfd, a signal number, no siginfo (null), no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if ret == -1 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) };
+    }
+    Ok(true)
+}
+
+/// Whether this kernel gives each process a pidfd inode id (pidfs, Linux 6.9+), and sockherd can
+/// use it: pidfds on pidfs, and 64-bit inode numbers (a 32-bit `st_ino` holds only part of the id;
+/// systemd then reads it from a file handle instead). Checked once.
+pub fn pidfd_ids_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        if size_of::<libc::ino_t>() < 8 || size_of::<usize>() < 8 {
+            return false;
+        }
+        let Ok(pidfd) = pidfd_open(getpid()) else { return false };
+        // SAFETY: `fs` is a plain struct filled by the kernel; the descriptor is owned above.
+        let mut fs: libc::statfs = unsafe { zeroed() };
+        if unsafe { libc::fstatfs(pidfd.as_raw_fd(), &mut fs) } == -1 {
+            return false;
+        }
+        fs.f_type as i64 == PID_FS_MAGIC
+    })
+}
+
+/// The pidfd inode id of the process of `pidfd` (what systemd passes as `LISTEN_PIDFDID=`,
+/// `MAINPIDFDID=`), or None where the kernel has no such ids.
+pub fn pidfd_inode_id(pidfd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    if !pidfd_ids_supported() {
+        return Ok(None);
+    }
+    let (_, _, ino) = fstat(pidfd)?;
+    Ok(Some(ino))
+}
+
+/// The pidfd inode id of the process `pid` (None where the kernel has no such ids). The answer
+/// names the process that had `pid` at the time of the call.
+pub fn pid_inode_id(pid: Pid) -> io::Result<Option<u64>> {
+    if !pidfd_ids_supported() {
+        return Ok(None);
+    }
+    pidfd_inode_id(pidfd_open(pid)?.as_fd())
+}
+
+/// The pidfd inode id of the calling process, computed with async-signal-safe system calls only
+/// (pidfd_open, fstat, close), so that a forked child can compute its own before exec. None on
+/// any failure. Only meaningful where [`pidfd_ids_supported`] said so (checked before fork).
+fn own_pidfd_id_in_child() -> Option<u64> {
+    // SAFETY: getpid, pidfd_open, fstat and close are plain system calls, async-signal-safe; the
+    // descriptor is closed before returning and `st` lives on the stack.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint);
+        if fd < 0 {
+            return None;
+        }
+        let mut st: libc::stat = zeroed();
+        let ok = libc::fstat(fd as RawFd, &mut st) == 0;
+        libc::close(fd as RawFd);
+        ok.then_some(st.st_ino)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Signals: the handler only writes the signal number to a pipe; the main loop does the work.
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -412,6 +510,10 @@ pub struct ExecImage {
     /// Index in envp of LISTEN_PID, whose value is the exec'ing process's own pid.
     listen_pid_slot: Option<usize>,
     listen_pid_buf: Box<[u8; 48]>,
+    /// Index in envp of LISTEN_PIDFDID, the exec'ing process's own pidfd inode id: the last
+    /// entry, so that it can be left out (a null pointer there) if the id cannot be had.
+    listen_pidfdid_slot: Option<usize>,
+    listen_pidfdid_buf: Box<[u8; 48]>,
     /// Descriptors that become 3, 4, ... in the new image, in this order.
     sockets: Vec<RawFd>,
     scratch: Vec<RawFd>,
@@ -422,11 +524,14 @@ pub struct ExecImage {
 unsafe impl Send for ExecImage {}
 unsafe impl Sync for ExecImage {}
 
-/// The LISTEN_PID variable name, for the placeholder written at exec time.
+/// The LISTEN_PID and LISTEN_PIDFDID variable names, for the entries written at exec time.
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const LISTEN_PIDFDID_PREFIX: &[u8] = b"LISTEN_PIDFDID=";
 
 impl ExecImage {
-    /// `env` entries are `KEY=VALUE`; pass `listen_pid` to add `LISTEN_PID=<pid of the new image>`.
+    /// `env` entries are `KEY=VALUE`; pass `listen_pid` to add `LISTEN_PID=<pid of the new image>`
+    /// and, where the kernel has pidfd inode ids, `LISTEN_PIDFDID=<its pidfd inode id>` (as
+    /// systemd >= 259 does; libsystemd's sd_listen_fds() checks both).
     /// The descriptors in `sockets` must stay open until exec (the caller keeps owning them).
     pub fn new(
         path: &OsStr,
@@ -447,12 +552,19 @@ impl ExecImage {
             envp.push(CString::new(LISTEN_PID_PREFIX).expect("no NUL"));
             envp.len() - 1
         });
+        // Checked here, before fork: the child only computes the id.
+        let listen_pidfdid_slot = (listen_pid && pidfd_ids_supported()).then(|| {
+            envp.push(CString::new(LISTEN_PIDFDID_PREFIX).expect("no NUL"));
+            envp.len() - 1
+        });
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
         let mut listen_pid_buf = Box::new([0u8; 48]);
         listen_pid_buf[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        let mut listen_pidfdid_buf = Box::new([0u8; 48]);
+        listen_pidfdid_buf[..LISTEN_PIDFDID_PREFIX.len()].copy_from_slice(LISTEN_PIDFDID_PREFIX);
         let scratch = vec![-1; sockets.len()];
         Ok(ExecImage {
             path,
@@ -462,6 +574,8 @@ impl ExecImage {
             envp_ptrs,
             listen_pid_slot,
             listen_pid_buf,
+            listen_pidfdid_slot,
+            listen_pidfdid_buf,
             sockets,
             scratch,
         })
@@ -522,6 +636,18 @@ impl ExecImage {
             let pid = unsafe { libc::getpid() };
             write_decimal(&mut self.listen_pid_buf[LISTEN_PID_PREFIX.len()..], pid as u64);
             self.envp_ptrs[slot] = self.listen_pid_buf.as_ptr().cast();
+        }
+        if let Some(slot) = self.listen_pidfdid_slot {
+            // Our own id, never an inherited one (systemd's names sockherd). A pidfd opened now
+            // names this process, which keeps its pid (and id) across execve.
+            match own_pidfd_id_in_child() {
+                Some(id) => {
+                    write_decimal(&mut self.listen_pidfdid_buf[LISTEN_PIDFDID_PREFIX.len()..], id);
+                    self.envp_ptrs[slot] = self.listen_pidfdid_buf.as_ptr().cast();
+                }
+                // Left out (the slot is the last entry): LISTEN_PID alone still names us.
+                None => self.envp_ptrs[slot] = std::ptr::null(),
+            }
         }
         // SAFETY: path, argv and envp are NUL-terminated arrays of NUL-terminated strings that
         // live in `self` for the duration of the call.
@@ -765,14 +891,7 @@ pub struct Pidfd {
 impl Pidfd {
     /// Opens a pidfd for `pid` (ESRCH when there is no such process).
     pub fn open(pid: Pid) -> io::Result<Pidfd> {
-        assert!(pid > 0, "Pidfd::open({pid})");
-        // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor we own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just created this descriptor (close-on-exec) for us alone.
-        Ok(Pidfd { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, pid })
+        Ok(Pidfd { fd: pidfd_open(pid)?, pid })
     }
 
     pub fn pid(&self) -> Pid {
@@ -786,21 +905,7 @@ impl Pidfd {
 
     /// Sends `signal`. Returns false when the process has already exited.
     pub fn signal(&self, signal: i32) -> io::Result<bool> {
-        // SAFETY: pidfd_send_signal with a descriptor kept alive by `self`, no siginfo, no flags.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_uint,
-            )
-        };
-        if ret == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+        pidfd_send_signal(self.as_fd(), signal)
     }
 
     /// Whether the process has exited (a zombie counts as exited).
@@ -983,5 +1088,92 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other.map(drop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Waits for one specific child (never another test's).
+    fn wait_for(pid: Pid) -> ExitStatus {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, status into a local.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(ret, pid, "waitpid({pid}): {}", io::Error::last_os_error());
+        ExitStatus::from_raw(status)
+    }
+
+    #[test]
+    fn pidfd_open_refuses_what_is_no_process() {
+        assert_eq!(pidfd_open(0).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(pidfd_open(-5).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        // Above any pid_max (at most 2^22).
+        let err = pidfd_open(i32::MAX).unwrap_err().raw_os_error();
+        assert!(matches!(err, Some(libc::ESRCH) | Some(libc::EINVAL)), "{err:?}");
+        let pidfd = pidfd_open(getpid()).unwrap();
+        assert!(pidfd.as_raw_fd() > 2);
+        // Close-on-exec, as pidfd_open(2) promises.
+        // SAFETY: F_GETFD on a descriptor we own.
+        assert_ne!(unsafe { libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn pidfd_send_signal_reaches_the_process_and_then_knows_it_is_gone() {
+        let mut child = Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().expect("spawn sleep");
+        let pid = child.id() as Pid;
+        let pidfd = pidfd_open(pid).unwrap();
+        assert!(pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).unwrap());
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Reaped: the pidfd still names that process, which is gone; even if the pid were reused,
+        // nothing else would be signalled.
+        assert!(!pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).unwrap());
+        let ours = pidfd_open(getpid()).unwrap();
+        assert_eq!(pidfd_send_signal(ours.as_fd(), -1).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn pidfd_inode_ids_name_one_process_each() {
+        let ours = pid_inode_id(getpid()).unwrap();
+        assert_eq!(ours, pidfd_inode_id(pidfd_open(getpid()).unwrap().as_fd()).unwrap());
+        let mut child = Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().expect("spawn sleep");
+        let theirs = pid_inode_id(child.id() as Pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if pidfd_ids_supported() {
+            let (ours, theirs) = (ours.unwrap(), theirs.unwrap());
+            assert_ne!(ours, theirs);
+            // The same id from a second pidfd, and from the async-signal-safe path of a child.
+            assert_eq!(Some(ours), pid_inode_id(getpid()).unwrap());
+            assert_eq!(Some(ours), own_pidfd_id_in_child());
+        } else {
+            assert_eq!((ours, theirs), (None, None));
+        }
+    }
+
+    /// LISTEN_PID and LISTEN_PIDFDID name the exec'd child itself, whatever our environment says.
+    #[test]
+    fn exec_image_gives_the_child_its_own_listen_pid_and_pidfd_id() {
+        let dir = std::env::temp_dir().join(format!("sockherd-sys-{}", getpid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("env");
+        let script = format!("echo \"$LISTEN_PID ${{LISTEN_PIDFDID-unset}}\" >{}", out.display());
+        let argv = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)];
+        // (An inherited LISTEN_PIDFDID never gets this far: command::environment drops it.)
+        let env = vec![b"PATH=/usr/bin:/bin".to_vec()];
+        let image = ExecImage::new(OsStr::new("/bin/sh"), &argv, &env, true, Vec::new()).unwrap();
+        let pid = spawn(image, None).unwrap();
+        // While the child is alive or a zombie, its pid still names it.
+        let id = pid_inode_id(pid).unwrap();
+        assert!(wait_for(pid).success());
+        let seen = std::fs::read_to_string(&out).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let want = match id {
+            Some(id) => format!("{pid} {id}\n"),
+            None => format!("{pid} unset\n"),
+        };
+        assert_eq!(seen, want);
     }
 }

@@ -140,14 +140,23 @@ fn unescape(value: &str) -> String {
     out
 }
 
+/// LISTEN_PID, and LISTEN_PIDFDID where the kernel has pidfd ids: both name the probe itself.
+fn listen_pid_vars(report: &Report) -> Vec<(&'static str, String)> {
+    let mut vars = vec![("LISTEN_PID", report.pid().to_string())];
+    if report.get("pidfd_ids") == Some("1") {
+        vars.push(("LISTEN_PIDFDID", report.get("pidfdid").unwrap_or_default().to_string()));
+    }
+    vars
+}
+
 /// The variables `flavor` must give a server holding the TCP socket at fd 3 and the unix socket
-/// at fd 4 (named http and admin), as generation 1 with pid `pid`.
-fn expected_env(flavor: &str, pid: i32, tcp: &str, unix: &Path) -> BTreeMap<String, String> {
-    let pid = pid.to_string();
+/// at fd 4 (named http and admin), as generation 1, the probe that wrote `report`.
+fn expected_env(flavor: &str, report: &Report, tcp: &str, unix: &Path) -> BTreeMap<String, String> {
     let unix = unix.display().to_string();
+    let listen_pid = listen_pid_vars(report);
     let pairs: Vec<(&str, String)> = match flavor {
-        "systemd" => vec![("LISTEN_FDS", "2".into()), ("LISTEN_PID", pid), ("LISTEN_FDNAMES", "http:admin".into())],
-        "gunicorn" | "puma" => vec![("LISTEN_FDS", "2".into()), ("LISTEN_PID", pid)],
+        "systemd" => [vec![("LISTEN_FDS", "2".into()), ("LISTEN_FDNAMES", "http:admin".into())], listen_pid].concat(),
+        "gunicorn" | "puma" => [vec![("LISTEN_FDS", "2".into())], listen_pid].concat(),
         "unicorn" => vec![("UNICORN_FD", "3,4".into())],
         "server-starter" => {
             vec![("SERVER_STARTER_PORT", format!("{tcp}=3;{unix}=4")), ("SERVER_STARTER_GENERATION", "1".into())]
@@ -257,7 +266,7 @@ impl Activator {
     fn check_handover(&self, mode: Mode, flavor: &str, report: &Report) -> Vec<String> {
         let mut problems = Vec::new();
         let pid = report.pid();
-        let want = expected_env(flavor, pid, &self.addr, &self.sock);
+        let want = expected_env(flavor, report, &self.addr, &self.sock);
         let got = report.convention_env();
         if got != want {
             problems.push(format!("{flavor} convention variables: got {got:?}, want exactly {want:?}"));
@@ -436,7 +445,8 @@ fn foreign_listen_pid_means_not_activated_so_listen_is_bound() {
     let pid = report.pid();
     let mut problems = Vec::new();
     let want: BTreeMap<String, String> =
-        [("LISTEN_FDS", "1".to_string()), ("LISTEN_PID", pid.to_string()), ("LISTEN_FDNAMES", "web".to_string())]
+        [vec![("LISTEN_FDS", "1".to_string()), ("LISTEN_FDNAMES", "web".to_string())], listen_pid_vars(&report)]
+            .concat()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
@@ -486,6 +496,104 @@ fn foreign_listen_pid_without_listen_fails_naming_listen_pid() {
     }
     if report_path.exists() {
         proc.fail("the server was started although there were no sockets to hand over");
+    }
+}
+
+fn fake_activate() -> PathBuf {
+    repo().join("tests/support/fake_activate.py")
+}
+
+/// Whether this kernel gives every process its own pidfd inode id (pidfs, Linux 6.9).
+fn kernel_has_pidfd_ids() -> bool {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os; print(os.fstat(os.pidfd_open(os.getpid())).st_ino != os.fstat(os.pidfd_open(1)).st_ino)",
+        ])
+        .output()
+        .expect("run python3");
+    String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+/// `fake_activate.py --fd unix:DIR/app.sock --listen-pidfdid ID -- sockherd MODE --flavor systemd
+/// -- probe_env.py DIR/report serve`: sockherd activated with its own LISTEN_PID and the given
+/// LISTEN_PIDFDID.
+fn activated_with_pidfdid(dir: &TempDir, pidfdid: &str, mode: Mode) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(fake_activate()).arg("--fd").arg(format!("unix:{}", dir.join("app.sock").display()));
+    cmd.args(["--listen-pidfdid", pidfdid, "--", sockherd().to_str().expect("utf-8 path")]);
+    cmd.args(mode.args("systemd")).arg("--").arg(python()).arg(probe_env()).arg(dir.join("report")).arg("serve");
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"] {
+        cmd.env_remove(var);
+    }
+    Proc::spawn(cmd, dir.path(), "sockherd")
+}
+
+/// systemd >= 259 names the process the sockets are for by LISTEN_PIDFDID too. sockherd takes
+/// them when it names sockherd itself, and gives each server its own: in run mode the
+/// generation's id (sockherd's would make libsystemd's sd_listen_fds() return 0 there), in exec
+/// mode the same process's.
+fn own_listen_pidfdid_is_accepted_and_the_server_gets_its_own(mode: Mode) {
+    require!("python3");
+    let dir = TempDir::new(&format!("pidfdid-{}", mode.arg()));
+    let mut proc = activated_with_pidfdid(&dir, "self", mode);
+    let served = wait_http_ok_unix(&mut proc, &dir.join("app.sock"), PATIENCE);
+    let Some(report) = Report::read(&dir.join("report")) else {
+        proc.fail("the probe answered but wrote no report");
+    };
+    let want: BTreeMap<String, String> =
+        [vec![("LISTEN_FDS", "1".to_string()), ("LISTEN_FDNAMES", "unknown".to_string())], listen_pid_vars(&report)]
+            .concat()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    let same_pid = report.pid() == proc.pid();
+    if report.convention_env() != want
+        || served.body != format!("probe {}\n", report.pid())
+        || same_pid != (mode == Mode::Exec)
+    {
+        proc.fail(&format!(
+            "{} activated with its own LISTEN_PIDFDID: the probe (pid {}, sockherd {}) answered {served:?} with \
+             variables {:?}, want exactly {want:?}\n--- probe report:\n{}",
+            mode.arg(),
+            report.pid(),
+            proc.pid(),
+            report.convention_env(),
+            report.text
+        ));
+    }
+}
+
+#[test]
+fn run_takes_its_own_listen_pidfdid_and_gives_the_generation_its_own() {
+    own_listen_pidfdid_is_accepted_and_the_server_gets_its_own(Mode::Run);
+}
+
+#[test]
+fn exec_takes_its_own_listen_pidfdid_and_passes_the_same() {
+    own_listen_pidfdid_is_accepted_and_the_server_gets_its_own(Mode::Exec);
+}
+
+/// A LISTEN_PIDFDID naming another process: the sockets are not sockherd's, exactly as with a
+/// LISTEN_PID of another process (where the kernel has pidfd ids; without, there is nothing to
+/// compare and LISTEN_PID decides, as in libsystemd).
+#[test]
+fn foreign_listen_pidfdid_means_not_activated() {
+    require!("python3");
+    let dir = TempDir::new("pidfdid-foreign");
+    let mut proc = activated_with_pidfdid(&dir, "1", Mode::Run);
+    if !kernel_has_pidfd_ids() {
+        eprintln!("this kernel has no pidfd ids: LISTEN_PIDFDID cannot be compared, LISTEN_PID decides");
+        wait_http_ok_unix(&mut proc, &dir.join("app.sock"), PATIENCE);
+        return;
+    }
+    let status = proc.wait_exit(PATIENCE);
+    let stderr = proc.stderr();
+    if status.code() != Some(1) || !stderr.contains("LISTEN_PIDFDID=1 names another process") {
+        proc.fail("sockherd with a LISTEN_PIDFDID of another process and no --listen should exit 1 naming it");
+    }
+    if dir.join("report").exists() {
+        proc.fail("the server was started although the sockets were not sockherd's");
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Proc;
-use common::sdbox::{Deployment, Server, report_number as number, report_value as value};
+use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -109,24 +109,34 @@ echo "alive=$alive"
     }
 }
 
-#[test]
-fn unicorn_native_upgrades_hand_mainpid_to_each_new_master() {
+fn unicorn_native_upgrades_hand_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-unicorn", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install_on("native-unicorn", Server::UnicornNative, systemd) else { return };
+    // NotifyAccess=exec, as shipped, is all systemd needs to take MAINPID= from ExecReload=
+    // (`all` is not needed: nothing a worker sends should be taken).
+    if d.sdbox.property("NotifyAccess") != "exec" {
+        d.sdbox.fail("the shipped unit should say NotifyAccess=exec");
+    }
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
-    eprintln!("unicorn native: {}", report.replace('\n', " "));
+    eprintln!("unicorn native on {systemd:?}: {}", report.replace('\n', " "));
     check_reloads(&d, &report);
+    // From 257 on the new master goes over as a pidfd (MAINPIDFD=1), before as MAINPID=.
+    let how = if systemd.version() >= 257 { "handed over by pidfd (MAINPIDFD=1)" } else { "handed over by MAINPID=" };
+    let told = d.sdbox.ok(&format!("journalctl -u app -o cat --no-pager | grep -c '{how}' || true"));
+    if told.trim().parse::<usize>().unwrap_or(0) < RELOADS {
+        d.sdbox.fail(&format!("expected {RELOADS} reloads to say '{how}', {} did", told.trim()));
+    }
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(unicorn_native_upgrades_hand_mainpid_to_each_new_master);
 
 /// The release symlink in native mode: after a `current` flip the new master serves the new
 /// release, and deleting the old release does not break the next upgrade (the shipped config
 /// keeps every path behind `current`).
-#[test]
-fn unicorn_native_follows_the_current_symlink() {
+fn unicorn_native_follows_the_current_symlink(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-flip", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install_on("native-flip", Server::UnicornNative, systemd) else { return };
     d.start();
     d.flip("r2");
     let (code, out, _) = d.reload();
@@ -147,13 +157,13 @@ fn unicorn_native_follows_the_current_symlink() {
         d.sdbox.fail(&format!("after deleting r1 and reloading: {answer}"));
     }
 }
+on_every_systemd!(unicorn_native_follows_the_current_symlink);
 
 /// A broken release: the new master dies, the reload fails, the old master keeps serving under
 /// the same MainPID, and no request fails.
-#[test]
-fn unicorn_native_broken_release_keeps_the_old_master() {
+fn unicorn_native_broken_release_keeps_the_old_master(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-broken", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install_on("native-broken", Server::UnicornNative, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     d.flip("r3");
@@ -182,24 +192,24 @@ journalctl -u app -o cat --no-pager | grep -i 'native upgrade failed' | tail -1
     }
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(unicorn_native_broken_release_keeps_the_old_master);
 
-#[test]
-fn nginx_binary_upgrade_hands_mainpid_to_each_new_master() {
+fn nginx_binary_upgrade_hands_mainpid_to_each_new_master(systemd: Systemd) {
     require!("curl", "hey");
-    let Some(d) = Deployment::install("native-nginx", Server::Nginx, None, false) else { return };
+    let Some(d) = Deployment::install_on("native-nginx", Server::Nginx, systemd) else { return };
     d.start();
     let report = native_reloads_under_load(&d, RELOADS);
     eprintln!("nginx native: {}", report.replace('\n', " "));
     check_reloads(&d, &report);
     stop_leaves_nothing(&d);
 }
+on_every_systemd!(nginx_binary_upgrade_hands_mainpid_to_each_new_master);
 
 /// A unit with NotifyAccess=main would lose the new master (systemd ignores MAINPID= from the
 /// reload): the reload refuses to start.
-#[test]
-fn native_reload_refuses_a_unit_with_notify_access_main() {
+fn native_reload_refuses_a_unit_with_notify_access_main(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("native-access", Server::UnicornNative, None, false) else { return };
+    let Some(d) = Deployment::install_on("native-access", Server::UnicornNative, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\\nNotifyAccess=main\\n' >/etc/systemd/system/app.service.d/access.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");
@@ -212,36 +222,7 @@ fn native_reload_refuses_a_unit_with_notify_access_main() {
         d.sdbox.fail("a refused native reload must not touch the server");
     }
 }
-
-/// NotifyAccess=exec, as shipped, is all systemd needs to take MAINPID= from ExecReload=, on
-/// systemd 254 too (`all` is not needed: nothing a worker sends should be taken).
-#[test]
-fn unicorn_native_upgrades_on_systemd_254() {
-    native_upgrades_on_systemd_254(Server::UnicornNative);
-}
-
-#[test]
-fn nginx_binary_upgrades_on_systemd_254() {
-    native_upgrades_on_systemd_254(Server::Nginx);
-}
-
-fn native_upgrades_on_systemd_254(server: Server) {
-    require!("curl", "hey");
-    let tree = common::sdbox::systemd_254_tree();
-    let tag = format!("native-{}-254", server.flavor());
-    let Some(d) = Deployment::install(&tag, server, Some(&tree), false) else { return };
-    let version = d.sdbox.ok("systemctl --version | head -1");
-    if !version.contains("systemd 254") {
-        d.sdbox.fail(&format!("expected systemd 254 in the box, got {version}"));
-    }
-    if d.sdbox.property("NotifyAccess") != "exec" {
-        d.sdbox.fail("the shipped unit should say NotifyAccess=exec");
-    }
-    d.start();
-    let report = native_reloads_under_load(&d, 5);
-    eprintln!("{tag}: {}", report.replace('\n', " "));
-    check_reloads(&d, &report);
-}
+on_every_systemd!(native_reload_refuses_a_unit_with_notify_access_main);
 
 /// unicorn's well-known `before_fork` hook (in its example config): the new master sends TTOU,
 /// then QUIT, to the `.oldbin` master as it forks its workers.

@@ -127,3 +127,66 @@ fn reload_during_the_first_start_runs_once_it_is_ready() {
         ));
     }
 }
+
+/// The pidfd inode id of `pid` (pidfs), or None where this kernel has no such ids.
+fn pidfd_id(pid: i32) -> Option<String> {
+    let script = "import os, sys\nown, init = (os.fstat(os.pidfd_open(p)).st_ino for p in (int(sys.argv[1]), 1))\nprint(own if own != init else '')";
+    let out = std::process::Command::new("python3").args(["-c", script, &pid.to_string()]).output().unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// As ExecReload=, `sockherd reload` takes `$MAINPID`; systemd >= 258 also gives `$MAINPIDFDID`,
+/// the main process's pidfd inode id. A MAINPID whose process has another id is not the
+/// service's main process any more (the pid was reused): refused, nothing reloaded. The right
+/// id reloads.
+#[test]
+fn reload_by_mainpid_checks_mainpidfdid() {
+    require!("python3");
+    let dir = TempDir::new("mainpidfdid");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    let pid = proc.pid().to_string();
+    let reload = |id: &str| {
+        sockherd_cmd(&["reload", "--timeout", "20s"]).env("MAINPID", &pid).env("MAINPIDFDID", id).output().unwrap()
+    };
+    let Some(id) = pidfd_id(proc.pid()) else {
+        eprintln!("this kernel has no pidfd ids: MAINPIDFDID cannot be compared");
+        return;
+    };
+    let wrong = (id.parse::<u64>().unwrap() + 1).to_string();
+    let out = reload(&wrong);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1) || !stderr.contains(&format!("MAINPID={pid} no longer names")) {
+        proc.fail(&format!("reload with MAINPIDFDID={wrong} (the supervisor's is {id}): {:?} {stderr}", out.status));
+    }
+    if proc.stderr().contains("started generation 2") {
+        proc.fail("a refused reload started a generation");
+    }
+    let out = reload(&id);
+    if !out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("generation 2") {
+        proc.fail(&format!(
+            "reload with the right MAINPIDFDID: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+}
+
+/// NOTIFY_SOCKET in a form sockherd cannot speak to (vsock, systemd 253's way for a VM's
+/// manager): a precise warning, and the service runs on without notifications.
+#[test]
+fn vsock_notify_socket_is_refused_precisely_and_the_server_runs() {
+    require!("python3");
+    let dir = TempDir::new("vsock-notify");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &addr, "--"]);
+    cmd.arg(probe()).arg(dir.join("report.json")).arg("serve").env("NOTIFY_SOCKET", "vsock:2:1234");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    if !proc.stderr().contains("cannot reach NOTIFY_SOCKET=vsock:2:1234: a vsock address") {
+        proc.fail("expected a warning that names the vsock NOTIFY_SOCKET and why it cannot be used");
+    }
+}

@@ -4,7 +4,7 @@
 //! a supervisor, and the exit codes 0, 3 and 4.
 mod common;
 
-use common::sdbox::{Deployment, Server};
+use common::sdbox::{Deployment, Server, Systemd};
 use common::*;
 use std::time::Duration;
 
@@ -183,10 +183,9 @@ fn status_unit_and_pid_conflict() {
 /// Inside systemd: `sockherd status app` shows systemd's view and the supervisor's table, and
 /// exits 0; after `systemctl stop` it exits 3; an unknown unit exits 4; a unit whose main
 /// process is not a supervisor shows what systemd knows and says so.
-#[test]
-fn status_of_a_unit_inside_systemd() {
+fn status_of_a_unit_inside_systemd(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("status-unit", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install_on("status-unit", Server::Gunicorn, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
     // gunicorn is ready once one worker answers; its second worker boots a moment later.
@@ -240,3 +239,4 @@ sockherd status plain; echo \"exit=$?\"");
         d.sdbox.fail(&format!("unexpected status of a stopped unit:\n{stopped}"));
     }
 }
+on_every_systemd!(status_of_a_unit_inside_systemd);

@@ -1,10 +1,11 @@
 //! The units as shipped, inside a real systemd (tests/support/sdbox): socket activation,
 //! `systemctl reload` under load, a `current` flip, a broken release, journald fields, stop,
-//! and restart with the sockets held by systemd. systemd 252 (the host's) uses ExecReload=
-//! `sockherd reload`; systemd 254 uses the Type=notify-reload drop-in.
+//! and restart with the sockets held by systemd, on every systemd of the matrix (252, 254, 257,
+//! 262). systemd 252 uses ExecReload=`sockherd reload`; 253 and later the Type=notify-reload
+//! drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, report_number as number, report_value as value, systemd_254_tree};
+use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -79,16 +80,10 @@ echo "alive=$alive"
 
 /// The whole life of the service on one systemd: activation, reloads under load, a new
 /// release, a broken release, journald, stop.
-fn lifecycle(server: Server, systemd_254: bool) {
+fn lifecycle(server: Server, systemd: Systemd) {
     require!("curl", "hey");
-    let lower = systemd_254.then(systemd_254_tree);
-    let tag = format!("{}-{}", server.flavor(), if systemd_254 { "254" } else { "252" });
-    let Some(d) = Deployment::install(&tag, server, lower.as_deref(), systemd_254) else { return };
-    let version = d.sdbox.ok("systemctl --version | head -1");
-    eprintln!("{tag}: {}", version.trim());
-    if systemd_254 && !version.contains("systemd 254") {
-        d.sdbox.fail(&format!("expected systemd 254 in the box, got {version}"));
-    }
+    let tag = format!("{}-{}", server.flavor(), systemd.version());
+    let Some(d) = Deployment::install_on(server.flavor(), server, systemd) else { return };
     d.start();
     let main_pid = d.sdbox.property("MainPID");
 
@@ -193,7 +188,9 @@ touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
         Server::Gunicorn => ("Booting worker with pid", "gunicorn's"),
         Server::Unicorn => ("worker=[0-9]+ ready", "unicorn's"),
         Server::Puma => ("Worker [0-9]+ \\(PID: [0-9]+\\) booted", "puma's"),
-        Server::UnicornNative | Server::Nginx => unreachable!("the lifecycle runs under sockherd run"),
+        Server::UnicornNative | Server::Nginx | Server::Libsystemd => {
+            unreachable!("the lifecycle runs gunicorn, unicorn and puma")
+        }
     };
     let app_output = d
         .sdbox
@@ -227,42 +224,15 @@ touch /tmp/broken.stop; wait $loop; cat /tmp/broken.result
     }
 }
 
-#[test]
-fn gunicorn_on_systemd_252() {
-    lifecycle(Server::Gunicorn, false);
-}
-
-#[test]
-fn unicorn_on_systemd_252() {
-    lifecycle(Server::Unicorn, false);
-}
-
-#[test]
-fn puma_on_systemd_252() {
-    lifecycle(Server::Puma, false);
-}
-
-#[test]
-fn gunicorn_on_systemd_254_notify_reload() {
-    lifecycle(Server::Gunicorn, true);
-}
-
-#[test]
-fn unicorn_on_systemd_254_notify_reload() {
-    lifecycle(Server::Unicorn, true);
-}
-
-#[test]
-fn puma_on_systemd_254_notify_reload() {
-    lifecycle(Server::Puma, true);
-}
+on_every_systemd!(gunicorn, |systemd| lifecycle(Server::Gunicorn, systemd));
+on_every_systemd!(unicorn, |systemd| lifecycle(Server::Unicorn, systemd));
+on_every_systemd!(puma, |systemd| lifecycle(Server::Puma, systemd));
 
 /// `systemctl restart app` with the socket units active: connections made while the service is
 /// down queue in systemd's sockets and are answered by the new instance; none is refused.
-#[test]
-fn restart_queues_connections_in_the_socket_units() {
+fn restart_queues_connections_in_the_socket_units(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("restart", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install_on("restart", Server::Gunicorn, systemd) else { return };
     d.start();
     let report = d.sdbox.ok(
         r#"
@@ -293,14 +263,14 @@ cat /tmp/r.err 2>/dev/null | head -3
         d.sdbox.fail(&format!("systemctl restart did not start a new main process: {pids}"));
     }
 }
+on_every_systemd!(restart_queues_connections_in_the_socket_units);
 
 /// contrib/deploy/deploy.sh against the shipped gunicorn units: a good release deploys and
 /// serves; a broken one fails the deploy, keeps the previous release serving and points
 /// `current` back at it.
-#[test]
-fn deploy_recipe_deploys_and_fails_loudly() {
+fn deploy_recipe_deploys_and_fails_loudly(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("deploy", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install_on("deploy", Server::Gunicorn, systemd) else { return };
     d.start();
     let deploy = common::repo().join("contrib/deploy/deploy.sh");
     let good = d.sdbox.sh(&format!(
@@ -334,13 +304,13 @@ fn deploy_recipe_deploys_and_fails_loudly() {
         ));
     }
 }
+on_every_systemd!(deploy_recipe_deploys_and_fails_loudly);
 
 /// WatchdogSec=: sockherd pings systemd while the serving generation lives, so systemd sees
 /// fresh pings (WatchdogTimestamp advances) and never kills the service.
-#[test]
-fn watchdog_pings_while_the_generation_serves() {
+fn watchdog_pings_while_the_generation_serves(systemd: Systemd) {
     require!("curl");
-    let Some(d) = Deployment::install("watchdog", Server::Gunicorn, None, false) else { return };
+    let Some(d) = Deployment::install_on("watchdog", Server::Gunicorn, systemd) else { return };
     d.sdbox.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\nWatchdogSec=1s\n' >/etc/systemd/system/app.service.d/watchdog.conf && systemctl daemon-reload");
     d.start();
     let main_pid = d.sdbox.property("MainPID");
@@ -357,3 +327,108 @@ fn watchdog_pings_while_the_generation_serves() {
         d.sdbox.fail("the watchdog restarted the service");
     }
 }
+on_every_systemd!(watchdog_pings_while_the_generation_serves);
+
+/// The generation answering on port `port`, as the box sees it: its answer, pid, the socket
+/// variables it was given (contrib/app's /env), and the inode id of a pidfd of that pid.
+fn generation_view(d: &Deployment, port: u16) -> String {
+    d.sdbox.ok(&format!(
+        r#"
+answer=$(curl -sS -m 30 http://127.0.0.1:{port}/); echo "answer=$answer"
+curl -sS -m 30 http://127.0.0.1:{port}/env
+pid=$(echo "$answer" | sed -n 's/.* pid=\([0-9]*\) .*/\1/p'); echo "pid=$pid"
+echo "pidfdid=$(python3 -c 'import os, sys; print(os.fstat(os.pidfd_open(int(sys.argv[1]))).st_ino)' "$pid")"
+"#
+    ))
+}
+
+/// Whether this kernel gives every process its own pidfd inode (pidfs, Linux 6.9): then two
+/// processes' pidfds differ in st_ino, which they never do on the older anonymous inode.
+fn kernel_has_pidfd_ids(d: &Deployment) -> bool {
+    d.sdbox.ok("python3 -c 'import os; print(os.fstat(os.pidfd_open(os.getpid())).st_ino != os.fstat(os.pidfd_open(1)).st_ino)'").trim()
+        == "True"
+}
+
+/// Checks that the generation answering on `port` was handed its sockets for itself: LISTEN_PID
+/// is its pid and, on a kernel with pidfd ids, LISTEN_PIDFDID its own pidfd's inode id (never
+/// systemd's value for sockherd). Returns its pid.
+fn check_listen_vars(d: &Deployment, port: u16, release: &str, pidfd_ids: bool, when: &str) -> String {
+    let view = generation_view(d, port);
+    let pid = value(&view, "pid").unwrap_or("").to_string();
+    let ok = value(&view, "answer").is_some_and(|a| a.starts_with(&format!("release={release} ")))
+        && !pid.is_empty()
+        && value(&view, "LISTEN_PID") == Some(pid.as_str())
+        && value(&view, "LISTEN_FDS") == Some("2")
+        && value(&view, "LISTEN_PIDFDID") == if pidfd_ids { value(&view, "pidfdid") } else { None };
+    if !ok {
+        d.sdbox.fail(&format!(
+            "{when}: expected {release} served by a process whose LISTEN_PID is its pid and LISTEN_PIDFDID {}:\n{view}",
+            if pidfd_ids { "its pidfd's inode id" } else { "unset (no pidfd ids on this kernel)" }
+        ));
+    }
+    pid
+}
+
+/// A server that takes its sockets with libsystemd's own sd_listen_fds(0), as C servers do
+/// (units/generic as shipped, contrib/app/serve.py --libsystemd): every generation of `sockherd
+/// run` is handed them for itself, so libsystemd's checks pass on every systemd — 259 and later
+/// included, which give sockherd a LISTEN_PIDFDID naming sockherd — and it serves through
+/// reloads. Under `sockherd exec` (same pid) it serves too.
+fn libsystemd_server_serves_through_reloads(systemd: Systemd) {
+    require!("curl");
+    let Some(d) = Deployment::install_on("libsystemd", Server::Libsystemd, systemd) else { return };
+    let pidfd_ids = kernel_has_pidfd_ids(&d);
+    d.start();
+    let first = check_listen_vars(&d, 8080, "r1", pidfd_ids, "generation 1");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("systemctl reload failed ({code}): {out}"));
+    }
+    let second = check_listen_vars(&d, 8080, "r1", pidfd_ids, "generation 2");
+    d.flip("r2");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail(&format!("systemctl reload onto r2 failed ({code}): {out}"));
+    }
+    let third = check_listen_vars(&d, 8080, "r2", pidfd_ids, "generation 3");
+    if first == second || second == third {
+        d.sdbox.fail(&format!("the reloads did not start new generations: pids {first}, {second}, {third}"));
+    }
+
+    // `sockherd exec`: the server becomes the service's main process, same pid as sockherd.
+    d.sdbox.ok(
+        "set -e
+printf '[Socket]\\nListenStream=127.0.0.1:8081\\nListenStream=/run/direct.sock\\n' >/etc/systemd/system/direct.socket
+printf '[Service]\\nType=notify\\nUser=app\\nExecStart=/usr/bin/sockherd exec --chdir /srv/app/current -- /srv/app/current/bin/server\\n' >/etc/systemd/system/direct.service
+systemctl daemon-reload && systemctl start direct.socket",
+    );
+    let direct = check_listen_vars(&d, 8081, "r2", pidfd_ids, "sockherd exec");
+    let main_pid = d.sdbox.ok("systemctl show -P MainPID direct.service").trim().to_string();
+    if direct != main_pid {
+        d.sdbox.fail_unit("direct", &format!("under sockherd exec, pid {direct} answered but MainPID is {main_pid}"));
+    }
+}
+on_every_systemd!(libsystemd_server_serves_through_reloads);
+
+/// What a short-lived `sockherd reload` (ExecReload=) says reaches its unit's journal, every
+/// time: journald tells a native entry's unit from its sender's cgroup, which it cannot read
+/// once the sender has exited, so such commands write to stderr, whose stream names the unit.
+fn client_messages_stay_in_their_units_journal(systemd: Systemd) {
+    let Some(b) = common::sdbox::SdBox::boot_on("client-journal", systemd) else { return };
+    b.ok(&format!(
+        "install -m 0755 {} /usr/bin/sockherd
+printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/sockherd reload --pid 1\\n' >/run/systemd/system/client@.service
+systemctl daemon-reload",
+        common::sockherd().display()
+    ));
+    let report = b.ok(
+        "for i in $(seq 40); do systemctl start client@$i 2>/dev/null; done
+journalctl --sync
+for i in $(seq 40); do journalctl -u client@$i -o cat --no-pager | grep -q 'not a sockherd supervisor' || echo \"lost=$i\"; done
+true",
+    );
+    if report.contains("lost=") {
+        b.fail_unit("client@1", &format!("messages of sockherd reload missing from their unit's journal:\n{report}"));
+    }
+}
+on_every_systemd!(client_messages_stay_in_their_units_journal);

@@ -5,7 +5,7 @@
 //! socket units, reloading onto a new release and failing the reload of a broken one.
 mod common;
 
-use common::sdbox::{Deployment, Server, systemd_254_tree};
+use common::sdbox::{Deployment, Server, Systemd};
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -261,17 +261,14 @@ fn unit_warns_when_the_sandbox_would_hide_the_binary() {
 // ----- inside systemd ------------------------------------------------------------------------------
 
 /// Writes the units with `sockherd unit` inside the box, verifies, enables and serves them,
-/// reloads onto r2 and fails the reload of the broken r3.
-fn generated_unit_lifecycle(lower: Option<&Path>, expect_type: &str) {
+/// reloads onto r2 and fails the reload of the broken r3. The reload style follows the box's
+/// systemd: Type=notify-reload from 253, Type=notify before.
+fn generated_unit_serves_and_reloads(systemd: Systemd) {
     require!("curl");
-    let tag = format!("unitgen-{expect_type}");
-    let Some(d) = Deployment::install_app(&tag, Server::Gunicorn, lower) else { return };
+    let expect_type = if systemd.notify_reload() { "notify-reload" } else { "notify" };
+    let tag = format!("unitgen-{}", systemd.version());
+    let Some(d) = Deployment::install_app_on("unitgen", Server::Gunicorn, systemd) else { return };
     let b = &d.sdbox;
-    let version = b.ok("systemctl --version | head -1");
-    eprintln!("{tag}: {}", version.trim());
-    if lower.is_some() && !version.contains("systemd 254") {
-        b.fail_unit("shop", &format!("expected systemd 254 in the box, got {version}"));
-    }
 
     // As an operator would: no --sockherd, no --systemd-version.
     let wrote = b.ok(&format!(
@@ -343,16 +340,7 @@ fn generated_unit_lifecycle(lower: Option<&Path>, expect_type: &str) {
     eprintln!("{tag}: served r1, reloaded onto r2 (master {master1} -> {}), refused r3", master(&answers));
 }
 
-#[test]
-fn generated_unit_serves_and_reloads_on_systemd_252() {
-    generated_unit_lifecycle(None, "notify");
-}
-
-#[test]
-fn generated_unit_serves_and_reloads_on_systemd_254_notify_reload() {
-    let tree = systemd_254_tree();
-    generated_unit_lifecycle(Some(&tree), "notify-reload");
-}
+on_every_systemd!(generated_unit_serves_and_reloads);
 
 /// `--user` defaults to NAME and `--group` to the user; `--group` sets the service's Group= and
 /// the unix socket file's SocketGroup=.

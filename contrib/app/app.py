@@ -26,7 +26,7 @@ try:
 except OSError:
     RELEASE = os.path.basename(os.getcwd())
 
-ENV_KEYS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "UNICORN_FD", "NOTIFY_SOCKET", "PWD")
+ENV_KEYS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDNAMES", "UNICORN_FD", "NOTIFY_SOCKET", "PWD")
 
 
 def app(environ, start_response):

@@ -6,7 +6,12 @@ pid), sends READY=1 to NOTIFY_SOCKET once it accepts, and on SIGTERM finishes th
 flight, then exits 0.
 
     sockherd run --listen 127.0.0.1:8080 --chdir contrib/app -- python3 serve.py
+
+With --libsystemd it takes its sockets and says READY=1 the way servers linked against libsystemd
+do, with sd_listen_fds(0) and sd_notify() of libsystemd.so.0 (through ctypes): the same checks as
+every C server, LISTEN_PIDFDID included (systemd >= 259).
 """
+import ctypes
 import os
 import signal
 import socket
@@ -38,6 +43,18 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+def libsystemd():
+    return ctypes.CDLL("libsystemd.so.0", use_errno=True)
+
+
+def inherited_sockets_by_libsystemd():
+    count = libsystemd().sd_listen_fds(0)
+    if count <= 0:
+        seen = " ".join("%s=%s" % (k, os.environ.get(k, "-")) for k in ("LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDS"))
+        sys.exit("serve.py: sd_listen_fds(0) returned %d: no sockets for pid %d (%s)" % (count, os.getpid(), seen))
+    return [s for s in (socket.socket(fileno=fd) for fd in range(3, 3 + count)) if s.type == socket.SOCK_STREAM]
+
+
 def inherited_sockets():
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         sys.exit("serve.py: no sockets: LISTEN_PID is not this process (run it under sockherd or systemd)")
@@ -61,16 +78,24 @@ def notify(message):
         s.sendall(message.encode())
 
 
+def notify_by_libsystemd(message):
+    libsystemd().sd_notify(0, message.encode())
+
+
 def main():
+    use_libsystemd = sys.argv[1:] == ["--libsystemd"]
+    if sys.argv[1:] and not use_libsystemd:
+        sys.exit("usage: serve.py [--libsystemd]")
     servers = []
-    for sock in inherited_sockets():
+    for sock in inherited_sockets_by_libsystemd() if use_libsystemd else inherited_sockets():
         server = Server(sock)
         server.RequestHandlerClass = QuietHandler
         servers.append(server)
     threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1}) for s in servers]
     for t in threads:
         t.start()
-    notify("READY=1\nSTATUS=serving %d socket(s)" % len(servers))
+    print("serve.py: listening on %d socket(s), pid %d" % (len(servers), os.getpid()), file=sys.stderr, flush=True)
+    (notify_by_libsystemd if use_libsystemd else notify)("READY=1\nSTATUS=serving %d socket(s)" % len(servers))
 
     def stop(signum, frame):
         # Stop accepting, let requests in flight finish (server_close joins their threads).

@@ -428,7 +428,15 @@ pub fn sockherd_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(sockherd());
     cmd.args(args);
     // Never let the test runner's own environment pose as socket activation.
-    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC"] {
+    for var in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_PIDFDID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "WATCHDOG_USEC",
+    ] {
         cmd.env_remove(var);
     }
     cmd

@@ -1,7 +1,11 @@
 //! Tests inside a real systemd: `tests/support/sdbox` boots systemd as PID 1 of private
-//! namespaces on a throwaway overlay of the root (root only). A `Deployment` installs the
-//! built sockherd as /usr/bin/sockherd, user app, a capistrano layout under /srv/app and the
-//! unit files from units/ exactly as shipped.
+//! namespaces (cgroup included) on a throwaway overlay of the root (root only). A `Deployment`
+//! installs the built sockherd as /usr/bin/sockherd, user app, a capistrano layout under
+//! /srv/app and the unit files from units/ exactly as shipped.
+//!
+//! The reality matrix: every box test runs on each `Systemd` (252 from the host, 254, 257 and
+//! 262 as trees from tests/support/fetch-systemd), and its name ends in `_on_systemd_<N>`, so
+//! that `.ci/run` can choose cells by name.
 
 use super::*;
 use std::process::Output;
@@ -17,11 +21,112 @@ pub fn report_number(report: &str, key: &str) -> u64 {
     report_value(report, key).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-/// The systemd 254 tree (see tests/support/fetch-systemd-254), for Type=notify-reload.
+/// A systemd of the reality matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Systemd {
+    /// The host's (Debian 12): no Type=notify-reload.
+    V252,
+    /// bookworm-backports: Type=notify-reload (since 253), FileDescriptorStorePreserve=.
+    V254,
+    /// Debian 13: MAINPIDFD=1.
+    V257,
+    /// Debian unstable (2026-11-30): cgroup2 only (258), LISTEN_PIDFDID (259).
+    V262,
+}
+
+impl Systemd {
+    pub const ALL: [Systemd; 4] = [Systemd::V252, Systemd::V254, Systemd::V257, Systemd::V262];
+
+    pub fn version(self) -> u32 {
+        match self {
+            Systemd::V252 => 252,
+            Systemd::V254 => 254,
+            Systemd::V257 => 257,
+            Systemd::V262 => 262,
+        }
+    }
+
+    /// The Debian suite tests/support/fetch-systemd takes it from; None for the host's own.
+    pub fn suite(self) -> Option<&'static str> {
+        match self {
+            Systemd::V252 => None,
+            Systemd::V254 => Some("bookworm-backports"),
+            Systemd::V257 => Some("trixie"),
+            Systemd::V262 => Some("sid"),
+        }
+    }
+
+    /// The tree laid over the host root (`$SOCKHERD_SYSTEMD_<N>`, default
+    /// /var/tmp/sockherd-systemd-<N>, as .ci/run fetches it); None for the host's own.
+    pub fn tree(self) -> Option<PathBuf> {
+        self.suite()?;
+        let n = self.version();
+        Some(
+            std::env::var_os(format!("SOCKHERD_SYSTEMD_{n}"))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("/var/tmp/sockherd-systemd-{n}"))),
+        )
+    }
+
+    /// The systemd whose tree is `lower` (None: the host's 252). A tree that is none of the
+    /// matrix's is taken for 254, and the box's version check says so if it is not.
+    pub fn of_tree(lower: Option<&Path>) -> Systemd {
+        let Some(lower) = lower else { return Systemd::V252 };
+        Systemd::ALL.into_iter().find(|s| s.tree().as_deref() == Some(lower)).unwrap_or(Systemd::V254)
+    }
+
+    /// Type=notify-reload exists since 253: the units get units/notify-reload.conf.
+    pub fn notify_reload(self) -> bool {
+        self.version() >= 253
+    }
+}
+
+impl std::fmt::Display for Systemd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "systemd {}", self.version())
+    }
+}
+
+/// `on_every_systemd!(name, |systemd| body)`: a module `name` with one test per systemd of the
+/// matrix, `name::on_systemd_252` ... `name::on_systemd_262`, each calling the body with its
+/// `Systemd`. `on_every_systemd!(f)` does so for a function `f(Systemd)`, in a module `f`.
+#[macro_export]
+macro_rules! on_every_systemd {
+    ($name:ident) => {
+        $crate::on_every_systemd!($name, $name);
+    };
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::common::sdbox::Systemd;
+            fn body(systemd: Systemd) {
+                let f: fn(Systemd) = $body;
+                f(systemd)
+            }
+            #[test]
+            fn on_systemd_252() {
+                body(Systemd::V252)
+            }
+            #[test]
+            fn on_systemd_254() {
+                body(Systemd::V254)
+            }
+            #[test]
+            fn on_systemd_257() {
+                body(Systemd::V257)
+            }
+            #[test]
+            fn on_systemd_262() {
+                body(Systemd::V262)
+            }
+        }
+    };
+}
+
+/// The systemd 254 tree, for box tests written before the matrix (`Systemd::V254.tree()`).
 pub fn systemd_254_tree() -> PathBuf {
-    std::env::var_os("SOCKHERD_SYSTEMD_254")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/sockherd-systemd-254"))
+    Systemd::V254.tree().expect("254 is a fetched tree")
 }
 
 /// A world-readable virtualenv with gunicorn, for the app user (see .ci/run).
@@ -37,54 +142,99 @@ fn sdbox_script() -> PathBuf {
 
 pub struct SdBox {
     pub name: String,
-    /// Held for the box's life: boxes share the host's cgroup tree (there is no cgroup namespace),
-    /// so two boxes running units of the same name would share, and kill, each other's cgroup.
-    /// One box at a time, across test threads and processes.
-    _lock: std::fs::File,
+    pub systemd: Systemd,
+    /// Held for the box's life: shared with every other test box, exclusive for whoever needs
+    /// the machine to itself (the benchmark, and the harness before boxes had cgroups of their
+    /// own, which took it exclusively); plus one of the `SOCKHERD_TEST_BOXES` slots.
+    _locks: (std::fs::File, std::fs::File),
 }
 
 static BOXES: AtomicU32 = AtomicU32::new(0);
 
+const STATE: &str = "/run/sockherd-sdbox";
+
+/// How many boxes may run at once on this machine, across test threads, test binaries and
+/// worktrees: `$SOCKHERD_TEST_BOXES`, default 2 (each box has its own cgroup, network and pid
+/// namespace, so they do not interfere; the cap keeps a 2-core machine responsive).
+fn box_slots() -> usize {
+    std::env::var("SOCKHERD_TEST_BOXES").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(2)
+}
+
+/// Takes the shared box lock and a free slot, waiting as long as it takes.
+fn take_box_locks() -> (std::fs::File, std::fs::File) {
+    std::fs::create_dir_all(STATE).expect("create /run/sockherd-sdbox");
+    let lock = std::fs::File::create(format!("{STATE}/lock")).expect("open the box lock");
+    lock.lock_shared().expect("take the box lock (shared)");
+    loop {
+        for slot in 0..box_slots() {
+            let file = std::fs::File::create(format!("{STATE}/slot-{slot}")).expect("open a box slot");
+            if file.try_lock().is_ok() {
+                return (lock, file);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl SdBox {
-    /// Boots a box (systemd 252 from the host, or the tree at `lower` on top). Returns None,
-    /// after printing why, when a prerequisite is missing and the test should skip.
-    pub fn boot(tag: &str, lower: Option<&Path>) -> Option<SdBox> {
+    /// Boots a box with `systemd` (252 is the host's; the others are trees laid on top).
+    /// Returns None, after printing why, when a prerequisite is missing and the test should skip.
+    pub fn boot_on(tag: &str, systemd: Systemd) -> Option<SdBox> {
         if !prerequisite(is_root(), "root (to boot systemd in private namespaces)")
             || !prerequisite(have("unshare") && have("nsenter"), "unshare and nsenter (util-linux)")
             || !prerequisite(Path::new("/lib/systemd/systemd").exists(), "/lib/systemd/systemd (package systemd)")
         {
             return None;
         }
-        if let Some(lower) = lower
+        let lower = systemd.tree();
+        if let Some(lower) = &lower
             && !prerequisite(
                 lower.join("usr/lib/systemd/systemd").exists(),
-                &format!("systemd tree at {} (tests/support/fetch-systemd-254)", lower.display()),
+                &format!(
+                    "{systemd} at {} (tests/support/fetch-systemd {} {0}; .ci/run fetches it)",
+                    lower.display(),
+                    systemd.suite().unwrap_or_default()
+                ),
             )
         {
             return None;
         }
-        std::fs::create_dir_all("/run/sockherd-sdbox").expect("create /run/sockherd-sdbox");
-        let lock = std::fs::File::create("/run/sockherd-sdbox/lock").expect("open the box lock");
-        lock.lock().expect("take the box lock");
-        let name = format!("{tag}-{}-{}", std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
+        let locks = take_box_locks();
+        let name =
+            format!("{tag}-{}-{}-{}", systemd.version(), std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
+        // Read-only: the box needs the binary, units/, contrib/ and tests/support/ only, and
+        // nothing in the box can change the checkout.
         let mut cmd = Command::new(sdbox_script());
-        cmd.args(["start", &name, "--bind"]).arg(repo());
-        if let Some(lower) = lower {
+        cmd.args(["start", &name, "--bind-ro"]).arg(repo());
+        if let Some(lower) = &lower {
             cmd.arg("--lower").arg(lower);
         }
         let venv = test_venv();
         if venv.exists() {
-            cmd.arg("--bind").arg(&venv);
+            cmd.arg("--bind-ro").arg(&venv);
         }
+        let started = std::time::Instant::now();
         let out = cmd.output().expect("run tests/support/sdbox");
         if !out.status.success() {
             panic!(
-                "failed to boot systemd in a box: {}{}",
+                "failed to boot {systemd} in a box: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Some(SdBox { name, _lock: lock })
+        let sdbox = SdBox { name, systemd, _locks: locks };
+        let version = sdbox.ok("systemctl --version | head -1");
+        if !version.starts_with(&format!("systemd {} ", systemd.version())) {
+            sdbox.fail_unit("sdbox", &format!("expected {systemd} in the box, got {}", version.trim()));
+        }
+        eprintln!("box {}: {} booted in {} ms", sdbox.name, version.trim(), started.elapsed().as_millis());
+        Some(sdbox)
+    }
+
+    /// The calling convention of box tests written before the matrix: the host's systemd, or
+    /// the tree at `lower` on top (one of the matrix's trees).
+    pub fn boot(tag: &str, lower: Option<&Path>) -> Option<SdBox> {
+        SdBox::boot_on(tag, Systemd::of_tree(lower))
     }
 
     /// Runs a bash script inside the box.
@@ -142,6 +292,9 @@ pub enum Server {
     UnicornNative,
     /// nginx as the main process, binary upgrade by USR2 (units/nginx).
     Nginx,
+    /// units/generic: contrib/app/serve.py taking its sockets with libsystemd's sd_listen_fds()
+    /// (`serve.py --libsystemd`, run as the release's bin/server).
+    Libsystemd,
 }
 
 impl Server {
@@ -151,6 +304,7 @@ impl Server {
             Server::Unicorn | Server::UnicornNative => "unicorn",
             Server::Puma => "puma",
             Server::Nginx => "nginx",
+            Server::Libsystemd => "systemd",
         }
     }
 
@@ -158,8 +312,15 @@ impl Server {
     pub fn unit_dir(self) -> &'static str {
         match self {
             Server::UnicornNative => "unicorn-native",
+            Server::Libsystemd => "generic",
             other => other.flavor(),
         }
+    }
+
+    /// Whether its unit is `sockherd run` with a choice of reload style (ExecReload= below 253,
+    /// the notify-reload drop-in from 253); native units keep their own ExecReload=.
+    pub fn has_reload_styles(self) -> bool {
+        !matches!(self, Server::UnicornNative | Server::Nginx)
     }
 
     /// Whether its answers say `release=<rN>` (the example app; nginx answers by itself).
@@ -175,6 +336,7 @@ impl Server {
             Server::Puma => vec![contrib("app/config.ru"), contrib("puma/puma.rb")],
             Server::UnicornNative => vec![contrib("app/config.ru"), contrib("unicorn/unicorn-native.conf.rb")],
             Server::Nginx => vec![contrib("nginx/nginx.conf")],
+            Server::Libsystemd => vec![contrib("app/app.py"), contrib("app/serve.py")],
         }
     }
 
@@ -190,8 +352,21 @@ impl Server {
             Server::Nginx => {
                 prerequisite(Path::new("/usr/sbin/nginx").exists(), "/usr/sbin/nginx (package nginx-light)")
             }
+            Server::Libsystemd => prerequisite(
+                Path::new("/usr/bin/python3").exists() && have_libsystemd(),
+                "/usr/bin/python3 and libsystemd.so.0 (package libsystemd0)",
+            ),
         }
     }
+}
+
+/// Whether the dynamic linker knows libsystemd.so.0.
+fn have_libsystemd() -> bool {
+    Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("libsystemd.so.0 "))
+        .unwrap_or(false)
 }
 
 /// The app as an operator deploys it: /srv/app/releases/rN, /srv/app/current, the shipped units.
@@ -202,9 +377,20 @@ pub struct Deployment {
 
 impl Deployment {
     /// Boots a box and installs the app with releases r1 and r2 (r3: broken), current -> r1,
-    /// and, with `notify_reload`, the notify-reload drop-in. Does not start anything.
+    /// and, where the systemd has Type=notify-reload (253+), the notify-reload drop-in. Does not
+    /// start anything.
+    pub fn install_on(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
+        Deployment::install_units(tag, server, systemd, systemd.notify_reload() && server.has_reload_styles())
+    }
+
+    /// The calling convention of box tests written before the matrix: the host's systemd or
+    /// the tree at `lower`, and the notify-reload drop-in when `notify_reload`.
     pub fn install(tag: &str, server: Server, lower: Option<&Path>, notify_reload: bool) -> Option<Deployment> {
-        let deployment = Deployment::install_app(tag, server, lower)?;
+        Deployment::install_units(tag, server, Systemd::of_tree(lower), notify_reload)
+    }
+
+    fn install_units(tag: &str, server: Server, systemd: Systemd, notify_reload: bool) -> Option<Deployment> {
+        let deployment = Deployment::install_app_on(tag, server, systemd)?;
         let units = repo().join("units");
         let dropin = if notify_reload {
             format!(
@@ -237,19 +423,30 @@ cp {units}/app-http.socket {units}/app-unix.socket {units}/{flavor}/app.service 
         Some(deployment)
     }
 
+    /// `install_app_on` in the calling convention of box tests written before the matrix.
+    pub fn install_app(tag: &str, server: Server, lower: Option<&Path>) -> Option<Deployment> {
+        Deployment::install_app_on(tag, server, Systemd::of_tree(lower))
+    }
+
     /// Boots a box and installs everything but the units: /usr/bin/sockherd, user app, releases
     /// r1, r2 and r3 (broken) under /srv/app, current -> r1, /srv/app/shared/venv.
-    pub fn install_app(tag: &str, server: Server, lower: Option<&Path>) -> Option<Deployment> {
+    pub fn install_app_on(tag: &str, server: Server, systemd: Systemd) -> Option<Deployment> {
         if !server.available() {
             return None;
         }
-        let sdbox = SdBox::boot(tag, lower)?;
+        let sdbox = SdBox::boot_on(tag, systemd)?;
         let mut copies = String::new();
         for release in ["r1", "r2", "r3"] {
             for file in server.release_files() {
                 copies.push_str(&format!("cp {} /srv/app/releases/{release}/\n", file.display()));
             }
             copies.push_str(&format!("echo {release} > /srv/app/releases/{release}/RELEASE\n"));
+            if server == Server::Libsystemd {
+                // units/generic runs the release's bin/server.
+                copies.push_str(&format!(
+                    "mkdir -p /srv/app/releases/{release}/bin && printf '#!/bin/sh\\nexec /usr/bin/python3 serve.py --libsystemd\\n' >/srv/app/releases/{release}/bin/server && chmod 0755 /srv/app/releases/{release}/bin/server\n"
+                ));
+            }
         }
         sdbox.ok(&format!(
             "set -e

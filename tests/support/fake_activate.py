@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Poses as systemd socket activation (sd_listen_fds(3)) for tests, then execs a program.
 
-Usage: fake_activate.py [--fd KIND]... [--set NAME=VALUE]... [--listen-pid PID|self] -- PROGRAM ARGS...
+Usage: fake_activate.py [--fd KIND]... [--set NAME=VALUE]... [--listen-pid PID|self]
+                        [--listen-pidfdid ID|self] -- PROGRAM ARGS...
 
 Each --fd puts one descriptor at fds 3, 4, ... (in order), with FD_CLOEXEC cleared:
   tcp             a listening TCP socket on 127.0.0.1 (kernel-chosen port)
@@ -12,8 +13,9 @@ Each --fd puts one descriptor at fds 3, 4, ... (in order), with FD_CLOEXEC clear
 
 The environment gets LISTEN_FDS=<number of --fd>, LISTEN_PID=<our pid, which execve keeps> and no
 LISTEN_FDNAMES; --set NAME=VALUE overrides any of them (any text, valid or not), --unset NAME
-removes one, --listen-pid sets LISTEN_PID to another value. Every other descriptor above 2 is made
-close-on-exec, so the program sees exactly fds 0-2 plus the requested ones.
+removes one, --listen-pid sets LISTEN_PID to another value, --listen-pidfdid sets LISTEN_PIDFDID
+(self: the inode id of a pidfd of this process, which execve keeps). Every other descriptor above
+2 is made close-on-exec, so the program sees exactly fds 0-2 plus the requested ones.
 """
 import fcntl, os, socket, sys
 
@@ -42,7 +44,7 @@ def make(kind, keep):
 
 def main():
     args = sys.argv[1:]
-    kinds, sets, unsets, listen_pid = [], {}, [], "self"
+    kinds, sets, unsets, listen_pid, listen_pidfdid = [], {}, [], "self", None
     while args and args[0] != "--":
         flag = args.pop(0)
         if not args:
@@ -57,6 +59,8 @@ def main():
             unsets.append(value)
         elif flag == "--listen-pid":
             listen_pid = value
+        elif flag == "--listen-pidfdid":
+            listen_pidfdid = value
         else:
             sys.exit("fake_activate.py: unknown option %r" % flag)
     if not args or len(args) < 2:
@@ -89,10 +93,14 @@ def main():
         os.close(fd)
 
     env = dict(os.environ)
-    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDNAMES"):
         env.pop(name, None)
     env["LISTEN_FDS"] = str(n)
     env["LISTEN_PID"] = str(os.getpid()) if listen_pid == "self" else listen_pid
+    if listen_pidfdid == "self":
+        env["LISTEN_PIDFDID"] = str(os.fstat(os.pidfd_open(os.getpid())).st_ino)
+    elif listen_pidfdid is not None:
+        env["LISTEN_PIDFDID"] = listen_pidfdid
     env.update(sets)
     for name in unsets:
         env.pop(name, None)

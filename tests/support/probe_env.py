@@ -4,6 +4,7 @@
 Writes to the path in argv[1] (atomically, via rename), one entry per line:
 
     pid=<pid>            ppid=<parent pid>
+    pidfdid=<its pidfd's inode id>   pidfd_ids=1|0 (whether the kernel gives each process its own)
     env.<NAME>=<value>   every environment variable
     fds=3,4              every open descriptor from 3 up
     fd.<n>.cloexec=0|1   fd.<n>.inode=<st_ino>   fd.<n>.socket=0|1
@@ -53,7 +54,10 @@ def main():
             fds[n] = describe(n)
         except OSError:
             pass  # the descriptor listdir used, closed by now
-    lines = ["pid=%d" % os.getpid(), "ppid=%d" % os.getppid(),
+    own = os.fstat(os.pidfd_open(os.getpid())).st_ino
+    # pidfs (Linux 6.9) gives each process its own inode; the older anonymous inode is shared.
+    pidfd_ids = int(own != os.fstat(os.pidfd_open(os.getppid())).st_ino)
+    lines = ["pid=%d" % os.getpid(), "ppid=%d" % os.getppid(), "pidfdid=%d" % own, "pidfd_ids=%d" % pidfd_ids,
              "fds=" + ",".join(str(n) for n in fds)]
     for name, value in sorted(os.environ.items()):
         lines.append("env.%s=%s" % (name, escape(value)))
