@@ -366,7 +366,7 @@ fn status_from_another_user_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() != Some(1)
         || !out.stdout.is_empty()
-        || !stderr.contains("refused")
+        || !stderr.contains("permission denied")
         || !stderr.contains("as root")
     {
         proc.fail(&format!("status as uid 65534: {:?} {stderr}", out.status));
@@ -374,7 +374,7 @@ fn status_from_another_user_is_refused() {
 }
 
 /// The runtime directory: the generations' notify sockets live in
-/// `$RUNTIME_DIRECTORY/sockherd.<pid>/`; a generation's socket goes with it, the directory with
+/// `$RUNTIME_DIRECTORY/sockherd-<pid>/`; a generation's socket goes with it, the directory with
 /// sockherd.
 #[test]
 fn runtime_directory_is_cleaned_up() {
@@ -388,7 +388,7 @@ fn runtime_directory_is_cleaned_up() {
     let mut cmd = run_cmd(&["--ready", "notify"], &["python3", &server, &report_arg]);
     cmd.env("RUNTIME_DIRECTORY", &runtime);
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
-    let ours: PathBuf = runtime.join(format!("sockherd.{}", proc.pid()));
+    let ours: PathBuf = runtime.join(format!("sockherd-{}", proc.pid()));
     wait_generations(&mut proc, "generation 1 serving", PATIENCE, |g| g.len() == 1 && g[0].state == "serving");
     if !ours.join("notify.1").exists() {
         proc.fail(&format!("{} should hold generation 1's notify socket", ours.display()));

@@ -1083,7 +1083,7 @@ fn reloads_leak_nothing(ready: &str) {
     );
     herd.wait_serving(Duration::from_secs(30));
     let first = herd.wait_settled(Duration::from_secs(30));
-    let ours = runtime.join(format!("sockherd.{}", herd.pid()));
+    let ours = runtime.join(format!("sockherd-{}", herd.pid()));
     // The generation's own server answers (its start-up, and any launcher shim, is over).
     let answers_itself = |pid: i32| http_get(&herd.addr, "/").is_ok_and(|r| r.body.trim() == format!("gated {pid}"));
     if !wait_until(Duration::from_secs(30), || answers_itself(first.pid)) {
@@ -1091,6 +1091,9 @@ fn reloads_leak_nothing(ready: &str) {
     }
     let (fds_before, procs_before, rss_before, files_before) =
         (fd_count(herd.pid()), descendants(herd.pid()).len(), vm_rss_kib(herd.pid()), runtime_files(&ours));
+    if !files_before.iter().any(|f| f == "control") {
+        herd.fail(&format!("{} should hold the control socket, has {files_before:?}", ours.display()));
+    }
 
     let started = Instant::now();
     for i in 0..RELOADS {

@@ -198,7 +198,7 @@ fn status_of_a_unit_inside_systemd(systemd: Systemd) {
     let rows = generation_rows(&text);
     if !text.contains(&format!("app.service: active (running), main pid {main_pid}"))
         || !text.contains("  status: serving generation 1")
-        || !text.contains(&format!("sockherd supervisor pid {main_pid}: running (flavor gunicorn, readiness probe)"))
+        || !text.contains(&format!("sockherd supervisor pid {main_pid}: running (flavor gunicorn, readiness booted)"))
         || rows.len() != 1
         || rows[0].state != "serving"
         || rows[0].workers != "2"
