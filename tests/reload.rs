@@ -1118,9 +1118,10 @@ fn reloads_leak_nothing(ready: &str) {
          {files_before:?} -> {files_after:?} ({} build)",
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
-    // The notify socket is named after its generation: compare counts, and that none is left
-    // of an old generation.
-    let stale: Vec<&String> = files_after.iter().filter(|f| **f != format!("notify.{}", last.number)).collect();
+    // The control socket, and the notify and probe sockets named after their generation:
+    // compare counts, and that none is left of an old generation.
+    let current = [format!("notify.{}", last.number), format!("probe.{}", last.number), "control".to_string()];
+    let stale: Vec<&String> = files_after.iter().filter(|f| !current.contains(f)).collect();
     if fds_after != fds_before
         || procs_after != procs_before
         || files_after.len() != files_before.len()
