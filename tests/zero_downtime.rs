@@ -209,14 +209,16 @@ fn reloads_under_load(tag: &str, flavor: &str, command: &[&str], app_dir: &Path)
     hey.signal(2); // SIGINT: hey stops and prints its summary
     hey.wait_exit(Duration::from_secs(30));
     let hey_report = hey.stdout();
+    // The status code lines begin with the code; a latency histogram's bucket may count
+    // "[200]" too ("0.035 [200] |"), so only a line that starts with it counts.
     let hey_200 = hey_report
         .lines()
-        .find(|l| l.contains("[200]"))
+        .find(|l| l.trim_start().starts_with("[200]"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     let hey_clean = !hey_report.contains("Error distribution")
-        && hey_report.lines().filter(|l| l.trim_start().starts_with('[')).all(|l| l.contains("[200]"));
+        && hey_report.lines().filter(|l| l.trim_start().starts_with('[')).all(|l| l.trim_start().starts_with("[200]"));
 
     let distinct: BTreeSet<i32> = masters.iter().copied().collect();
     eprintln!(
