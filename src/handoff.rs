@@ -480,7 +480,11 @@ impl Core {
         for g in &self.generations {
             match g.phase {
                 Phase::Starting { deadline } => deadlines.push(deadline),
-                Phase::Settling { until, .. } => deadlines.push(until),
+                // Promoted at `until` only while running: once stopping, a settling generation
+                // waits for its stop like the others (a past `until` would make the loop spin).
+                Phase::Settling { until, .. } if self.life == Life::Running && g.master_alive() => {
+                    deadlines.push(until)
+                }
                 Phase::Draining { kill_at, .. } | Phase::Failed { kill_at } if !g.killed => deadlines.push(kill_at),
                 _ => {}
             }
@@ -1183,5 +1187,31 @@ impl Core {
 
     fn send_status(&mut self) {
         self.actions.push_back(Action::Notify(Notice::Status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names `status` shows and `--watchdog` takes (README, "sockherd status").
+    #[test]
+    fn names() {
+        let at = Instant::now();
+        let phases = [
+            (Phase::Starting { deadline: at }, "starting"),
+            (Phase::Settling { ready_after: Duration::ZERO, until: at }, "starting"),
+            (Phase::Serving, "serving"),
+            (Phase::Draining { since: at, kill_at: at }, "draining"),
+            (Phase::Failed { kill_at: at }, "failed"),
+        ];
+        for (phase, name) in phases {
+            assert_eq!(phase.name(), name, "{phase:?}");
+        }
+        let modes =
+            [(WatchdogMode::Relay, "relay"), (WatchdogMode::Probe, "probe"), (WatchdogMode::Supervisor, "supervisor")];
+        for (mode, name) in modes {
+            assert_eq!(mode.name(), name);
+        }
     }
 }

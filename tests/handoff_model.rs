@@ -26,11 +26,14 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sockherd::flavor::Flavor;
-use sockherd::handoff::{Action, Config, ConnId, Core, Event, Notice, Outcome, Phase, WatchdogMode};
+use sockherd::handoff::{Action, Config, ConnId, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
 use sockherd::signal::Signal;
 
 const SETTLE: Duration = Duration::from_millis(1000);
 const WATCHDOG: Duration = Duration::from_secs(4);
+/// How long a generation that never became ready has between its graceful signal and SIGKILL:
+/// min(5 s, the drain timeout of 8 s the world runs with).
+const FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// One step of the world.
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ enum Step {
     NextSpawnFails,
     /// The k-th generation sends WATCHDOG=1.
     Ping(usize),
+    /// The k-th generation sends STATUS=.
+    Status(usize),
     LoopFailed,
 }
 
@@ -91,6 +96,7 @@ fn step() -> impl Strategy<Value = Step> {
         .prop_map(Step::Signal),
         1 => Just(Step::NextSpawnFails),
         2 => (0usize..4).prop_map(Step::Ping),
+        1 => (0usize..4).prop_map(Step::Status),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::LoopFailed } else { Step::Reap }),
     ]
 }
@@ -104,6 +110,8 @@ struct Procs {
     workers: bool,
     holds: bool,
     told: bool,
+    /// When it got its first signal.
+    told_at: Option<Instant>,
     forgotten: bool,
     ready_fed_at: Option<Instant>,
     exit_fed_before_promotion: bool,
@@ -126,6 +134,10 @@ struct World {
     /// generation (its own ping, or its answer to a liveness probe).
     handoff_ended: Option<Instant>,
     vouched: bool,
+    /// The notices of the event being handled.
+    notices: Vec<Notice>,
+    /// A LoopFailed was fed while nothing else was stopping the supervisor.
+    loop_failed_first: bool,
     /// What happened, step by step (only when replaying a failure: formatting is the cost).
     tracing: bool,
     trace: Vec<String>,
@@ -157,6 +169,8 @@ impl World {
             watchdog,
             handoff_ended: None,
             vouched: false,
+            notices: Vec::new(),
+            loop_failed_first: false,
             tracing,
             trace: Vec::new(),
         };
@@ -178,12 +192,14 @@ impl World {
         self.vouched =
             matches!(event, Event::AppWatchdog { number } | Event::Alive { number } if Some(number) == serving);
         let reloading = self.core.reloading();
+        self.notices.clear();
         self.core.handle(self.now, event);
         // A handoff in flight before or after the event covers the pings it caused.
         self.vouched |= reloading || self.core.reloading();
         if let Some(broken) = self.core.broken_invariant() {
             return Err(self.fail(format!("core invariant broken: {broken}")));
         }
+        self.check_queries()?;
         // A generation promoted by this event: it reported ready at least SETTLE ago (unless the
         // settle period is 0), and no exit of its master was fed before.
         for g in self.core.generations().iter().filter(|g| g.phase == Phase::Serving) {
@@ -271,6 +287,7 @@ impl World {
                     return Err(self.fail("EXTEND_TIMEOUT_USEC=0".into()));
                 }
                 Action::Notify(Notice::Watchdog) => {
+                    self.notices.push(Notice::Watchdog);
                     // Relay and probe: only the serving generation vouches for the service,
                     // but for a handoff and one interval after it.
                     let covered = self.handoff_ended.is_some_and(|at| self.now < at + WATCHDOG);
@@ -279,7 +296,7 @@ impl World {
                         Some(WatchdogMode::Supervisor) => self.core.serving().is_some(),
                         Some(_) => self.vouched || covered || self.core.reloading(),
                     };
-                    if !ok || self.core.life() != sockherd::handoff::Life::Running {
+                    if !ok || self.core.life() != Life::Running {
                         return Err(self.fail(format!("WATCHDOG=1 nobody vouched for ({:?} mode)", self.watchdog)));
                     }
                 }
@@ -294,7 +311,8 @@ impl World {
                         self.core.handle(self.now, Event::Alive { number });
                     }
                 }
-                Action::Notify(_) | Action::Log(_) => {}
+                Action::Notify(notice) => self.notices.push(notice),
+                Action::Log(_) => {}
             }
         }
         Ok(())
@@ -310,10 +328,78 @@ impl World {
             return Err(self.fail(format!("a signal for generation {number} (pid {pid}) after it was forgotten")));
         }
         procs.told = true;
+        let told_at = *procs.told_at.get_or_insert(self.now);
+        // A generation that never became ready gets its graceful signal, then SIGKILL no sooner
+        // than min(5 s, --drain-timeout) later (while sockherd runs; a stop has its own rules).
+        let failed = self.core.generation(number).is_some_and(|g| matches!(g.phase, Phase::Failed { .. }));
+        if kill && failed && self.core.life() == Life::Running && self.now - told_at < FAILED_GRACE {
+            return Err(self.fail(format!(
+                "generation {number} was killed {:?} after its graceful signal (grace {FAILED_GRACE:?})",
+                self.now - told_at
+            )));
+        }
+        let procs = self.gens.get_mut(&number).expect("checked");
         if kill {
             procs.master_dead.get_or_insert(ExitStatus::from_raw(libc::SIGKILL));
             procs.workers = false;
             procs.holds = false;
+        }
+        Ok(())
+    }
+
+    /// The deadlines the core's state holds: each must be met by a wakeup.
+    fn pending_deadlines(&self) -> Vec<Instant> {
+        let mut deadlines = Vec::new();
+        if let Life::Stopping { deadline } = self.core.life() {
+            deadlines.push(deadline);
+        }
+        for g in self.core.generations() {
+            match g.phase {
+                Phase::Starting { deadline } => deadlines.push(deadline),
+                // Its promotion, which only happens while sockherd runs.
+                Phase::Settling { until, .. } if self.core.life() == Life::Running && g.master_alive() => {
+                    deadlines.push(until)
+                }
+                Phase::Draining { kill_at, .. } | Phase::Failed { kill_at } if !g.killed => deadlines.push(kill_at),
+                _ => {}
+            }
+        }
+        deadlines
+    }
+
+    /// What the driver asks the core, against what the world knows.
+    fn check_queries(&self) -> Result<(), TestCaseError> {
+        for g in self.core.generations() {
+            if self.core.generation_of(g.pid).map(|found| found.number) != Some(g.number) {
+                return Err(self.fail(format!("generation_of({}) does not find generation {}", g.pid, g.number)));
+            }
+            let awaits = matches!(g.phase, Phase::Starting { .. }) && !self.gens[&g.number].reaped;
+            if self.core.awaits_ready(g.number) != awaits {
+                return Err(self.fail(format!(
+                    "awaits_ready({}) is {} for a generation {:?}, reaped: {}",
+                    g.number, !awaits, g.phase, self.gens[&g.number].reaped
+                )));
+            }
+        }
+        if self.core.generation_of(1).is_some() {
+            return Err(self.fail("generation_of(1) found a generation (no master has pid 1)".into()));
+        }
+        for g in self.core.awaiting_release() {
+            if !matches!(g.phase, Phase::Draining { .. } | Phase::Failed { .. }) || g.released {
+                return Err(self.fail(format!("generation {} awaited to release the sockets: {:?}", g.number, g)));
+            }
+        }
+        // A generation newer than the serving one starts: a handoff is in flight.
+        let newer_starting = self
+            .core
+            .generations()
+            .iter()
+            .any(|g| g.phase.name() == "starting" && self.core.serving().is_some_and(|s| g.number > s.number));
+        if self.core.life() == Life::Running && newer_starting && !self.core.reloading() {
+            return Err(self.fail("a newer generation starts, yet reloading() is false".into()));
+        }
+        if self.handoff_ended.is_some() && self.core.last_reload().is_none() {
+            return Err(self.fail("a handoff ended; last_reload() knows nothing of it".into()));
         }
         Ok(())
     }
@@ -326,8 +412,32 @@ impl World {
     fn apply(&mut self, step: &Step) -> Result<(), TestCaseError> {
         match *step {
             Step::Wait(ms) => {
-                self.now += Duration::from_millis(ms);
-                self.feed(Event::Tick)?;
+                // As the driver does: sleep until the core's next deadline (or the end of the
+                // wait), then tick. Every deadline the core holds must be met by that wakeup,
+                // and after a tick no deadline may be in the past (the driver would spin).
+                let until = self.now + Duration::from_millis(ms);
+                loop {
+                    let wake = self.core.next_deadline().filter(|d| *d < until).unwrap_or(until).max(self.now);
+                    if let Some(missed) = self.pending_deadlines().into_iter().find(|d| *d < wake) {
+                        return Err(self.fail(format!(
+                            "a deadline at t+{} ms would be missed: the driver sleeps until t+{} ms",
+                            (missed - self.t0).as_millis(),
+                            (wake - self.t0).as_millis()
+                        )));
+                    }
+                    self.now = wake;
+                    self.feed(Event::Tick)?;
+                    if let Some(next) = self.core.next_deadline().filter(|d| *d <= self.now) {
+                        return Err(self.fail(format!(
+                            "after a tick at t+{} ms the next deadline is t+{} ms: the driver would spin",
+                            (self.now - self.t0).as_millis(),
+                            (next - self.t0).as_millis()
+                        )));
+                    }
+                    if wake >= until {
+                        break;
+                    }
+                }
             }
             Step::Ready(k) => {
                 if let Some(n) = self.nth(k) {
@@ -370,10 +480,36 @@ impl World {
             Step::NextSpawnFails => self.spawn_fails = true,
             Step::Ping(k) => {
                 if let Some(n) = self.nth(k) {
+                    // The serving generation's own ping, while sockherd runs, is passed on.
+                    let passes = self.watchdog.is_some()
+                        && self.core.life() == Life::Running
+                        && self.core.serving().is_some_and(|g| g.number == n && g.master_alive());
                     self.feed(Event::AppWatchdog { number: n })?;
+                    if passes && !self.notices.contains(&Notice::Watchdog) {
+                        return Err(
+                            self.fail(format!("the serving generation {n} pinged; WATCHDOG=1 was not passed on"))
+                        );
+                    }
                 }
             }
-            Step::LoopFailed => self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?,
+            Step::Status(k) => {
+                if let Some(n) = self.nth(k) {
+                    let serving = self.core.serving().is_some_and(|g| g.number == n);
+                    self.feed(Event::AppStatus { number: n, text: format!("app {n} says hello") })?;
+                    if self.core.generation(n).and_then(|g| g.app_status.as_deref())
+                        != Some(&format!("app {n} says hello"))
+                    {
+                        return Err(self.fail(format!("generation {n}'s STATUS= was not kept")));
+                    }
+                    if serving && !self.notices.contains(&Notice::Status) {
+                        return Err(self.fail(format!("the serving generation {n} sent STATUS=; ours was not updated")));
+                    }
+                }
+            }
+            Step::LoopFailed => {
+                self.loop_failed_first |= self.core.life() == Life::Running;
+                self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?;
+            }
         }
         Ok(())
     }
@@ -443,6 +579,14 @@ impl World {
         self.feed(Event::Signal { signal: Signal::TERM, from_user: true })?;
         for _ in 0..60 {
             if let Some(outcome) = self.core.finished() {
+                // The loop's failure is how it ends, unless systemd's watchdog aborted the stop
+                // (SIGABRT: 134).
+                if self.loop_failed_first
+                    && !matches!(&outcome, Outcome::Error(m) if m.starts_with("waiting for events failed"))
+                    && !matches!(outcome, Outcome::Code(134))
+                {
+                    return Err(self.fail(format!("the loop failed first, yet sockherd ends with {outcome:?}")));
+                }
                 for conn in &self.issued {
                     let count = self.answers.get(conn).map_or(0, Vec::len);
                     if count != 1 {
@@ -580,4 +724,18 @@ fn a_join_reports_the_handoff_that_covers_its_signal_and_starts_none() {
     world.apply(&Step::Join).unwrap();
     assert!(world.answers[&3][0].starts_with("ok generation 3"), "{:?}", world.answers);
     assert_eq!(world.gens.len(), 3);
+}
+
+/// SIGTERM while generation 1 settles: it is no longer promoted, so its settle deadline must
+/// not stay due (the loop would wake at once, again and again, until the generation exits).
+#[test]
+fn a_stop_while_a_generation_settles_leaves_no_deadline_due() {
+    SETTLE_IN_USE.with(|s| s.set(SETTLE));
+    let mut world = World::new(SETTLE, None, true);
+    for step in [Step::Ready(0), Step::Signal(libc::SIGTERM), Step::Wait(3000)] {
+        if let Err(e) = world.apply(&step) {
+            panic!("{e}");
+        }
+    }
+    assert!(world.core.next_deadline().is_none_or(|d| d > world.now));
 }
