@@ -739,3 +739,37 @@ fn a_stop_while_a_generation_settles_leaves_no_deadline_due() {
     }
     assert!(world.core.next_deadline().is_none_or(|d| d > world.now));
 }
+
+/// In relay mode only the serving generation's own pings reach systemd: a failed generation's
+/// processes pinging after the reload ended (and the window sockherd covers after a handoff)
+/// are not passed on. And once a handoff is over, nothing is reloading.
+#[test]
+fn only_the_serving_generation_vouches_and_a_finished_handoff_is_no_reload() {
+    SETTLE_IN_USE.with(|s| s.set(SETTLE));
+    let mut world = World::new(SETTLE, Some(WatchdogMode::Relay), true);
+    let run = |world: &mut World, steps: &[Step]| {
+        for step in steps {
+            if let Err(e) = world.apply(step) {
+                panic!("{e}");
+            }
+        }
+    };
+    run(&mut world, &[Step::Ready(0), Step::Wait(SETTLE.as_millis() as u64 + 1)]);
+    // A reload whose master dies at once: its workers live on until SIGKILL, 5 s later.
+    run(&mut world, &[Step::Reload, Step::MasterDies(1, 1), Step::Reap]);
+    assert!(world.answers[&1][0].starts_with("error"), "{:?}", world.answers);
+    assert!(!world.core.reloading(), "the failed reload ended");
+    run(&mut world, &[Step::Wait(WATCHDOG.as_millis() as u64 + 500), Step::Ping(1)]);
+    assert!(!world.notices.contains(&Notice::Watchdog), "a failed generation's ping was passed on");
+    run(&mut world, &[Step::Ping(0)]);
+    assert!(world.notices.contains(&Notice::Watchdog), "the serving generation's ping was not passed on");
+    // A reload that succeeds; once the old generation is gone, nothing is reloading.
+    run(&mut world, &[Step::Wait(5000), Step::Observe, Step::Reload]);
+    let new = world.gens.keys().max().copied().unwrap();
+    let k = world.gens.iter().filter(|(_, p)| !p.forgotten).position(|(n, _)| *n == new).unwrap();
+    run(&mut world, &[Step::Ready(k), Step::Wait(SETTLE.as_millis() as u64 + 1)]);
+    assert_eq!(world.core.serving().map(|g| g.number), Some(new));
+    run(&mut world, &[Step::MasterDies(0, 0), Step::WorkersGone(0), Step::Reap, Step::Observe, Step::Wait(10)]);
+    assert_eq!(world.core.generations().len(), 1, "{:?}", world.core.generations());
+    assert!(!world.core.reloading(), "the handoff is over");
+}
