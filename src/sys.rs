@@ -736,47 +736,6 @@ pub fn set_passcred(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives one datagram and the sender's pid (from SCM_CREDENTIALS, when SO_PASSCRED is on).
-/// Descriptors attached to the message are closed. Returns None when nothing is pending.
-pub fn recv_with_pid(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Option<Pid>)>> {
-    // SAFETY: iovec and control buffer are local; we walk the control messages with the CMSG
-    // macros within `msg_controllen`, and close any descriptor the kernel installed for us.
-    unsafe {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr
-        let mut msg: libc::msghdr = zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<[u64; 64]>() as _;
-        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC);
-        if n == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(err);
-        }
-        let mut pid = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let header = &*cmsg;
-            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
-                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
-                pid = Some(cred.pid);
-            } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-                let count = (header.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i));
-                    drop(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok(Some(((n as usize).min(buf.len()), pid)))
-    }
-}
-
 /// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants it.
 pub fn monotonic_usec() -> u64 {
     // SAFETY: clock_gettime fills a local timespec; CLOCK_MONOTONIC always exists on Linux.
