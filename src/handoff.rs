@@ -414,7 +414,7 @@ impl Core {
             Event::LoopFailed { error } => {
                 let message = format!("waiting for events failed: {error}");
                 self.emit(log::error(format!("{message}; stopping every generation")).kind("error"));
-                if !matches!(self.stop_cause, Some(StopCause::Crashed { .. } | StopCause::StartFailed { .. })) {
+                if self.stop_cause_open() {
                     self.stop_cause = Some(StopCause::LoopFailed { message: message.clone() });
                 }
                 self.stop(false, &message, now);
@@ -732,6 +732,12 @@ impl Core {
         self.extend_timeout(settle);
     }
 
+    /// Whether a failure may still name why sockherd stops: the first failure (a crash, a failed
+    /// start, the loop, SIGABRT) stands; a requested stop is overridden by one during it.
+    fn stop_cause_open(&self) -> bool {
+        matches!(self.stop_cause, None | Some(StopCause::Requested))
+    }
+
     fn on_signal(&mut self, signal: Signal, from_user: bool, now: Instant) {
         match signal {
             Signal::TERM | Signal::INT => self.stop(false, &format!("received {signal}"), now),
@@ -739,7 +745,7 @@ impl Core {
             // systemd's WatchdogSignal= (and TimeoutStopFailureMode=abort): the service is
             // deemed hung. Stop fast and fail, so that Restart= acts.
             Signal::ABRT if from_user => {
-                if !matches!(self.stop_cause, Some(StopCause::Crashed { .. } | StopCause::StartFailed { .. })) {
+                if self.stop_cause_open() {
                     self.stop_cause = Some(StopCause::Aborted);
                 }
                 self.stop(true, "received SIGABRT (systemd's watchdog, or an abort request)", now);

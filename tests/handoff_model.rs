@@ -55,6 +55,8 @@ enum Step {
     Reload,
     Join,
     Signal(i32),
+    /// A signal the kernel sent for a terminal (not kill(2)): job control, a resize, a fault.
+    TerminalSignal(i32),
     /// The next spawn fails (a release directory that vanished, ...).
     NextSpawnFails,
     /// The k-th generation sends WATCHDOG=1.
@@ -94,6 +96,8 @@ fn step() -> impl Strategy<Value = Step> {
             1 => Just(libc::SIGABRT),
         ]
         .prop_map(Step::Signal),
+        1 => prop_oneof![Just(libc::SIGTTIN), Just(libc::SIGTTOU), Just(libc::SIGWINCH), Just(libc::SIGUSR1), Just(libc::SIGABRT)]
+            .prop_map(Step::TerminalSignal),
         1 => Just(Step::NextSpawnFails),
         2 => (0usize..4).prop_map(Step::Ping),
         1 => (0usize..4).prop_map(Step::Status),
@@ -136,6 +140,13 @@ struct World {
     vouched: bool,
     /// The notices of the event being handled.
     notices: Vec<Notice>,
+    /// The signals sent to generations since the last look.
+    signalled: Vec<(u64, Signal)>,
+    /// The last WATCHDOG=1 sent, and since when a live generation serves without a break.
+    last_ping: Option<Instant>,
+    serving_since: Option<Instant>,
+    /// SIGABRT was sent to sockherd while it ran.
+    aborted_first: bool,
     /// A LoopFailed was fed while nothing else was stopping the supervisor.
     loop_failed_first: bool,
     /// What happened, step by step (only when replaying a failure: formatting is the cost).
@@ -170,6 +181,10 @@ impl World {
             handoff_ended: None,
             vouched: false,
             notices: Vec::new(),
+            signalled: Vec::new(),
+            last_ping: None,
+            serving_since: None,
+            aborted_first: false,
             loop_failed_first: false,
             tracing,
             trace: Vec::new(),
@@ -200,6 +215,8 @@ impl World {
             return Err(self.fail(format!("core invariant broken: {broken}")));
         }
         self.check_queries()?;
+        let serving_alive = self.core.serving().is_some_and(|g| g.master_alive());
+        self.serving_since = if serving_alive { self.serving_since.or(Some(self.now)) } else { None };
         // A generation promoted by this event: it reported ready at least SETTLE ago (unless the
         // settle period is 0), and no exit of its master was fed before.
         for g in self.core.generations().iter().filter(|g| g.phase == Phase::Serving) {
@@ -239,7 +256,10 @@ impl World {
                         self.core.handle(self.now, Event::Spawned { number, pid, release: None });
                     }
                 }
-                Action::Signal { number, pid, .. } => self.touch(number, pid, false)?,
+                Action::Signal { number, pid, signal, .. } => {
+                    self.signalled.push((number, signal));
+                    self.touch(number, pid, false)?
+                }
                 Action::Kill { number, pid } => self.touch(number, pid, true)?,
                 Action::Forget { number } => {
                     let Some(procs) = self.gens.get(&number) else {
@@ -288,6 +308,7 @@ impl World {
                 }
                 Action::Notify(Notice::Watchdog) => {
                     self.notices.push(Notice::Watchdog);
+                    self.last_ping = Some(self.now);
                     // Relay and probe: only the serving generation vouches for the service,
                     // but for a handoff and one interval after it.
                     let covered = self.handoff_ended.is_some_and(|at| self.now < at + WATCHDOG);
@@ -312,6 +333,25 @@ impl World {
                     }
                 }
                 Action::Notify(notice) => self.notices.push(notice),
+                Action::Log(event) if event.event_kind() == Some("kill") => {
+                    // A draining generation is killed after the drain timeout (8 s), a failed
+                    // one after its grace (5 s).
+                    let number: Option<u64> = event
+                        .message()
+                        .strip_prefix("generation ")
+                        .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+                    let phase = number.and_then(|n| self.core.generation(n)).map(|g| g.phase);
+                    let grace = match phase {
+                        Some(Phase::Draining { .. }) => Some("8s"),
+                        Some(Phase::Failed { .. }) => Some("5s"),
+                        _ => None,
+                    };
+                    if let Some(grace) = grace
+                        && !event.message().contains(&format!("still running {grace} after"))
+                    {
+                        return Err(self.fail(format!("{:?}: the grace should be {grace}", event.message())));
+                    }
+                }
                 Action::Log(_) => {}
             }
         }
@@ -398,10 +438,59 @@ impl World {
         if self.core.life() == Life::Running && newer_starting && !self.core.reloading() {
             return Err(self.fail("a newer generation starts, yet reloading() is false".into()));
         }
+        // Finished only once stopping with nothing left: every process of every generation gone.
+        if self.core.finished().is_some() {
+            let alive: Vec<u64> = self
+                .gens
+                .iter()
+                .filter(|(_, p)| !p.forgotten && (p.master_dead.is_none() || p.workers))
+                .map(|(n, _)| *n)
+                .collect();
+            if self.core.life() == Life::Running || !self.core.generations().is_empty() || !alive.is_empty() {
+                return Err(self.fail(format!(
+                    "finished while {:?} with generations {:?} (alive in the world: {alive:?})",
+                    self.core.life(),
+                    self.core.generations().iter().map(|g| g.number).collect::<Vec<_>>()
+                )));
+            }
+        }
+        self.check_status_line()?;
         if self.handoff_ended.is_some() && self.core.last_reload().is_none() {
             return Err(self.fail("a handoff ended; last_reload() knows nothing of it".into()));
         }
         Ok(())
+    }
+
+    /// The STATUS= summary says who serves (and what it says itself), who starts, how many
+    /// drain, and how the last reload went.
+    fn check_status_line(&self) -> Result<(), TestCaseError> {
+        let line = self.core.status_line(&|_| "then".to_string());
+        let mut want = Vec::new();
+        match self.core.serving() {
+            Some(g) => {
+                want.push(format!("serving generation {} (pid {}", g.number, g.pid));
+                if let Some(app) = &g.app_status {
+                    want.push(format!(" [{app}]"));
+                }
+            }
+            None => want.push("no generation serving yet".to_string()),
+        }
+        if let Some(g) = self.core.generations().iter().find(|g| g.phase.name() == "starting") {
+            want.push(format!("starting generation {} (pid {}", g.number, g.pid));
+        }
+        let draining = self.core.generations().iter().filter(|g| matches!(g.phase, Phase::Draining { .. })).count();
+        if draining > 0 {
+            want.push(format!("; {draining} draining"));
+        } else if line.contains("draining") {
+            want.push("(nothing draining)".to_string());
+        }
+        if self.core.last_reload().is_some() {
+            want.push("; last reload then (".to_string());
+        }
+        match want.iter().find(|w| !line.contains(w.as_str())) {
+            Some(missing) => Err(self.fail(format!("status line {line:?} lacks {missing:?}"))),
+            None => Ok(()),
+        }
     }
 
     fn nth(&self, k: usize) -> Option<u64> {
@@ -427,6 +516,20 @@ impl World {
                     }
                     self.now = wake;
                     self.feed(Event::Tick)?;
+                    // Supervisor mode: sockherd pings at least once an interval while a live
+                    // generation serves.
+                    if let (Some(WatchdogMode::Supervisor), Life::Running, Some(since)) =
+                        (self.watchdog, self.core.life(), self.serving_since)
+                    {
+                        let last = self.last_ping.filter(|p| *p >= since).unwrap_or(since);
+                        if self.now - last > WATCHDOG {
+                            return Err(self.fail(format!(
+                                "no WATCHDOG=1 for {:?} while generation {:?} served",
+                                self.now - last,
+                                self.core.serving().map(|g| g.number)
+                            )));
+                        }
+                    }
                     if let Some(next) = self.core.next_deadline().filter(|d| *d <= self.now) {
                         return Err(self.fail(format!(
                             "after a tick at t+{} ms the next deadline is t+{} ms: the driver would spin",
@@ -476,7 +579,37 @@ impl World {
                 let conn = self.conn();
                 self.feed(Event::Join { conn })?;
             }
-            Step::Signal(number) => self.feed(Event::Signal { signal: Signal(number), from_user: true })?,
+            Step::Signal(number) => {
+                // The servers' own control signals, sent to sockherd, reach the serving master.
+                let forwarded = [libc::SIGUSR1, libc::SIGTTIN, libc::SIGTTOU, libc::SIGWINCH].contains(&number);
+                let serving = self.core.serving().filter(|g| g.master_alive()).map(|g| g.number);
+                let running = self.core.life() == Life::Running;
+                self.signalled.clear();
+                self.feed(Event::Signal { signal: Signal(number), from_user: true })?;
+                if let (true, Some(n)) = (forwarded, serving)
+                    && !self.signalled.contains(&(n, Signal(number)))
+                {
+                    return Err(self.fail(format!("signal {number} was not forwarded to the serving generation {n}")));
+                }
+                // Sent while running (before any other failure), SIGABRT is how sockherd ends: 134.
+                self.aborted_first |= number == libc::SIGABRT && running;
+                if number == libc::SIGABRT && self.core.life() == Life::Running {
+                    return Err(self.fail("SIGABRT sent to sockherd did not stop it".into()));
+                }
+            }
+            Step::TerminalSignal(number) => {
+                // Meant for a foreground process sockherd is not: nothing happens.
+                let life = self.core.life();
+                self.signalled.clear();
+                self.feed(Event::Signal { signal: Signal(number), from_user: false })?;
+                if !self.signalled.is_empty() || self.core.life() != life {
+                    return Err(self.fail(format!(
+                        "a terminal's signal {number} acted: sent {:?}, {life:?} -> {:?}",
+                        self.signalled,
+                        self.core.life()
+                    )));
+                }
+            }
             Step::NextSpawnFails => self.spawn_fails = true,
             Step::Ping(k) => {
                 if let Some(n) = self.nth(k) {
@@ -507,7 +640,7 @@ impl World {
                 }
             }
             Step::LoopFailed => {
-                self.loop_failed_first |= self.core.life() == Life::Running;
+                self.loop_failed_first |= self.core.life() == Life::Running && !self.aborted_first;
                 self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?;
             }
         }
@@ -579,11 +712,12 @@ impl World {
         self.feed(Event::Signal { signal: Signal::TERM, from_user: true })?;
         for _ in 0..60 {
             if let Some(outcome) = self.core.finished() {
-                // The loop's failure is how it ends, unless systemd's watchdog aborted the stop
-                // (SIGABRT: 134).
+                if self.aborted_first && !matches!(outcome, Outcome::Code(134)) {
+                    return Err(self.fail(format!("SIGABRT came first, yet sockherd ends with {outcome:?}")));
+                }
+                // The first failure is how it ends.
                 if self.loop_failed_first
                     && !matches!(&outcome, Outcome::Error(m) if m.starts_with("waiting for events failed"))
-                    && !matches!(outcome, Outcome::Code(134))
                 {
                     return Err(self.fail(format!("the loop failed first, yet sockherd ends with {outcome:?}")));
                 }
@@ -772,4 +906,16 @@ fn only_the_serving_generation_vouches_and_a_finished_handoff_is_no_reload() {
     run(&mut world, &[Step::MasterDies(0, 0), Step::WorkersGone(0), Step::Reap, Step::Observe, Step::Wait(10)]);
     assert_eq!(world.core.generations().len(), 1, "{:?}", world.core.generations());
     assert!(!world.core.reloading(), "the handoff is over");
+}
+
+/// sockherd exits with the serving master's own status when it is stopped.
+#[test]
+fn a_stop_exits_with_the_serving_masters_status() {
+    let mut world = serving_world(SETTLE);
+    for step in [Step::Signal(libc::SIGTERM), Step::MasterDies(0, 3), Step::WorkersGone(0), Step::Reap, Step::Observe] {
+        if let Err(e) = world.apply(&step) {
+            panic!("{e}");
+        }
+    }
+    assert!(matches!(world.core.finished(), Some(Outcome::Code(3))), "{:?}", world.core.finished());
 }
