@@ -46,7 +46,7 @@ use crate::sys::Pid;
 pub type ConnId = u64;
 
 /// How far beyond the current phase's own limit systemd's timeout is extended.
-const EXTEND_MARGIN: Duration = Duration::from_secs(10);
+pub const EXTEND_MARGIN: Duration = Duration::from_secs(10);
 /// The longest a generation that failed to become ready may take to stop gracefully.
 const FAILED_GRACE: Duration = Duration::from_secs(5);
 

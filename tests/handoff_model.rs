@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sockherd::flavor::Flavor;
-use sockherd::handoff::{Action, Config, ConnId, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
+use sockherd::handoff::{
+    Action, Config, ConnId, Core, EXTEND_MARGIN, Event, Life, Notice, Outcome, Phase, WatchdogMode,
+};
 use sockherd::signal::Signal;
 
 const SETTLE: Duration = Duration::from_millis(1000);
@@ -34,6 +36,9 @@ const WATCHDOG: Duration = Duration::from_secs(4);
 /// How long a generation that never became ready has between its graceful signal and SIGKILL:
 /// min(5 s, the drain timeout of 8 s the world runs with).
 const FAILED_GRACE: Duration = Duration::from_secs(5);
+/// The drain and ready timeouts the world runs with.
+const DRAIN: Duration = Duration::from_secs(8);
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One step of the world.
 #[derive(Debug, Clone)]
@@ -142,11 +147,15 @@ struct World {
     notices: Vec<Notice>,
     /// The signals sent to generations since the last look.
     signalled: Vec<(u64, Signal)>,
-    /// The last WATCHDOG=1 sent, and since when a live generation serves without a break.
+    /// The last WATCHDOG=1 sent.
     last_ping: Option<Instant>,
-    serving_since: Option<Instant>,
     /// SIGABRT was sent to sockherd while it ran.
     aborted_first: bool,
+    /// A drain started in the event being handled.
+    drain_started: bool,
+    /// Since when sockherd must ping systemd itself (supervisor mode while a live generation
+    /// serves; in the other modes during a handoff and one interval after it).
+    must_ping_since: Option<Instant>,
     /// A LoopFailed was fed while nothing else was stopping the supervisor.
     loop_failed_first: bool,
     /// What happened, step by step (only when replaying a failure: formatting is the cost).
@@ -158,9 +167,9 @@ impl World {
     fn new(settle: Duration, watchdog: Option<WatchdogMode>, tracing: bool) -> World {
         let config = Config {
             flavor: Flavor::Gunicorn,
-            ready_timeout: Duration::from_secs(10),
+            ready_timeout: READY_TIMEOUT,
             settle,
-            drain_timeout: Duration::from_secs(8),
+            drain_timeout: DRAIN,
             stop_signal: Signal::TERM,
             stop_timeout: Duration::from_secs(12),
             watchdog: watchdog.map(|mode| (WATCHDOG, mode)),
@@ -183,8 +192,9 @@ impl World {
             notices: Vec::new(),
             signalled: Vec::new(),
             last_ping: None,
-            serving_since: None,
             aborted_first: false,
+            drain_started: false,
+            must_ping_since: None,
             loop_failed_first: false,
             tracing,
             trace: Vec::new(),
@@ -208,6 +218,7 @@ impl World {
             matches!(event, Event::AppWatchdog { number } | Event::Alive { number } if Some(number) == serving);
         let reloading = self.core.reloading();
         self.notices.clear();
+        self.drain_started = false;
         self.core.handle(self.now, event);
         // A handoff in flight before or after the event covers the pings it caused.
         self.vouched |= reloading || self.core.reloading();
@@ -216,7 +227,15 @@ impl World {
         }
         self.check_queries()?;
         let serving_alive = self.core.serving().is_some_and(|g| g.master_alive());
-        self.serving_since = if serving_alive { self.serving_since.or(Some(self.now)) } else { None };
+        let covering = self.core.reloading() || self.handoff_ended.is_some_and(|at| self.now < at + WATCHDOG);
+        let must_ping = self.core.life() == Life::Running
+            && serving_alive
+            && match self.watchdog {
+                Some(WatchdogMode::Supervisor) => true,
+                Some(_) => covering,
+                None => false,
+            };
+        self.must_ping_since = if must_ping { self.must_ping_since.or(Some(self.now)) } else { None };
         // A generation promoted by this event: it reported ready at least SETTLE ago (unless the
         // settle period is 0), and no exit of its master was fed before.
         for g in self.core.generations().iter().filter(|g| g.phase == Phase::Serving) {
@@ -256,8 +275,16 @@ impl World {
                         self.core.handle(self.now, Event::Spawned { number, pid, release: None });
                     }
                 }
-                Action::Signal { number, pid, signal, .. } => {
+                Action::Signal { number, pid, signal, group } => {
                     self.signalled.push((number, signal));
+                    // To the master while it lives (as far as sockherd knows: not reaped), else
+                    // to what is left of its process group.
+                    let reaped = self.gens.get(&number).is_some_and(|p| p.reaped);
+                    if group != reaped {
+                        return Err(self.fail(format!(
+                            "signal {signal:?} to generation {number}: group {group}, though its master was reaped: {reaped}"
+                        )));
+                    }
                     self.touch(number, pid, false)?
                 }
                 Action::Kill { number, pid } => self.touch(number, pid, true)?,
@@ -296,7 +323,19 @@ impl World {
                         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
                         .unwrap_or(0);
                     let alive =
-                        self.core.generation(number).is_some_and(|g| g.phase == Phase::Serving && g.master_alive());
+                        self.core.generation(number).is_some_and(|g| g.phase == Phase::Serving && g.master_alive())
+                            && self.gens.get(&number).is_some_and(|p| !p.reaped);
+                    // ... and every older generation it drained closed the public sockets.
+                    let holding: Vec<u64> = self
+                        .core
+                        .generations()
+                        .iter()
+                        .filter(|g| g.number < number && matches!(g.phase, Phase::Draining { .. }) && !g.released)
+                        .map(|g| g.number)
+                        .collect();
+                    if !holding.is_empty() {
+                        return Err(self.fail(format!("reload done while {holding:?} still hold the sockets")));
+                    }
                     if !alive {
                         return Err(self
                             .fail(format!("reload reported done for a generation not alive and serving: {message}")));
@@ -305,6 +344,21 @@ impl World {
                 }
                 Action::Notify(Notice::ExtendTimeout(by)) if by.is_zero() => {
                     return Err(self.fail("EXTEND_TIMEOUT_USEC=0".into()));
+                }
+                // A drain may take the drain timeout and then the kill's grace: systemd must
+                // wait that long.
+                // A reload may take the ready timeout and the settle period (and the margin
+                // every extension has).
+                Action::Notify(Notice::ExtendTimeout(by))
+                    if self.notices.contains(&Notice::Reloading)
+                        && by < READY_TIMEOUT + self.core_settle() + EXTEND_MARGIN =>
+                {
+                    return Err(self.fail(format!("a reload started; EXTEND_TIMEOUT_USEC covers only {by:?}")));
+                }
+                Action::Notify(Notice::ExtendTimeout(by))
+                    if self.drain_started && by < DRAIN + FAILED_GRACE + EXTEND_MARGIN =>
+                {
+                    return Err(self.fail(format!("a drain started; EXTEND_TIMEOUT_USEC covers only {by:?}")));
                 }
                 Action::Notify(Notice::Watchdog) => {
                     self.notices.push(Notice::Watchdog);
@@ -333,6 +387,7 @@ impl World {
                     }
                 }
                 Action::Notify(notice) => self.notices.push(notice),
+                Action::Log(event) if event.event_kind() == Some("drain_start") => self.drain_started = true,
                 Action::Log(event) if event.event_kind() == Some("kill") => {
                     // A draining generation is killed after the drain timeout (8 s), a failed
                     // one after its grace (5 s).
@@ -516,15 +571,12 @@ impl World {
                     }
                     self.now = wake;
                     self.feed(Event::Tick)?;
-                    // Supervisor mode: sockherd pings at least once an interval while a live
-                    // generation serves.
-                    if let (Some(WatchdogMode::Supervisor), Life::Running, Some(since)) =
-                        (self.watchdog, self.core.life(), self.serving_since)
-                    {
+                    // sockherd pings at least once an interval while it must.
+                    if let Some(since) = self.must_ping_since {
                         let last = self.last_ping.filter(|p| *p >= since).unwrap_or(since);
                         if self.now - last > WATCHDOG {
                             return Err(self.fail(format!(
-                                "no WATCHDOG=1 for {:?} while generation {:?} served",
+                                "no WATCHDOG=1 for {:?} while sockherd had to ping (generation {:?} serves)",
                                 self.now - last,
                                 self.core.serving().map(|g| g.number)
                             )));
