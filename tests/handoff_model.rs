@@ -643,6 +643,10 @@ impl World {
                 {
                     return Err(self.fail(format!("signal {number} was not forwarded to the serving generation {n}")));
                 }
+                // A second graceful stop while stopping changes nothing.
+                if !running && [libc::SIGTERM, libc::SIGINT].contains(&number) && !self.signalled.is_empty() {
+                    return Err(self.fail(format!("signal {number} while stopping sent {:?}", self.signalled)));
+                }
                 // Sent while running (before any other failure), SIGABRT is how sockherd ends: 134.
                 self.aborted_first |= number == libc::SIGABRT && running;
                 if number == libc::SIGABRT && self.core.life() == Life::Running {
