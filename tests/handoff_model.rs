@@ -975,3 +975,38 @@ fn a_stop_exits_with_the_serving_masters_status() {
     }
     assert!(matches!(world.core.finished(), Some(Outcome::Code(3))), "{:?}", world.core.finished());
 }
+
+fn run_steps(world: &mut World, steps: &[Step]) {
+    for step in steps {
+        if let Err(e) = world.apply(step) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// SIGTERM sends the flavor's graceful signal, SIGQUIT (or a second, fast stop) its fast one
+/// (gunicorn: TERM, INT); a gunicorn master that died of the TERM exits sockherd with 143, as a
+/// shell reports it (gunicorn does not count it as clean).
+#[test]
+fn stop_signals_and_the_status_they_leave() {
+    let mut world = serving_world(SETTLE);
+    world.signalled.clear();
+    run_steps(&mut world, &[Step::Signal(libc::SIGTERM)]);
+    assert_eq!(world.signalled, [(1, Signal::TERM)]);
+    world.signalled.clear();
+    run_steps(&mut world, &[Step::Signal(libc::SIGQUIT)]);
+    assert_eq!(world.signalled, [(1, Signal::INT)]);
+    run_steps(&mut world, &[Step::MasterDies(0, -15), Step::WorkersGone(0), Step::Reap, Step::Observe]);
+    assert!(matches!(world.core.finished(), Some(Outcome::Code(143))), "{:?}", world.core.finished());
+}
+
+/// A stop that needed SIGKILL failed, even when the master itself exited cleanly: a worker of
+/// its group ignored the stop. sockherd exits 137.
+#[test]
+fn a_stop_that_needed_sigkill_exits_137() {
+    let mut world = serving_world(SETTLE);
+    run_steps(&mut world, &[Step::Signal(libc::SIGTERM), Step::MasterDies(0, 0), Step::Reap]);
+    // The workers live on past the stop timeout (12 s): SIGKILL for what is left.
+    run_steps(&mut world, &[Step::Wait(13_000), Step::Observe]);
+    assert!(matches!(world.core.finished(), Some(Outcome::Code(137))), "{:?}", world.core.finished());
+}
