@@ -267,7 +267,12 @@ impl World {
                 Action::Spawn { number } => {
                     if self.spawn_fails && number > 1 {
                         self.spawn_fails = false;
+                        // A reload whose new generation cannot start fails; the service goes on.
+                        let running = self.core.life() == Life::Running;
                         self.core.handle(self.now, Event::SpawnFailed { number, error: "no such release".into() });
+                        if running && self.core.life() != Life::Running {
+                            return Err(self.fail(format!("generation {number} failed to spawn, and sockherd stops")));
+                        }
                     } else {
                         let pid = self.next_pid;
                         self.next_pid += 1;
