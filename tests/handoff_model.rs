@@ -165,8 +165,12 @@ struct World {
 
 impl World {
     fn new(settle: Duration, watchdog: Option<WatchdogMode>, tracing: bool) -> World {
+        World::of_flavor(Flavor::Gunicorn, settle, watchdog, tracing)
+    }
+
+    fn of_flavor(flavor: Flavor, settle: Duration, watchdog: Option<WatchdogMode>, tracing: bool) -> World {
         let config = Config {
-            flavor: Flavor::Gunicorn,
+            flavor,
             ready_timeout: READY_TIMEOUT,
             settle,
             drain_timeout: DRAIN,
@@ -249,7 +253,13 @@ impl World {
                 return Err(self.fail(format!("generation {} serves without having settled: {procs:?}", g.number)));
             }
         }
-        self.perform()
+        self.perform()?;
+        // systemd's timeout is extended as a reload and a stop begin.
+        let extended = self.notices.iter().any(|n| matches!(n, Notice::ExtendTimeout(_)));
+        if (self.notices.contains(&Notice::Reloading) || self.notices.contains(&Notice::Stopping)) && !extended {
+            return Err(self.fail(format!("a reload or stop began without EXTEND_TIMEOUT_USEC: {:?}", self.notices)));
+        }
+        Ok(())
     }
 
     fn core_settle(&self) -> Duration {
@@ -1014,4 +1024,34 @@ fn a_stop_that_needed_sigkill_exits_137() {
     // The workers live on past the stop timeout (12 s): SIGKILL for what is left.
     run_steps(&mut world, &[Step::Wait(13_000), Step::Observe]);
     assert!(matches!(world.core.finished(), Some(Outcome::Code(137))), "{:?}", world.core.finished());
+}
+
+/// A master that exits 0 on the stop signal, workers and all: sockherd exits 0.
+#[test]
+fn a_clean_stop_exits_0() {
+    let mut world = serving_world(SETTLE);
+    run_steps(
+        &mut world,
+        &[Step::Signal(libc::SIGTERM), Step::MasterDies(0, 0), Step::WorkersGone(0), Step::Reap, Step::Observe],
+    );
+    assert!(matches!(world.core.finished(), Some(Outcome::Code(0))), "{:?}", world.core.finished());
+}
+
+/// puma's master exits by the SIGTERM it was sent, and counts that as a clean exit: so does
+/// sockherd (0, not 143).
+#[test]
+fn a_puma_master_ended_by_sigterm_is_a_clean_stop() {
+    SETTLE_IN_USE.with(|s| s.set(SETTLE));
+    let mut world = World::of_flavor(Flavor::Puma, SETTLE, None, true);
+    run_steps(&mut world, &[Step::Ready(0), Step::Wait(SETTLE.as_millis() as u64 + 1), Step::Signal(libc::SIGTERM)]);
+    run_steps(&mut world, &[Step::MasterDies(0, -15), Step::WorkersGone(0), Step::Reap, Step::Observe]);
+    assert!(matches!(world.core.finished(), Some(Outcome::Code(0))), "{:?}", world.core.finished());
+}
+
+/// A reload whose release cannot be started fails, naming why and who still serves.
+#[test]
+fn a_reload_that_cannot_spawn_names_who_still_serves() {
+    let mut world = serving_world(SETTLE);
+    run_steps(&mut world, &[Step::NextSpawnFails, Step::Reload]);
+    assert_eq!(world.answers[&1], ["error no such release; generation 1 (pid 100) still serving"]);
 }
