@@ -421,7 +421,7 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
             _ if line.starts_with("# The server gets LISTEN_FDS") => format!(
                 "# The server gets the sockets at fds 3.. in the {} dialect; readiness: {}.",
                 spec.flavor.name(),
-                spec.ready.clone().unwrap_or_else(|| Readiness::default_for(spec.flavor).to_string())
+                comment_text(&spec.ready.clone().unwrap_or_else(|| Readiness::default_for(spec.flavor).to_string()))
             ),
             _ if line.starts_with("# ready when it sends READY=1") => continue,
             _ if line.starts_with("# Blocks until the new generation serves") && notify_reload => {
@@ -489,6 +489,12 @@ pub fn render(files: &[UnitFile]) -> String {
     out
 }
 
+/// Text for a `#` comment line: a control character (a newline would end the comment and start
+/// a line systemd reads) is written as its escape, `\n`.
+fn comment_text(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +513,22 @@ mod tests {
             systemd_version: version,
             command: vec!["/srv/shop/venv/bin/python".into(), "-m".into(), "gunicorn".into(), "app:app".into()],
         }
+    }
+
+    /// A `--ready` with a newline (a cmd: check may hold one) stays inside its comment line.
+    #[test]
+    fn control_characters_in_the_readiness_comment_are_escaped() {
+        let mut s = spec(&["127.0.0.1:8000"], 252);
+        s.flavor = Flavor::Systemd;
+        s.ready = Some("cmd:é\n\"x".into());
+        let files = generate(&s).unwrap();
+        let service = file(&files, "shop.service");
+        assert!(
+            service.contains(
+                "\n# The server gets the sockets at fds 3.. in the systemd dialect; readiness: cmd:é\\n\"x.\n"
+            ),
+            "{service}"
+        );
     }
 
     fn file<'a>(files: &'a [UnitFile], name: &str) -> &'a str {
