@@ -78,8 +78,9 @@ impl Usage {
             MemorySource::Pss => "PSS",
         };
         format!(
-            "{} processes, CPU {:.1} s, memory {} MiB ({source}){peak}",
+            "{} process{}, CPU {:.1} s, memory {} MiB ({source}){peak}",
             self.processes,
+            if self.processes == 1 { "" } else { "es" },
             self.cpu.as_secs_f64(),
             mib(self.memory)
         )
