@@ -272,6 +272,11 @@ impl Supervisor {
             deadlines.push(now + LINGER_POLL);
         }
         deadlines.extend(self.control.next_timer());
+        for number in &self.resources.booting {
+            if let Some(g) = self.core.generation(*number).filter(|g| matches!(g.phase, Phase::Starting { .. })) {
+                deadlines.push(self.boot_priority_until(g));
+            }
+        }
         deadlines.into_iter().min()
     }
 
@@ -610,17 +615,35 @@ impl Supervisor {
 
     /// Generations that booted at the lower priority and are ready (or failed) now: every
     /// process and thread of a ready one is set back.
+    ///
+    /// A generation that is still booting at half its `--ready-timeout` is set back too: on a host
+    /// whose CPU the serving generation keeps busy, the low priority could otherwise stretch its
+    /// boot past the timeout and fail every reload.
     fn restore_ready_priorities(&mut self) {
+        let now = Instant::now();
         let mut still = Vec::new();
         for number in std::mem::take(&mut self.resources.booting) {
             let Some(g) = self.core.generation(number) else { continue };
             match g.phase {
-                Phase::Starting { .. } => still.push(number),
+                Phase::Starting { .. } if now < self.boot_priority_until(g) => still.push(number),
+                Phase::Starting { .. } => {
+                    log::info(format!(
+                        "generation {number} is not ready after {:?}: back to normal CPU priority to finish its boot",
+                        now - g.started
+                    ))
+                    .emit();
+                    self.resources.restore(number, g.pid);
+                }
                 Phase::Failed { .. } => {}
                 _ => self.resources.restore(number, g.pid),
             }
         }
         self.resources.booting = still;
+    }
+
+    /// Until when a booting generation keeps its lower priority at most.
+    fn boot_priority_until(&self, g: &handoff::Generation) -> Instant {
+        g.started + self.config.ready_timeout / 2
     }
 
     // ----- status ------------------------------------------------------------------------------
@@ -729,20 +752,37 @@ struct Resources {
 impl Resources {
     fn new(enabled: bool) -> Resources {
         let own_nice = sys::own_nice();
-        let boot = enabled.then(|| {
-            // A nice value can only be set back with CAP_SYS_NICE or LimitNICE=: without them the
-            // generation boots at SCHED_BATCH only, which it may leave on its own.
-            let nice = resources::can_restore_nice(own_nice).then(|| resources::boot_nice(own_nice));
-            if nice.is_none() {
-                log::info(format!(
-                    "boot priority: SCHED_BATCH only; a nice value could not be set back at ready (needs \
-                     CAP_SYS_NICE or LimitNICE=+{own_nice})"
-                ))
-                .emit();
-            }
-            sys::BootPriority { nice, batch: true }
-        });
+        let boot = if enabled { Resources::boot_priority(own_nice) } else { None };
         Resources { boot, own_nice, booting: Vec::new() }
+    }
+
+    /// The priority a reload's generation boots at, if this process can set one and take it
+    /// back; each "no" is said once, at start.
+    fn boot_priority(own_nice: i32) -> Option<sys::BootPriority> {
+        // The generation is set back to SCHED_OTHER at ready: only right if that is ours.
+        if sys::own_policy().ok() != Some(libc::SCHED_OTHER) {
+            log::info("boot priority: off, sockherd itself does not run at the normal policy (SCHED_OTHER)").emit();
+            return None;
+        }
+        if let Err(e) = sys::priority_calls_allowed(own_nice) {
+            log::info(format!(
+                "boot priority: off, setpriority/sched_setscheduler are refused here ({e}; e.g. \
+                 SystemCallFilter=~@resources): a reload's generation boots at sockherd's own priority"
+            ))
+            .emit();
+            return None;
+        }
+        // A nice value can only be set back with CAP_SYS_NICE or LimitNICE=: without them the
+        // generation boots at SCHED_BATCH only, which it may leave on its own.
+        let nice = resources::can_restore_nice(own_nice).then(|| resources::boot_nice(own_nice));
+        if nice.is_none() {
+            log::info(format!(
+                "boot priority: SCHED_BATCH only; a nice value could not be set back at ready (needs \
+                 CAP_SYS_NICE or LimitNICE=+{own_nice})"
+            ))
+            .emit();
+        }
+        Some(sys::BootPriority { nice, batch: true })
     }
 
     /// Generation 1 has no serving generation to leave the CPU to: only a reload's boots low.

@@ -1084,6 +1084,23 @@ pub fn set_thread_normal_policy(tid: Pid) -> io::Result<()> {
     cvt(unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) }).map(drop)
 }
 
+/// sockherd's own scheduling policy (SCHED_OTHER, SCHED_BATCH, ...).
+pub fn own_policy() -> io::Result<i32> {
+    // SAFETY: no memory arguments.
+    cvt(unsafe { libc::sched_getscheduler(0) })
+}
+
+/// Whether this process may set its own nice value and policy (to what they are: no change).
+/// A seccomp filter that refuses them (systemd's `SystemCallFilter=~@resources` with
+/// `SystemCallErrorNumber=EPERM`) makes them fail with EPERM for every process of the unit.
+pub fn priority_calls_allowed(own_nice: i32) -> io::Result<()> {
+    let policy = own_policy()?;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid sched_param for the call's duration; no memory arguments else.
+    cvt(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, own_nice) }).map(drop)
+}
+
 /// RLIMIT_NICE (soft, hard).
 pub fn nice_rlimit() -> io::Result<(u64, u64)> {
     // SAFETY: rlimit is a plain struct, filled by the call.

@@ -259,3 +259,58 @@ fn a_reload_the_memory_limit_cannot_hold_fails_and_the_old_generation_serves() {
     herd.signal(15);
     herd.wait_exit(Duration::from_secs(30));
 }
+
+/// Inside real systemd, the gunicorn units as shipped: a reload checks the memory budget from
+/// what it can read there (the box's cgroup2 tree has no memory controller on a hybrid host, so
+/// no MemoryMax= is readable and the host's MemAvailable bounds the room; the serving
+/// generation's size is its PSS), passes it, and `reload_done` in the journal carries the new
+/// generation's resources. The units' `SystemCallFilter=~@resources` refuses setpriority and
+/// sched_setscheduler: sockherd finds that at start and says the boot priority is off.
+fn budget_and_priority_inside_systemd(systemd: common::sdbox::Systemd) {
+    use common::sdbox::{Deployment, Server};
+    require!(root);
+    let Some(d) = Deployment::install_on("resources", Server::Gunicorn, systemd) else {
+        prerequisite(false, &format!("a box with {systemd} and gunicorn"));
+        return;
+    };
+    d.start();
+    d.flip("r2");
+    let (code, out, _) = d.reload();
+    if code != 0 {
+        d.sdbox.fail_unit("app", &format!("systemctl reload failed ({code}): {out}"));
+    }
+    let log = d.sdbox.ok("journalctl -u app -o cat --no-pager");
+    for needle in [
+        "boot priority: off, setpriority/sched_setscheduler are refused here",
+        "memory check passed for generation 2: needs ≈ ",
+        "(generation 1's PSS over ",
+    ] {
+        if !log.contains(needle) {
+            d.sdbox.fail(&format!("the journal should say {needle:?}:\n{log}"));
+        }
+    }
+    let done = d.sdbox.ok("journalctl -u app SOCKHERD_EVENT=reload_done -o verbose --no-pager");
+    let memory: u64 = done
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SOCKHERD_MEMORY_BYTES="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if !done.contains("SOCKHERD_MEMORY_SOURCE=pss") || memory < 4 << 20 || !done.contains("SOCKHERD_CPU_MS=") {
+        d.sdbox.fail(&format!("reload_done should carry generation 2's PSS and CPU:\n{done}"));
+    }
+}
+
+mod inside_systemd {
+    use super::*;
+    use common::sdbox::Systemd;
+
+    #[test]
+    fn on_systemd_252() {
+        budget_and_priority_inside_systemd(Systemd::V252)
+    }
+
+    #[test]
+    fn on_systemd_262() {
+        budget_and_priority_inside_systemd(Systemd::V262)
+    }
+}
