@@ -315,8 +315,8 @@ class Box:
 # ----- the deploy methods ----------------------------------------------------------------------
 
 SERVERS = ["gunicorn", "unicorn", "puma"]
-# The variant of the sockherd-host-* methods with `--boot-priority off`.
-BOOT_PRIORITY_OFF = "boot-priority-off"
+# The variant of the sockherd-host-* methods with `--boot-priority on`.
+BOOT_PRIORITY_ON = "boot-priority-on"
 
 
 def server_cmd(server, selfbind=None, conf_dir=CONTRIB):
@@ -733,10 +733,10 @@ def deploy_methods():
     ms = []
     for s in SERVERS:
         ms.append(SockherdHost(s))
-        # The same without the boot priority, right after it (same load, same machine state): the
-        # boot priority's effect on the serving generation during reloads. Full run only.
-        ms.append(SockherdHost(s, extra=["--boot-priority", "off"], variant=BOOT_PRIORITY_OFF,
-                               label="sockherd run --boot-priority off (no systemd)"))
+        # The same with the boot priority, right after it (same load, same machine state): its
+        # effect on the serving generation during reloads. Full run only.
+        ms.append(SockherdHost(s, extra=["--boot-priority", "on"], variant=BOOT_PRIORITY_ON,
+                               label="sockherd run --boot-priority on (no systemd)"))
     for s in SERVERS:
         ms.append(SockherdBox(s, False))
     for s in SERVERS:

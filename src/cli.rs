@@ -319,11 +319,12 @@ struct RunArgs {
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
     memory_check: String,
 
-    /// Run a new generation at a lower CPU priority (nice +10 and SCHED_BATCH, inherited by
-    /// its workers) until it is ready, so that its boot does not slow the serving generation
-    /// down; every process and thread of it is set back at ready. off: boot at sockherd's own
-    /// priority.
-    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    /// on: run a reload's generation at a lower CPU priority (nice +10 and SCHED_BATCH,
+    /// inherited by its workers) until it is ready, so that its boot leaves the CPU to the
+    /// serving generation; every process and thread of it is set back at ready. Off by default:
+    /// a generation's workers accept requests before it is ready, and serve them at that
+    /// priority (the benchmark measured longer gaps with it on a busy machine).
+    #[arg(long, default_value = "off", value_name = "on|off", value_parser = ["on", "off"])]
     boot_priority: String,
 
     #[command(flatten)]
