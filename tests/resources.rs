@@ -143,6 +143,75 @@ fn a_booting_generation_runs_at_lower_priority_until_ready() {
     );
 }
 
+/// A generation that is still not ready at half its `--ready-timeout` is set back to normal
+/// priority (a boot starved by a busy serving generation must not fail the reload), while it is
+/// still starting.
+#[test]
+fn a_generation_still_booting_at_half_its_ready_timeout_gets_its_priority_back() {
+    require!("python3");
+    let dir = TempDir::new("boot-priority-timeout");
+    let go = dir.join("go");
+    std::fs::write(&go, "").unwrap();
+    let ready = format!("cmd:test -e {}", go.display());
+    let mut herd = Proc::spawn(
+        sockherd_cmd(&[
+            "run",
+            "--boot-priority",
+            "on",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--ready",
+            &ready,
+            "--ready-settle",
+            "0",
+            "--ready-timeout",
+            "6s",
+            "--",
+            "python3",
+            "-c",
+            "import time; time.sleep(600)",
+        ]),
+        dir.path(),
+        "sockherd",
+    );
+    common::run::wait_generations(&mut herd, "generation 1 serving", Duration::from_secs(30), |g| {
+        g.len() == 1 && g[0].state == "serving"
+    });
+    let own_nice = std::fs::read_to_string(format!("/proc/{}/stat", herd.pid()))
+        .ok()
+        .and_then(|s| sockherd::resources::stat_priority(&s))
+        .map(|(nice, _)| nice)
+        .unwrap();
+    std::fs::remove_file(&go).unwrap();
+    let mut reload = Proc::spawn(
+        sockherd_cmd(&["reload", "--pid", &herd.pid().to_string(), "--timeout", "60s"]),
+        dir.path(),
+        "reload",
+    );
+    let gen2 = common::run::wait_generations(&mut herd, "generation 2 starting", Duration::from_secs(10), |g| {
+        g.iter().any(|g| g.number == 2)
+    });
+    let pid = gen2.iter().find(|g| g.number == 2).unwrap().pid;
+    let mut seen = Vec::new();
+    let low = wait_until(Duration::from_secs(2), || {
+        seen = group_priorities(pid);
+        !seen.is_empty() && seen.iter().flat_map(|(_, t)| t).all(|&(_, policy)| policy == SCHED_BATCH)
+    });
+    assert!(low, "generation 2 should boot at SCHED_BATCH: {seen:?}");
+    let normal = wait_until(Duration::from_secs(5), || {
+        seen = group_priorities(pid);
+        !seen.is_empty() && seen.iter().flat_map(|(_, t)| t).all(|&p| p == (own_nice, SCHED_OTHER))
+    });
+    let still_starting = common::run::generations(herd.pid()).iter().any(|g| g.number == 2 && g.state == "starting");
+    assert!(
+        normal && still_starting,
+        "set back while starting, before the 6 s timeout: {seen:?}, starting {still_starting}"
+    );
+    assert!(herd.stderr().contains("generation 2 is not ready after"), "{}", herd.stderr());
+    // And the reload still fails at the timeout, as it would have.
+    assert_eq!(reload.wait_exit(Duration::from_secs(30)).code(), Some(1), "{}", reload.stderr());
+}
+
 /// sockherd's own memory cgroup in the v1 memory hierarchy, where a test can make a child
 /// cgroup with a limit of its own.
 fn v1_memory_cgroup() -> Option<PathBuf> {
