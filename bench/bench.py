@@ -315,6 +315,8 @@ class Box:
 # ----- the deploy methods ----------------------------------------------------------------------
 
 SERVERS = ["gunicorn", "unicorn", "puma"]
+# The variant of the sockherd-host-* methods with `--boot-priority on`.
+BOOT_PRIORITY_ON = "boot-priority-on"
 
 
 def server_cmd(server, selfbind=None, conf_dir=CONTRIB):
@@ -371,9 +373,10 @@ def have(prog):
 class SockherdHost(Method):
     sockherd = True
 
-    def __init__(self, server, flavor=None, extra=()):
-        label = "sockherd run (no systemd)" if server != "starman" else "sockherd run --flavor server-starter"
-        super().__init__("sockherd-host-" + server, server, label)
+    def __init__(self, server, flavor=None, extra=(), variant=None, label=None):
+        label = label or ("sockherd run (no systemd)" if server != "starman" else "sockherd run --flavor server-starter")
+        super().__init__("sockherd-host-" + server + ("-" + variant if variant else ""), server, label)
+        self.variant = variant
         self.flavor = flavor or server
         self.extra = list(extra)
         self.unix = server != "starman"
@@ -730,6 +733,10 @@ def deploy_methods():
     ms = []
     for s in SERVERS:
         ms.append(SockherdHost(s))
+        # The same with the boot priority, right after it (same load, same machine state): its
+        # effect on the serving generation during reloads. Full run only.
+        ms.append(SockherdHost(s, extra=["--boot-priority", "on"], variant=BOOT_PRIORITY_ON,
+                               label="sockherd run --boot-priority on (no systemd)"))
     for s in SERVERS:
         ms.append(SockherdBox(s, False))
     for s in SERVERS:

@@ -312,6 +312,21 @@ struct RunArgs {
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     drain_timeout: Seconds,
 
+    /// Before a reload starts a new generation, check that the service's memory limit
+    /// (MemoryMax=/MemoryHigh=, its cgroup's) and the host's MemAvailable leave room for the
+    /// serving generation's memory once more; if not, the reload fails at once and the old
+    /// generation keeps serving. off: start it anyway.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    memory_check: String,
+
+    /// on: run a reload's generation at a lower CPU priority (nice +10 and SCHED_BATCH,
+    /// inherited by its workers) until it is ready, so that its boot leaves the CPU to the
+    /// serving generation; every process and thread of it is set back at ready. Off by default:
+    /// a generation's workers accept requests before it is ready, and serve them at that
+    /// priority (the benchmark measured longer gaps with it on a busy machine).
+    #[arg(long, default_value = "off", value_name = "on|off", value_parser = ["on", "off"])]
+    boot_priority: String,
+
     #[command(flatten)]
     launch: LaunchArgs,
 }
@@ -431,6 +446,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 drain_timeout: args.drain_timeout.0,
                 stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
                 stop_timeout: args.stop_timeout.0,
+                memory_check: args.memory_check == "on",
+                boot_priority: args.boot_priority == "on",
             };
             let sockets = acquire_sockets(&args.sockets)?;
             Supervisor::start(config, sockets)?.run()
@@ -445,6 +462,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 dir,
                 pass_notify: true,
                 extra_env: Vec::new(),
+                boot_priority: None,
             };
             if args.launch.flavor == Flavor::Nginx {
                 return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));

@@ -44,6 +44,8 @@ pub struct Launch<'a> {
     pub pass_notify: bool,
     /// Variables set on top of everything (e.g. a generation's private NOTIFY_SOCKET).
     pub extra_env: Vec<(String, OsString)>,
+    /// The lower CPU priority the server starts at (a booting generation, `run` only).
+    pub boot_priority: Option<sys::BootPriority>,
 }
 
 /// Resolves `--chdir`: symlinks are followed now, so a generation stays pinned to the release
@@ -167,7 +169,10 @@ fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecI
 /// Starts the server as a child in its own process group. Returns its pid.
 pub fn spawn(argv: &[OsString], launch: &Launch<'_>) -> Result<Pid> {
     let program = resolve_program(&argv[0], launch.dir.as_deref())?;
-    let image = image(&program, argv, launch)?;
+    let mut image = image(&program, argv, launch)?;
+    if let Some(priority) = launch.boot_priority {
+        image.set_boot_priority(priority);
+    }
     sys::spawn(image, launch.dir.as_deref()).map_err(|e| exec_error(&program, e))
 }
 

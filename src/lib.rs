@@ -24,6 +24,7 @@ pub mod notify;
 pub mod procfs;
 pub mod protocol;
 pub mod readiness;
+pub mod resources;
 pub mod runtime;
 pub mod signal;
 pub mod socket;

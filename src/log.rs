@@ -119,6 +119,17 @@ impl Event {
         self
     }
 
+    /// The value of a field set with [`Event::field`].
+    pub fn field_value(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Adds `text` to the end of the human message.
+    pub fn append(mut self, text: &str) -> Event {
+        self.message.push_str(text);
+        self
+    }
+
     pub fn emit(self) {
         let logger = LOGGER.get_or_init(|| Logger { sink: Sink::Stderr, max_level: Level::Info });
         if self.level > logger.max_level {

@@ -176,7 +176,8 @@ pub fn render(json_text: &str) -> Result<String> {
     if generations.is_empty() {
         out.push_str("no generations\n");
     } else {
-        let mut rows = vec![["GEN", "PID", "STATE", "WORKERS", "AGE", "RELEASE"].map(String::from).to_vec()];
+        let mut rows =
+            vec![["GEN", "PID", "STATE", "WORKERS", "CPU", "MEMORY", "AGE", "RELEASE"].map(String::from).to_vec()];
         for g in generations {
             rows.push(vec![
                 num(g.get("number")),
@@ -187,6 +188,9 @@ pub fn render(json_text: &str) -> Result<String> {
                     Some(w) => format!("{w}"),
                     None => g.get("processes").num().map(|p| format!("{}", (p - 1.0).max(0.0))).unwrap_or_default(),
                 },
+                // Older supervisors did not tell resources.
+                g.get("cpu_ms").num().map(|ms| format!("{:.1}s", ms / 1000.0)).unwrap_or_else(|| "-".to_string()),
+                memory(g),
                 g.get("age_s").num().map(age).unwrap_or_default(),
                 g.get("release").str().unwrap_or("-").to_string(),
             ]);
@@ -195,6 +199,10 @@ pub fn render(json_text: &str) -> Result<String> {
         for g in generations {
             if let Some(app) = g.get("app_status").str() {
                 let _ = writeln!(out, "  generation {} says: {app}", num(g.get("number")));
+            }
+            if g.get("boot_priority").bool() == Some(true) {
+                let _ =
+                    writeln!(out, "  generation {} boots at a lower CPU priority until ready", num(g.get("number")));
             }
         }
     }
@@ -231,6 +239,20 @@ pub fn render(json_text: &str) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `45 MiB pss`, `70 MiB (peak 100 MiB)`: what a generation's memory figure is.
+fn memory(g: &Json) -> String {
+    let Some(bytes) = g.get("memory_bytes").num() else { return "-".to_string() };
+    let mib = |b: f64| (b / 1048576.0).ceil();
+    let mut text = format!("{} MiB", mib(bytes));
+    if g.get("memory_source").str() == Some("pss") {
+        text.push_str(" pss");
+    }
+    if let Some(peak) = g.get("memory_peak_bytes").num() {
+        text.push_str(&format!(" (peak {} MiB)", mib(peak)));
+    }
+    text
 }
 
 fn num(value: &Json) -> String {
@@ -359,7 +381,7 @@ impl From<serde_json::Value> for Json {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"{"pid":100,"state":"reloading","flavor":"gunicorn","ready":"probe","status":"serving generation 1 (pid 101, /srv/app/releases/r1); starting generation 2 (pid 202)","sockets":[{"fd":3,"name":"http","address":"127.0.0.1:8080"},{"fd":4,"name":"unix","address":"/run/app.sock"}],"generations":[{"number":1,"pid":101,"state":"serving","release":"/srv/app/releases/r1","started":"2026-11-22 05:20:01 UTC","age_s":3725.2,"processes":3,"workers":2,"app_status":null},{"number":2,"pid":202,"state":"starting","release":"/srv/app/releases/r2","started":"2026-11-22 06:22:04 UTC","age_s":2.0,"processes":1,"workers":0,"app_status":"booting \"x\""}],"last_reload":{"at":"2026-11-22 06:00:00 UTC","ok":false,"took_ms":1234,"message":"generation 2 exited"}}"#;
+    const SAMPLE: &str = r#"{"pid":100,"state":"reloading","flavor":"gunicorn","ready":"probe","status":"serving generation 1 (pid 101, /srv/app/releases/r1); starting generation 2 (pid 202)","sockets":[{"fd":3,"name":"http","address":"127.0.0.1:8080"},{"fd":4,"name":"unix","address":"/run/app.sock"}],"generations":[{"number":1,"pid":101,"state":"serving","release":"/srv/app/releases/r1","started":"2026-11-22 05:20:01 UTC","age_s":3725.2,"processes":3,"workers":2,"cpu_ms":12345,"memory_bytes":94371840,"memory_peak_bytes":null,"memory_source":"pss","boot_priority":false,"app_status":null},{"number":2,"pid":202,"state":"starting","release":"/srv/app/releases/r2","started":"2026-11-22 06:22:04 UTC","age_s":2.0,"processes":1,"workers":0,"boot_priority":true,"app_status":"booting \"x\""}],"last_reload":{"at":"2026-11-22 06:00:00 UTC","ok":false,"took_ms":1234,"message":"generation 2 exited"}}"#;
 
     #[test]
     fn renders_generations_sockets_and_last_reload() {
@@ -368,9 +390,17 @@ mod tests {
             text.starts_with("sockherd supervisor pid 100: reloading (flavor gunicorn, readiness probe)\n"),
             "{text}"
         );
-        assert!(text.contains("GEN  PID  STATE     WORKERS  AGE    RELEASE\n"), "{text}");
-        assert!(text.contains("1    101  serving   2        1h02m  /srv/app/releases/r1\n"), "{text}");
-        assert!(text.contains("2    202  starting  0        2s     /srv/app/releases/r2\n"), "{text}");
+        assert!(text.contains("GEN  PID  STATE     WORKERS  CPU    MEMORY      AGE    RELEASE\n"), "{text}");
+        assert!(
+            text.contains("1    101  serving   2        12.3s  90 MiB pss  1h02m  /srv/app/releases/r1\n"),
+            "{text}"
+        );
+        // An older supervisor's answer has no resources.
+        assert!(
+            text.contains("2    202  starting  0        -      -           2s     /srv/app/releases/r2\n"),
+            "{text}"
+        );
+        assert!(text.contains("  generation 2 boots at a lower CPU priority until ready\n"), "{text}");
         assert!(text.contains("generation 2 says: booting \"x\""), "{text}");
         assert!(text.contains("FD  NAME  ADDRESS\n3   http  127.0.0.1:8080\n4   unix  /run/app.sock\n"), "{text}");
         assert!(text.contains("last reload: FAILED at 2026-11-22 06:00:00 UTC, took 1234 ms: generation 2 exited"));

@@ -29,6 +29,7 @@ use crate::log;
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
 use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
+use crate::resources;
 use crate::runtime::RuntimeDir;
 use crate::signal::SignalQueue;
 use crate::socket::{Origin, Socket};
@@ -48,6 +49,10 @@ pub struct RunConfig {
     pub stop_timeout: Duration,
     /// How systemd's watchdog is answered, when it is on (`WatchdogSec=`).
     pub watchdog: WatchdogMode,
+    /// `--memory-check`: refuse a reload the memory left cannot hold.
+    pub memory_check: bool,
+    /// `--boot-priority`: a new generation boots at a lower CPU priority.
+    pub boot_priority: bool,
 }
 
 /// How often `/proc` is read while a drained generation may still accept on a public socket.
@@ -77,6 +82,8 @@ pub struct Supervisor {
     epoch: (Instant, SystemTime),
     /// The error of the first generation's spawn, which `start` returns as ours.
     start_error: Option<anyhow::Error>,
+    /// The resources side: the boot priority and which generations still boot at it.
+    resources: Resources,
 }
 
 impl Supervisor {
@@ -90,6 +97,7 @@ impl Supervisor {
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let now = Instant::now();
+        let config_boot_priority = config.boot_priority;
         let core = Core::new(handoff::Config {
             flavor: config.flavor,
             ready_timeout: config.ready_timeout,
@@ -113,6 +121,7 @@ impl Supervisor {
             watchdog,
             epoch: (now, SystemTime::now()),
             start_error: None,
+            resources: Resources::new(config_boot_priority),
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -263,6 +272,11 @@ impl Supervisor {
             deadlines.push(now + LINGER_POLL);
         }
         deadlines.extend(self.control.next_timer());
+        for number in &self.resources.booting {
+            if let Some(g) = self.core.generation(*number).filter(|g| matches!(g.phase, Phase::Starting { .. })) {
+                deadlines.push(self.boot_priority_until(g));
+            }
+        }
         deadlines.into_iter().min()
     }
 
@@ -393,7 +407,11 @@ impl Supervisor {
     fn perform(&mut self) {
         while let Some(action) = self.core.next_action() {
             match action {
-                Action::Spawn { number } => match self.spawn_generation(number) {
+                Action::Spawn { number } => match self
+                    .memory_budget(number)
+                    .map_err(|refusal| anyhow!(refusal))
+                    .and_then(|()| self.spawn_generation(number))
+                {
                     Ok((pid, release)) => {
                         self.core.handle(Instant::now(), Event::Spawned { number, pid, release });
                         // `--ready exec`: ready as soon as the command was executed.
@@ -432,9 +450,10 @@ impl Supervisor {
                 }
                 Action::Notify(notice) => self.notify(notice),
                 Action::Answer { conn, text } => self.control.reply(conn, &text),
-                Action::Log(event) => event.emit(),
+                Action::Log(event) => self.with_resources(event).emit(),
             }
         }
+        self.restore_ready_priorities();
         // A readiness command has no business once its generation stopped starting.
         let stale: Vec<u64> = self
             .checks
@@ -505,8 +524,12 @@ impl Supervisor {
             dir: release.clone(),
             pass_notify: false,
             extra_env,
+            boot_priority: self.resources.boot_priority_for(number),
         };
         let pid = command::spawn(&self.config.command, &launch)?;
+        if launch.boot_priority.is_some() {
+            self.resources.booting.push(number);
+        }
         // The generation has its own copy of the probe socket; ours would only keep it alive
         // after the generation is gone.
         drop(probe_socket);
@@ -533,6 +556,96 @@ impl Supervisor {
         Ok((pid, release))
     }
 
+    // ----- resources ---------------------------------------------------------------------------
+
+    /// Before a reload's generation starts: room for the serving generation's memory once
+    /// more (`--memory-check`), else the refusal with the numbers, which fails the reload the
+    /// way a failed spawn does (the serving generation untouched).
+    fn memory_budget(&self, number: u64) -> Result<(), String> {
+        if !self.config.memory_check || number == 1 {
+            return Ok(());
+        }
+        let Some(serving) = self.core.generations().iter().find(|g| g.phase == Phase::Serving) else { return Ok(()) };
+        // Process-group mode: the generation has no cgroup of its own to read.
+        let usage = resources::usage(&generation::members(serving.pid), None);
+        let need = usage.expected_need();
+        let what = match (usage.memory_source, usage.memory_peak) {
+            (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak", serving.number),
+            (resources::MemorySource::Cgroup, None) => format!("generation {}'s memory.current", serving.number),
+            (resources::MemorySource::Pss, _) => {
+                format!("generation {}'s PSS over {} processes", serving.number, usage.processes)
+            }
+        };
+        let Some(room) = resources::room() else {
+            log::warn("memory check skipped: neither /proc/meminfo nor a cgroup limit could be read").emit();
+            return Ok(());
+        };
+        resources::check_budget(need, &what, &room)?;
+        log::info(format!(
+            "memory check passed for generation {number}: needs ≈ {} MiB ({what}), {} MiB free ({})",
+            resources::mib(need),
+            room.free / (1024 * 1024),
+            room.bound
+        ))
+        .emit();
+        Ok(())
+    }
+
+    /// `reload_done` carries what the new generation uses.
+    fn with_resources(&self, event: log::Event) -> log::Event {
+        if event.event_kind() != Some("reload_done") {
+            return event;
+        }
+        let Some(g) =
+            event.field_value("GENERATION").and_then(|n| n.parse().ok()).and_then(|n| self.core.generation(n))
+        else {
+            return event;
+        };
+        // Process-group mode: the generation has no cgroup of its own to read.
+        let usage = resources::usage(&generation::members(g.pid), None);
+        let text = format!(" [generation {}: {}]", g.number, usage.describe());
+        event
+            .append(&text)
+            .field("PROCESSES", usage.processes)
+            .field("CPU_MS", usage.cpu.as_millis())
+            .field("MEMORY_BYTES", usage.memory)
+            .field("MEMORY_PEAK_BYTES", usage.memory_peak.map(|p| p.to_string()).unwrap_or_default())
+            .field("MEMORY_SOURCE", usage.memory_source.name())
+    }
+
+    /// Generations that booted at the lower priority and are ready (or failed) now: every
+    /// process and thread of a ready one is set back.
+    ///
+    /// A generation that is still booting at half its `--ready-timeout` is set back too: on a host
+    /// whose CPU the serving generation keeps busy, the low priority could otherwise stretch its
+    /// boot past the timeout and fail every reload.
+    fn restore_ready_priorities(&mut self) {
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for number in std::mem::take(&mut self.resources.booting) {
+            let Some(g) = self.core.generation(number) else { continue };
+            match g.phase {
+                Phase::Starting { .. } if now < self.boot_priority_until(g) => still.push(number),
+                Phase::Starting { .. } => {
+                    log::info(format!(
+                        "generation {number} is not ready after {:?}: back to normal CPU priority to finish its boot",
+                        now - g.started
+                    ))
+                    .emit();
+                    self.resources.restore(number, g.pid);
+                }
+                Phase::Failed { .. } => {}
+                _ => self.resources.restore(number, g.pid),
+            }
+        }
+        self.resources.booting = still;
+    }
+
+    /// Until when a booting generation keeps its lower priority at most.
+    fn boot_priority_until(&self, g: &handoff::Generation) -> Instant {
+        g.started + self.config.ready_timeout / 2
+    }
+
     // ----- status ------------------------------------------------------------------------------
 
     fn wall(&self, at: Instant) -> SystemTime {
@@ -551,12 +664,15 @@ impl Supervisor {
             .generations()
             .iter()
             .map(|g| {
-                let processes = generation::members(g.pid).len();
+                let members = generation::members(g.pid);
+                // Process-group mode: the generation has no cgroup of its own to read.
+                let usage = resources::usage(&members, None);
+                let processes = members.len();
                 // Workers: the group's other processes (the master, until reaped, is one of them).
                 let workers = processes.saturating_sub(usize::from(g.master_alive()));
                 let started_at = self.wall(g.started);
                 format!(
-                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},\"app_status\":{}}}",
+                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},{},\"boot_priority\":{},\"app_status\":{}}}",
                     g.number,
                     g.pid,
                     g.phase.name(),
@@ -565,6 +681,8 @@ impl Supervisor {
                     now.duration_since(started_at).unwrap_or_default().as_secs_f64(),
                     processes,
                     workers,
+                    usage.json_fields(),
+                    self.resources.booting.contains(&g.number),
                     json_opt(g.app_status.clone())
                 )
             })
@@ -618,6 +736,77 @@ impl Supervisor {
         self.checks.clear();
         self.inboxes.clear();
         let _ = std::fs::remove_dir_all(self.runtime_dir.path());
+    }
+}
+
+/// The boot priority of new generations, and which of them still boot at it.
+struct Resources {
+    /// What a reload's generation starts at; None with `--boot-priority off`.
+    boot: Option<sys::BootPriority>,
+    /// sockherd's own nice value: what a ready generation is set back to.
+    own_nice: i32,
+    /// Generations running at the boot priority.
+    booting: Vec<u64>,
+}
+
+impl Resources {
+    fn new(enabled: bool) -> Resources {
+        let own_nice = sys::own_nice();
+        let boot = if enabled { Resources::boot_priority(own_nice) } else { None };
+        Resources { boot, own_nice, booting: Vec::new() }
+    }
+
+    /// The priority a reload's generation boots at, if this process can set one and take it
+    /// back; each "no" is said once, at start.
+    fn boot_priority(own_nice: i32) -> Option<sys::BootPriority> {
+        // The generation is set back to SCHED_OTHER at ready: only right if that is ours.
+        if sys::own_policy().ok() != Some(libc::SCHED_OTHER) {
+            log::info("boot priority: off, sockherd itself does not run at the normal policy (SCHED_OTHER)").emit();
+            return None;
+        }
+        if let Err(e) = sys::priority_calls_allowed(own_nice) {
+            log::info(format!(
+                "boot priority: off, setpriority/sched_setscheduler are refused here ({e}; e.g. \
+                 SystemCallFilter=~@resources): a reload's generation boots at sockherd's own priority"
+            ))
+            .emit();
+            return None;
+        }
+        // A nice value can only be set back with CAP_SYS_NICE or LimitNICE=: without them the
+        // generation boots at SCHED_BATCH only, which it may leave on its own.
+        let nice = resources::can_restore_nice(own_nice).then(|| resources::boot_nice(own_nice));
+        if nice.is_none() {
+            log::info(format!(
+                "boot priority: SCHED_BATCH only; a nice value could not be set back at ready (needs \
+                 CAP_SYS_NICE or LimitNICE=+{own_nice})"
+            ))
+            .emit();
+        }
+        Some(sys::BootPriority { nice, batch: true })
+    }
+
+    /// Generation 1 has no serving generation to leave the CPU to: only a reload's boots low.
+    fn boot_priority_for(&self, number: u64) -> Option<sys::BootPriority> {
+        self.boot.filter(|_| number > 1)
+    }
+
+    /// Sets generation `number` (master `pid`) back to sockherd's priority: the master first,
+    /// so that what it forks from now on is born normal, then every process of its group with
+    /// all their threads. A second pass catches a process forked during the first.
+    fn restore(&self, number: u64, pid: Pid) {
+        let restore_nice = self.boot.is_some_and(|b| b.nice.is_some());
+        let mut done = resources::restore_priority(&[pid], self.own_nice, restore_nice);
+        for _ in 0..2 {
+            let pass = resources::restore_priority(&generation::members(pid), self.own_nice, restore_nice);
+            done.threads += pass.threads;
+            done.error = done.error.or(pass.error);
+        }
+        match done.error {
+            Some(error) => {
+                log::warn(format!("failed to set generation {number} back to normal CPU priority: {error}")).emit()
+            }
+            None => log::debug(format!("generation {number} back to normal CPU priority")).emit(),
+        }
     }
 }
 

@@ -517,6 +517,8 @@ pub struct ExecImage {
     /// Descriptors that become 3, 4, ... in the new image, in this order.
     sockets: Vec<RawFd>,
     scratch: Vec<RawFd>,
+    /// A lower CPU priority for the new image, until its supervisor sets it back.
+    boot_priority: Option<BootPriority>,
 }
 
 // SAFETY: the raw pointers point into heap buffers owned by the same struct (CStrings and a
@@ -578,7 +580,13 @@ impl ExecImage {
             listen_pidfdid_buf,
             sockets,
             scratch,
+            boot_priority: None,
         })
+    }
+
+    /// The new image starts at this (lower) priority.
+    pub fn set_boot_priority(&mut self, priority: BootPriority) {
+        self.boot_priority = Some(priority);
     }
 
     /// Replaces the current process image. Returns only on failure, with the error.
@@ -648,6 +656,9 @@ impl ExecImage {
                 // Left out (the slot is the last entry): LISTEN_PID alone still names us.
                 None => self.envp_ptrs[slot] = std::ptr::null(),
             }
+        }
+        if let Some(priority) = &self.boot_priority {
+            priority.apply_in_child();
         }
         // SAFETY: path, argv and envp are NUL-terminated arrays of NUL-terminated strings that
         // live in `self` for the duration of the call.
@@ -1046,6 +1057,88 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
         match cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other.map(drop),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU priority: a booting generation's nice value and policy, and setting them back per thread.
+
+/// sockherd's own nice value.
+pub fn own_nice() -> i32 {
+    // SAFETY: getpriority has no memory arguments. -1 is a valid value, told apart from an
+    // error by errno, which cannot be set for PRIO_PROCESS of ourselves: take it as it is.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// Sets the nice value of one thread (`tid`; Linux keeps nice values per thread).
+pub fn set_thread_nice(tid: Pid, nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority has no memory arguments.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
+}
+
+/// Puts one thread back on the normal policy (SCHED_OTHER), its nice value kept.
+pub fn set_thread_normal_policy(tid: Pid) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid sched_param for the call's duration.
+    cvt(unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) }).map(drop)
+}
+
+/// sockherd's own scheduling policy (SCHED_OTHER, SCHED_BATCH, ...).
+pub fn own_policy() -> io::Result<i32> {
+    // SAFETY: no memory arguments.
+    cvt(unsafe { libc::sched_getscheduler(0) })
+}
+
+/// Whether this process may set its own nice value and policy (to what they are: no change).
+/// A seccomp filter that refuses them (systemd's `SystemCallFilter=~@resources` with
+/// `SystemCallErrorNumber=EPERM`) makes them fail with EPERM for every process of the unit.
+pub fn priority_calls_allowed(own_nice: i32) -> io::Result<()> {
+    let policy = own_policy()?;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid sched_param for the call's duration; no memory arguments else.
+    cvt(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, own_nice) }).map(drop)
+}
+
+/// RLIMIT_NICE (soft, hard).
+pub fn nice_rlimit() -> io::Result<(u64, u64)> {
+    // SAFETY: rlimit is a plain struct, filled by the call.
+    let mut limit: libc::rlimit = unsafe { zeroed() };
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) })?;
+    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+}
+
+/// Raises RLIMIT_NICE's soft limit (up to the hard one, as any process may).
+pub fn set_nice_rlimit(soft: u64) -> io::Result<()> {
+    let (_, hard) = nice_rlimit()?;
+    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: limit is a valid rlimit for the call's duration.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NICE, &limit) }).map(drop)
+}
+
+/// The priority a generation boots at, applied in the child between fork and exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPriority {
+    /// The nice value, if it is to change (only where sockherd can set it back).
+    pub nice: Option<i32>,
+    /// SCHED_BATCH: the scheduler treats it as CPU-bound and does not let its wakeups preempt.
+    pub batch: bool,
+}
+
+impl BootPriority {
+    /// Async-signal-safe (setpriority and sched_setscheduler are plain system calls); the new
+    /// image and every process and thread it creates inherit both. Best effort: neither call
+    /// can fail for a process lowering its own priority.
+    fn apply_in_child(&self) {
+        if let Some(nice) = self.nice {
+            // SAFETY: no memory arguments.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        }
+        if self.batch {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: param lives on this stack frame for the call's duration.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
         }
     }
 }

@@ -8,7 +8,7 @@ use common::sdbox::{Deployment, Server, Systemd};
 use common::*;
 use std::time::Duration;
 
-/// One row of the GEN table: (number, pid, state, workers, age, release).
+/// One row of the GEN table: (number, pid, state, workers, cpu, memory, age, release).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Row {
     number: u64,
@@ -32,7 +32,8 @@ fn generation_rows(text: &str) -> Vec<Row> {
                 pid: cols[1].parse().unwrap_or(0),
                 state: cols[2].to_string(),
                 workers: cols[3].to_string(),
-                release: cols.get(5).unwrap_or(&"").to_string(),
+                // The memory column has spaces in it ("90 MiB pss"): the release is the last.
+                release: cols.last().unwrap_or(&"").to_string(),
             }
         })
         .collect()
@@ -140,6 +141,17 @@ fn status_counts_workers_and_json_carries_them() {
         proc.fail(&format!(
             "`status --json` should carry the same generation with \"workers\":2: {code:?} {json}{err}"
         ));
+    }
+    // Its resources, process-group mode: the PSS of master and workers summed (gunicorn with
+    // its app loaded takes several MiB), CPU spent booting.
+    let parsed = sockherd::status::Json::parse(json.trim()).unwrap();
+    let g = &parsed.get("generations").arr()[0];
+    let memory = g.get("memory_bytes").num().unwrap_or(0.0);
+    if g.get("memory_source").str() != Some("pss") || memory < (4 << 20) as f64 || g.get("cpu_ms").num().is_none() {
+        proc.fail(&format!("`status --json` should carry the generation's PSS and CPU: {json}"));
+    }
+    if !text.contains(" MiB pss  ") {
+        proc.fail(&format!("the table should show the same memory: {json}\n{text}"));
     }
 }
 
