@@ -445,6 +445,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 dir,
                 pass_notify: true,
                 extra_env: Vec::new(),
+                cgroup_procs: None,
             };
             if args.launch.flavor == Flavor::Nginx {
                 return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));

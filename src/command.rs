@@ -44,6 +44,9 @@ pub struct Launch<'a> {
     pub pass_notify: bool,
     /// Variables set on top of everything (e.g. a generation's private NOTIFY_SOCKET).
     pub extra_env: Vec<(String, OsString)>,
+    /// The generation's cgroup (its `cgroup.procs`, open for writing), which the child enters
+    /// before it execs ([`crate::cgroup`]); None where generations are process groups.
+    pub cgroup_procs: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Resolves `--chdir`: symlinks are followed now, so a generation stays pinned to the release
@@ -164,10 +167,14 @@ fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecI
     ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds).context("failed to prepare the command line")
 }
 
-/// Starts the server as a child in its own process group. Returns its pid.
+/// Starts the server as a child in its own process group (and its cgroup, if it has one).
+/// Returns its pid.
 pub fn spawn(argv: &[OsString], launch: &Launch<'_>) -> Result<Pid> {
     let program = resolve_program(&argv[0], launch.dir.as_deref())?;
-    let image = image(&program, argv, launch)?;
+    let mut image = image(&program, argv, launch)?;
+    if let Some(procs) = launch.cgroup_procs {
+        image.enter_cgroup(procs);
+    }
     sys::spawn(image, launch.dir.as_deref()).map_err(|e| exec_error(&program, e))
 }
 

@@ -10,7 +10,11 @@
 //! about generations whose master is gone or that drain.
 //!
 //! We are a child subreaper and each generation is its own process group, so a worker that
-//! outlives its master is still drained, killed and reaped.
+//! outlives its master is still drained, killed and reaped. Where the service's cgroup is
+//! delegated to us, each generation is also a cgroup of its own ([`crate::cgroup`]): then its
+//! processes are those of its `cgroup.procs` (setsid() escapes nothing), it is killed with
+//! `cgroup.kill`, and it is gone when its `cgroup.events` says so, which the loop waits for
+//! (POLLPRI) instead of polling: nothing wakes the loop but events.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::cgroup::{GenCgroup, Membership};
 use crate::command::{self, Launch};
 use crate::control::{ConnId, ControlServer, Request};
 use crate::flavor::Flavor;
@@ -50,7 +55,8 @@ pub struct RunConfig {
     pub watchdog: WatchdogMode,
 }
 
-/// How often `/proc` is read while a drained generation may still accept on a public socket.
+/// How often `/proc` is read while a drained generation may still accept on a public socket
+/// (process groups only: a cgroup's members are looked at when something happens to them).
 const RELEASE_POLL: Duration = Duration::from_millis(20);
 /// How often `/proc` is read while a generation's master is gone but its group lingers.
 const LINGER_POLL: Duration = Duration::from_millis(100);
@@ -77,6 +83,10 @@ pub struct Supervisor {
     epoch: (Instant, SystemTime),
     /// The error of the first generation's spawn, which `start` returns as ours.
     start_error: Option<anyhow::Error>,
+    /// Whether generations are cgroups or process groups.
+    membership: Membership,
+    /// Each generation's cgroup, by number (cgroup mode).
+    cgroups: Vec<(u64, GenCgroup)>,
 }
 
 impl Supervisor {
@@ -89,6 +99,15 @@ impl Supervisor {
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
+        let membership = Membership::detect();
+        let line = membership.describe();
+        match &membership {
+            Membership::Cgroups(_) => log::info(line),
+            Membership::ProcessGroups { .. } => log::warn(line),
+        }
+        .kind("membership")
+        .field("MEMBERSHIP", membership.name())
+        .emit();
         let now = Instant::now();
         let core = Core::new(handoff::Config {
             flavor: config.flavor,
@@ -113,6 +132,8 @@ impl Supervisor {
             watchdog,
             epoch: (now, SystemTime::now()),
             start_error: None,
+            membership,
+            cgroups: Vec::new(),
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -158,8 +179,12 @@ impl Supervisor {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> std::io::Result<Vec<Source>> {
-        let (sources, fds): (Vec<Source>, Vec<BorrowedFd<'_>>) = self.poll_sources().into_iter().unzip();
-        let ready = sys::poll_readable(&fds, timeout)?;
+        let (sources, fds): (Vec<Source>, Vec<(BorrowedFd<'_>, bool)>) = self
+            .poll_sources()
+            .into_iter()
+            .map(|(source, fd)| (source, (fd, matches!(source, Source::Cgroup(_)))))
+            .unzip();
+        let ready = sys::poll(&fds, timeout)?;
         Ok(sources.into_iter().zip(ready).filter(|(_, r)| *r).map(|(s, _)| s).collect())
     }
 
@@ -168,7 +193,10 @@ impl Supervisor {
         // 1. Child exits, before anything can claim a dead master is ready.
         let reaped = self.reap();
         for &(pid, status) in &reaped {
-            if self.core.generation_of(pid).is_some() {
+            if let Some(number) = self.core.generation_of(pid).map(|g| g.number) {
+                if status.success() && self.daemonized(number) {
+                    self.feed(Event::Daemonized { number });
+                }
                 self.feed(Event::Exited { pid, status });
             }
         }
@@ -245,6 +273,9 @@ impl Supervisor {
                 sources.push((Source::Probe(*number), fd));
             }
         }
+        for (number, cgroup) in &self.cgroups {
+            sources.push((Source::Cgroup(*number), cgroup.events_fd()));
+        }
         sources
     }
 
@@ -256,10 +287,18 @@ impl Supervisor {
                 deadlines.extend(check.next_timer());
             }
         }
-        if !self.core.awaiting_release().is_empty() {
+        // A cgroup tells when it empties, and a drained generation's sockets are looked at on
+        // every wakeup (its master's exit, its cgroup's change, the drain timeout): only process
+        // groups need /proc polled.
+        if self.core.awaiting_release().iter().any(|g| g.cgroup.is_none()) {
             deadlines.push(now + RELEASE_POLL);
         }
-        if self.core.generations().iter().any(|g| !g.master_alive()) || self.core.life() == Life::Killing {
+        if self
+            .core
+            .generations()
+            .iter()
+            .any(|g| g.cgroup.is_none() && (!g.master_alive() || self.core.life() == Life::Killing))
+        {
             deadlines.push(now + LINGER_POLL);
         }
         deadlines.extend(self.control.next_timer());
@@ -349,7 +388,7 @@ impl Supervisor {
             .core
             .awaiting_release()
             .iter()
-            .filter(|g| !generation::holds_sockets(g.pid, &self.socket_inodes))
+            .filter(|g| !generation::holds_sockets(&self.members(g.number, g.pid), &self.socket_inodes))
             .map(|g| g.number)
             .collect();
         for number in released {
@@ -359,13 +398,41 @@ impl Supervisor {
             .core
             .generations()
             .iter()
-            .filter(|g| !g.master_alive() && !sys::group_alive(g.pid))
+            .filter(|g| {
+                !g.master_alive()
+                    && match self.cgroup(g.number) {
+                        Some(cgroup) => !cgroup.populated(),
+                        None => !sys::group_alive(g.pid),
+                    }
+            })
             .filter(|g| self.checks.iter().all(|(n, c)| *n != g.number || c.running_command().is_none()))
             .map(|g| g.number)
             .collect();
         for number in gone {
             self.feed(Event::Gone { number });
         }
+    }
+
+    /// The processes of generation `number` (master `pid`): its cgroup's, else its process
+    /// group's.
+    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+        match self.cgroup(number) {
+            Some(cgroup) => cgroup.pids(),
+            None => generation::members(pid),
+        }
+    }
+
+    /// Whether generation `number`, whose master just exited with status 0, left processes in
+    /// its cgroup that hold the public sockets: a server that daemonized (`gunicorn --daemon`).
+    /// Process groups cannot tell (the daemon left the group).
+    fn daemonized(&self, number: u64) -> bool {
+        let starting = self.core.generation(number).is_some_and(|g| g.phase.is_starting());
+        starting
+            && self.cgroup(number).is_some_and(|cgroup| generation::holds_sockets(&cgroup.pids(), &self.socket_inodes))
+    }
+
+    fn cgroup(&self, number: u64) -> Option<&GenCgroup> {
+        self.cgroups.iter().find(|(n, _)| *n == number).map(|(_, c)| c)
     }
 
     /// Reaps every exited descendant.
@@ -395,7 +462,8 @@ impl Supervisor {
             match action {
                 Action::Spawn { number } => match self.spawn_generation(number) {
                     Ok((pid, release)) => {
-                        self.core.handle(Instant::now(), Event::Spawned { number, pid, release });
+                        let cgroup = self.cgroup(number).map(|c| c.path().to_path_buf());
+                        self.core.handle(Instant::now(), Event::Spawned { number, pid, release, cgroup });
                         // `--ready exec`: ready as soon as the command was executed.
                         if self.check_mut(number).is_some_and(|c| matches!(c, Check::Exec)) {
                             self.core.handle(Instant::now(), Event::Ready { number });
@@ -408,13 +476,21 @@ impl Supervisor {
                     Err(e) => self.core.handle(Instant::now(), Event::SpawnFailed { number, error: format!("{e:#}") }),
                 },
                 Action::Signal { number, pid, signal, group } => {
-                    let result =
-                        if group { sys::kill_group(pid, signal.0).map(drop) } else { sys::kill(pid, signal.0) };
+                    let result = match (group, self.cgroup(number)) {
+                        (false, _) => sys::kill(pid, signal.0),
+                        (true, Some(cgroup)) => cgroup.signal_all(signal.0),
+                        (true, None) => sys::kill_group(pid, signal.0).map(drop),
+                    };
                     if let Err(e) = result {
                         log::warn(format!("failed to send {signal} to generation {number} (pid {pid}): {e}")).emit();
                     }
                 }
                 Action::Kill { number, pid } => {
+                    if let Some(cgroup) = self.cgroup(number)
+                        && let Err(e) = cgroup.kill()
+                    {
+                        log::warn(format!("failed to kill cgroup {}: {e}", cgroup.path().display())).emit();
+                    }
                     let _ = sys::kill_group(pid, libc::SIGKILL);
                     if self.core.generation(number).is_some_and(|g| g.master_alive()) {
                         let _ = sys::kill(pid, libc::SIGKILL);
@@ -424,6 +500,7 @@ impl Supervisor {
                 Action::Forget { number } => {
                     self.checks.retain(|(n, _)| *n != number);
                     self.inboxes.retain(|(n, _)| *n != number);
+                    self.remove_cgroup(number);
                 }
                 Action::CheckAlive { number } => {
                     if let Some(check) = self.check_mut(number) {
@@ -444,6 +521,15 @@ impl Supervisor {
             .collect();
         for number in stale {
             self.kill_check_command(number);
+        }
+    }
+
+    /// Removes generation `number`'s cgroup, empty once the generation is gone.
+    fn remove_cgroup(&mut self, number: u64) {
+        let Some(index) = self.cgroups.iter().position(|(n, _)| *n == number) else { return };
+        let (_, cgroup) = self.cgroups.remove(index);
+        if let Err(e) = cgroup.remove() {
+            log::warn(format!("failed to remove cgroup {}: {e}", cgroup.path().display())).emit();
         }
     }
 
@@ -498,6 +584,10 @@ impl Supervisor {
         if let Some(interval) = self.watchdog.filter(|_| prepared.inbox.is_some()) {
             extra_env.push((crate::protocol::WATCHDOG_USEC.to_string(), interval.as_micros().to_string().into()));
         }
+        let cgroup = match self.membership.cgroups() {
+            Some(cgroups) => Some(cgroups.create(number)?),
+            None => None,
+        };
         let launch = Launch {
             flavor: self.config.flavor,
             sockets,
@@ -505,8 +595,20 @@ impl Supervisor {
             dir: release.clone(),
             pass_notify: false,
             extra_env,
+            cgroup_procs: cgroup.as_ref().map(GenCgroup::procs_fd),
         };
-        let pid = command::spawn(&self.config.command, &launch)?;
+        let pid = match command::spawn(&self.config.command, &launch) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(cgroup) = cgroup {
+            self.cgroups.push((number, cgroup));
+        }
         // The generation has its own copy of the probe socket; ours would only keep it alive
         // after the generation is gone.
         drop(probe_socket);
@@ -551,16 +653,17 @@ impl Supervisor {
             .generations()
             .iter()
             .map(|g| {
-                let processes = generation::members(g.pid).len();
+                let processes = self.members(g.number, g.pid).len();
                 // Workers: the group's other processes (the master, until reaped, is one of them).
                 let workers = processes.saturating_sub(usize::from(g.master_alive()));
                 let started_at = self.wall(g.started);
                 format!(
-                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},\"app_status\":{}}}",
+                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"cgroup\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},\"app_status\":{}}}",
                     g.number,
                     g.pid,
                     g.phase.name(),
                     json_opt(g.release.as_ref().map(|r| r.display().to_string())),
+                    json_opt(g.cgroup.as_ref().map(|c| c.display().to_string())),
                     utc(started_at),
                     now.duration_since(started_at).unwrap_or_default().as_secs_f64(),
                     processes,
@@ -587,6 +690,19 @@ impl Supervisor {
             ),
             None => "null".to_string(),
         };
+        let membership = match &self.membership {
+            Membership::Cgroups(c) => format!(
+                "{{\"mode\":\"cgroup\",\"path\":{},\"describe\":{}}}",
+                json_str(&c.root().display().to_string()),
+                json_str(&self.membership.describe())
+            ),
+            Membership::ProcessGroups { why } => format!(
+                "{{\"mode\":\"process-group\",\"why\":{},\"lost\":{},\"describe\":{}}}",
+                json_str(why),
+                json_str(crate::cgroup::LOST_WITHOUT_CGROUPS),
+                json_str(&self.membership.describe())
+            ),
+        };
         let state = match self.core.life() {
             Life::Running if self.core.reloading() => "reloading",
             Life::Running => "running",
@@ -594,8 +710,9 @@ impl Supervisor {
             Life::Killing => "killing",
         };
         format!(
-            "{{\"pid\":{},\"state\":\"{state}\",\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
+            "{{\"pid\":{},\"state\":\"{state}\",\"membership\":{},\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
             sys::getpid(),
+            membership,
             self.config.flavor,
             json_str(&self.config.ready.to_string()),
             self.config.ready_settle.as_millis(),
@@ -628,6 +745,8 @@ enum Source {
     Control(ConnId),
     Notify(u64),
     Probe(u64),
+    /// A generation's `cgroup.events` changed.
+    Cgroup(u64),
 }
 
 fn json_opt(s: Option<String>) -> String {

@@ -287,7 +287,7 @@ impl World {
                         let pid = self.next_pid;
                         self.next_pid += 1;
                         self.gens.insert(number, Procs { pid, workers: true, holds: true, ..Procs::default() });
-                        self.core.handle(self.now, Event::Spawned { number, pid, release: None });
+                        self.core.handle(self.now, Event::Spawned { number, pid, release: None, cgroup: None });
                     }
                 }
                 Action::Signal { number, pid, signal, group } => {

@@ -132,16 +132,22 @@ def main():
     if os.environ.get("LISTEN_PID") != str(PID):
         sys.exit("scenario_server: LISTEN_PID is not this process")
     if MODE == "daemonize":
-        if os.fork() != 0:
+        # The first child records the daemon's pid before it exits, and the master waits for it:
+        # the pid is known before the process sockherd started is gone.
+        child = os.fork()
+        if child != 0:
+            os.waitpid(child, 0)
             os._exit(0)
         os.setsid()
-        if os.fork() != 0:
+        daemon = os.fork()
+        if daemon != 0:
+            path = os.environ.get("SCENARIO_ESCAPEE")
+            if path:
+                with open(path + ".tmp", "w") as f:
+                    f.write("%d\n" % daemon)
+                os.rename(path + ".tmp", path)
             os._exit(0)
         PID = os.getpid()
-        path = os.environ.get("SCENARIO_ESCAPEE")
-        if path:
-            with open(path, "w") as f:
-                f.write("%d\n" % PID)
     listeners = []
     for fd in range(3, 3 + int(os.environ.get("LISTEN_FDS", "0"))):
         sock = socket.socket(fileno=fd)
