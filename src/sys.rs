@@ -1082,6 +1082,21 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// The value of extended attribute `name` of `path` (at most 256 bytes).
+pub fn getxattr(path: &std::path::Path, name: &str) -> io::Result<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut value = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and live for the call; the kernel writes at most
+    // value.len() bytes into the buffer.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    value.truncate(n as usize);
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1167,19 +1182,4 @@ mod tests {
         };
         assert_eq!(seen, want);
     }
-}
-
-/// The value of extended attribute `name` of `path` (at most 256 bytes).
-pub fn getxattr(path: &std::path::Path, name: &str) -> io::Result<Vec<u8>> {
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut value = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and live for the call; the kernel writes at most
-    // value.len() bytes into the buffer.
-    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    value.truncate(n as usize);
-    Ok(value)
 }
