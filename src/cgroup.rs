@@ -90,13 +90,13 @@ impl Cgroups {
         let mount = cgroup2_mount().ok_or("no cgroup2 hierarchy is mounted")?;
         let own = own_cgroup().ok_or("this process is in no cgroup2 cgroup (cgroup v1)")?;
         let dir = mount.join(own.trim_start_matches('/'));
-        let (root, inside_leaf) = if is_delegated(&dir) {
-            (dir.clone(), false)
-        } else if dir.file_name().is_some_and(|n| n == SUPERVISOR_LEAF)
+        let (root, inside_leaf) = if dir.file_name().is_some_and(|n| n == SUPERVISOR_LEAF)
             && let Some(parent) = dir.parent().filter(|p| is_delegated(p))
         {
             // DelegateSubgroup=supervisor (systemd 254+) put us in the leaf already.
             (parent.to_path_buf(), true)
+        } else if is_delegated(&dir) {
+            (dir.clone(), false)
         } else {
             return Err(format!("its cgroup {} is not delegated to it: give the unit Delegate=yes", dir.display()));
         };

@@ -721,7 +721,7 @@ fn man_extra_sections(subcommands: &[String]) -> Vec<ManSection> {
             vec![
                 (
                     "/usr/share/sockherd/units/".into(),
-                    "The unit templates: app-http.socket, app-unix.socket, FLAVOR/app.service, notify-reload.conf. \
+                    "The unit templates: app-http.socket, app-unix.socket, FLAVOR/app.service, notify-reload.conf, delegate-subgroup.conf. \
                      sockherd unit writes units from the same templates (compiled in)."
                         .into(),
                 ),

@@ -15,18 +15,21 @@ const DRAIN_TIMEOUT_S: u64 = 3;
 
 /// Boots a box with sockherd, user app, releases r1 and r2 of the scenario server (BEHAVIOR
 /// `r1` and `r2`), current -> r1, and units/generic as shipped (with the notify-reload drop-in
-/// from 253), its ExecStart= given a short --drain-timeout. Starts the sockets and the service.
+/// from 253 and the delegate-subgroup one from 254), its ExecStart= given a short --drain-timeout. Starts the sockets and the service.
 fn install(tag: &str, systemd: Systemd, r1: &str, r2: &str) -> Option<SdBox> {
     if !prerequisite(have("curl"), "program curl in PATH") {
         return None;
     }
     let sdbox = SdBox::boot_on(tag, systemd)?;
     let units = repo().join("units");
-    let notify_reload = if systemd.notify_reload() {
-        format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/", units.display())
-    } else {
-        String::new()
-    };
+    let mut dropins = String::new();
+    if systemd.notify_reload() {
+        dropins.push_str(&format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
+    if systemd.delegate_subgroup() {
+        dropins
+            .push_str(&format!("cp {}/delegate-subgroup.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
     sdbox.ok(&format!(
         r#"set -e
 useradd --system --user-group --no-create-home app
@@ -44,8 +47,7 @@ chown -R app:app /srv/app
 cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
 mkdir -p /etc/systemd/system/app.service.d
 printf '[Service]\nEnvironment=SCENARIO_ESCAPEE=/srv/app/shared/escapee.pid\nExecStart=\nExecStart=/usr/bin/sockherd run --drain-timeout {DRAIN_TIMEOUT_S}s --chdir /srv/app/current -- /srv/app/current/bin/server\n' >/etc/systemd/system/app.service.d/scenario.conf
-{notify_reload}
-systemctl daemon-reload
+{dropins}systemctl daemon-reload
 systemctl start app-http.socket app-unix.socket app.service
 "#,
         bin = sockherd().display(),
