@@ -255,6 +255,15 @@ impl Supervisor {
         // 5. Timers: readiness checks, the control channel, the watchdog, the core's deadlines.
         self.on_timers();
         // 6. What /proc says: drained generations that released the sockets, groups now empty.
+        // A cgroup whose events woke us is read, which also waits for its next change (until
+        // read, it stays signalled and the loop would spin).
+        for source in readable {
+            if let Source::Cgroup(number) = *source
+                && let Some(cgroup) = self.cgroup(number)
+            {
+                cgroup.populated();
+            }
+        }
         self.observe_processes();
         self.feed(Event::Tick);
     }
