@@ -144,6 +144,8 @@ pub struct Generation {
     /// Its cgroup's directory (`.../gen-N`), where generations are cgroups: what its
     /// processes, CPU and memory are read from.
     pub cgroup: Option<PathBuf>,
+    /// Its master exited 0 leaving processes that hold the sockets ([`Event::Daemonized`]).
+    pub daemonized: bool,
 }
 
 impl Generation {
@@ -173,7 +175,8 @@ pub enum Event {
     Gone { number: u64 },
     /// The master of a starting generation exited with status 0 while other processes of its
     /// cgroup kept the public sockets: the server daemonized, out of sockherd's reach as a
-    /// parent. Fed before that master's [`Event::Exited`].
+    /// parent. Fed just before that master's [`Event::Exited`], which then fails the generation
+    /// with the fix; the rest of it gets the stop signal, then SIGKILL after the grace.
     Daemonized { number: u64 },
     /// The generation's readiness check passed.
     Ready { number: u64 },
@@ -383,12 +386,10 @@ impl Core {
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Gone { number } => self.on_gone(number, now),
             Event::Daemonized { number } => {
-                if self.generation(number).is_some_and(|g| g.phase.is_starting()) {
-                    let why = "daemonized: its master exited with status 0 while the processes it left hold the \
-                               sockets; sockherd must stay the server's parent: remove --daemon (or the server's \
-                               daemonize setting)";
-                    self.start_failed(number, why.to_string(), now);
-                    self.kill(number);
+                if let Some(g) = self.generation_mut(number)
+                    && g.phase.is_starting()
+                {
+                    g.daemonized = true;
                 }
             }
             Event::Ready { number } => self.on_ready(number, now),
@@ -624,6 +625,7 @@ impl Core {
             released: false,
             app_status: None,
             cgroup,
+            daemonized: false,
         });
         self.send_status();
     }
@@ -673,6 +675,12 @@ impl Core {
                 .field("EXIT_STATUS", describe_status(status)),
         );
         match self.generations[index].phase {
+            Phase::Starting { .. } | Phase::Settling { .. } if self.generations[index].daemonized => {
+                let why = "daemonized: its master exited with status 0 and left processes that hold the sockets; \
+                           sockherd must stay the server's parent: remove --daemon (or the server's daemonize \
+                           setting)";
+                self.start_failed(number, why.to_string(), now)
+            }
             Phase::Starting { .. } => {
                 self.start_failed(number, format!("exited with {} before it was ready", describe_status(status)), now)
             }
