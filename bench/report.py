@@ -522,7 +522,33 @@ def write_results(report, path, plot_rel):
     elif sc:
         L.append("not run: %s" % (sc.get("skipped") or sc.get("error")))
         L.append("")
+    ch = report.get("churn") or {}
+    if ch.get("before"):
+        L.append("Churn: %d back-to-back `sockherd reload`s of a tiny LISTEN_FDS server (`bench/apps/tiny.py`, "
+                 "`--ready probe`) on a TCP and a unix socket, with one fresh-connection loadrec loop on each "
+                 "recording every request." % ch["reloads"])
+        L.append("")
+        L.append("| | fds of sockherd | processes (sockherd + descendants) | threads | notify/runtime files | RSS |")
+        L.append("|---|---|---|---|---|---|")
+        for k in ("before", "after"):
+            s = ch.get(k) or {}
+            L.append("| %s | %s | %s | %s | %s | %s |" % (k, s.get("fds"), s.get("processes"), s.get("threads"), s.get("runtime_files"),
+                                                  ("%.2f MiB" % (s["rss_kib"] / 1024)) if s.get("rss_kib") else "-"))
+        L.append("")
+        L.append("%d reloads in %.1f s (%.1f ms each, %d failed); sockherd CPU %.2f ms per reload; %d requests during the churn, %d failed%s." % (
+            ch["reloads"], ch.get("seconds", 0), ch.get("seconds", 0) * 1000.0 / max(ch["reloads"], 1), ch["failed_reloads"],
+            ch.get("cpu_us_per_reload", 0) / 1000.0, ch["requests"], ch["failed"],
+            (" (e.g. %s)" % ", ".join(ch["error_samples"])) if ch.get("error_samples") else ""))
+        L.append("")
+    elif ch.get("error"):
+        L.append("Churn: ERROR %s" % ch["error"])
+        L.append("")
+
+    why = why_missed(report)
     mb = report.get("membership") or {}
+    if mb:
+        L.append("## 5. Generations as cgroups against process groups")
+        L.append("")
     if mb.get("rows"):
         L.append("Generations as cgroups against process groups: unicorn (contrib/app) with %d workers under "
                  "`sockherd run`, on the host; cgroup mode in a cgroup the benchmark creates on the host's "
@@ -553,31 +579,8 @@ def write_results(report, path, plot_rel):
                              d["mode"], d.get("wakeups"), d.get("seconds", 0), "" if d.get("ok") else " (reload FAILED)"))
         L.append("")
     elif mb:
-        L.append("Generations as cgroups: not run (%s)" % (mb.get("skipped") or mb.get("error")))
+        L.append("not run: %s" % (mb.get("skipped") or mb.get("error")))
         L.append("")
-    ch = report.get("churn") or {}
-    if ch.get("before"):
-        L.append("Churn: %d back-to-back `sockherd reload`s of a tiny LISTEN_FDS server (`bench/apps/tiny.py`, "
-                 "`--ready probe`) on a TCP and a unix socket, with one fresh-connection loadrec loop on each "
-                 "recording every request." % ch["reloads"])
-        L.append("")
-        L.append("| | fds of sockherd | processes (sockherd + descendants) | threads | notify/runtime files | RSS |")
-        L.append("|---|---|---|---|---|---|")
-        for k in ("before", "after"):
-            s = ch.get(k) or {}
-            L.append("| %s | %s | %s | %s | %s | %s |" % (k, s.get("fds"), s.get("processes"), s.get("threads"), s.get("runtime_files"),
-                                                  ("%.2f MiB" % (s["rss_kib"] / 1024)) if s.get("rss_kib") else "-"))
-        L.append("")
-        L.append("%d reloads in %.1f s (%.1f ms each, %d failed); sockherd CPU %.2f ms per reload; %d requests during the churn, %d failed%s." % (
-            ch["reloads"], ch.get("seconds", 0), ch.get("seconds", 0) * 1000.0 / max(ch["reloads"], 1), ch["failed_reloads"],
-            ch.get("cpu_us_per_reload", 0) / 1000.0, ch["requests"], ch["failed"],
-            (" (e.g. %s)" % ", ".join(ch["error_samples"])) if ch.get("error_samples") else ""))
-        L.append("")
-    elif ch.get("error"):
-        L.append("Churn: ERROR %s" % ch["error"])
-        L.append("")
-
-    why = why_missed(report)
     L.append("## Targets missed, by how much and why")
     L.append("")
     L.extend(why or ["None: every target was met in this run."])
