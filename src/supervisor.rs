@@ -100,14 +100,8 @@ impl Supervisor {
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let membership = Membership::detect();
-        let line = membership.describe();
-        match &membership {
-            Membership::Cgroups(_) => log::info(line),
-            Membership::ProcessGroups { .. } => log::warn(line),
-        }
-        .kind("membership")
-        .field("MEMBERSHIP", membership.name())
-        .emit();
+        // Not a warning: in a shell, process groups are what there is.
+        log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
         let now = Instant::now();
         let core = Core::new(handoff::Config {
             flavor: config.flavor,
