@@ -3,7 +3,8 @@
 //! drained and killed with its generation, and the reload is not reported done while it holds
 //! the sockets; a server that daemonizes gets a clear error and leaves nothing behind; each
 //! generation is a `gen-N` cgroup of the service. On systemd 252 (the host's) and 262 (the
-//! newest of the matrix). The server is tests/support/scenario_server.py.
+//! newest of the matrix). The server is tests/support/scenario_server.py. And `gunicorn
+//! --daemon` on the host, in a cgroup the test creates and marks delegated.
 mod common;
 
 use common::sdbox::{SdBox, Systemd, report_number as number, report_value as value};
@@ -210,4 +211,105 @@ fn daemonizing_server_is_refused_on_systemd_252() {
 #[test]
 fn daemonizing_server_is_refused_on_systemd_262() {
     daemonizing_server_is_refused(Systemd::V262);
+}
+
+/// `gunicorn --daemon` (its master forks, the fork calls setsid() and forks the arbiter, the
+/// master exits 0) under `sockherd run` in a delegated cgroup on the host: the start fails with
+/// the fix, and nothing of it is left. The cgroup is one this test creates on the host's cgroup2
+/// tree and marks delegated as systemd marks a `Delegate=yes` unit's; it is removed afterwards.
+#[test]
+fn gunicorn_daemon_is_refused_and_leaves_nothing() {
+    let gunicorn = common::sdbox::test_venv().join("bin/gunicorn");
+    if !prerequisite(is_root(), "root (to create a cgroup and mark it delegated)")
+        || !prerequisite(gunicorn.exists(), &format!("gunicorn at {}", gunicorn.display()))
+    {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("gunicorn-daemon") else { return };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .args(["sh", "-c", r#"echo $$ >"$0/cgroup.procs" && exec "$@""#])
+        .arg(&cgroup.0)
+        .arg(sockherd())
+        .args(["run", "--flavor", "gunicorn", "--listen", &addr, "--chdir"])
+        .arg(contrib("app"))
+        .arg("--")
+        .arg(&gunicorn)
+        .args(["--daemon", "-b", "127.0.0.1:0", "app:app"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sockherd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = cgroup.processes();
+    let generations: Vec<String> = std::fs::read_dir(&cgroup.0)
+        .map(|d| {
+            d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("gen-")).collect()
+        })
+        .unwrap_or_default();
+    eprintln!("gunicorn --daemon: {:?}, left {left:?}, cgroups {generations:?}\n{stderr}", out.status);
+    assert!(stderr.contains("generations are cgroups"), "sockherd should have run generations as cgroups:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "the start must fail:\n{stderr}");
+    assert!(stderr.contains("daemonized") && stderr.contains("remove --daemon"), "the fix must be named:\n{stderr}");
+    assert!(left.is_empty(), "gunicorn --daemon left processes {left:?}:\n{stderr}");
+    assert!(generations.is_empty(), "the generation's cgroup should be removed: {generations:?}");
+}
+
+/// A cgroup of the test's own on the host's cgroup2 tree, marked delegated; killed and removed
+/// (with what sockherd created in it) on drop.
+struct DelegatedCgroup(std::path::PathBuf);
+
+impl DelegatedCgroup {
+    fn create(tag: &str) -> Option<DelegatedCgroup> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists());
+        if !prerequisite(root.is_some(), "a cgroup2 hierarchy") {
+            return None;
+        }
+        let path = root.unwrap().join(format!("sockherd-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).expect("create a cgroup");
+        let cgroup = DelegatedCgroup(path);
+        let marked = std::process::Command::new("python3")
+            .args(["-c", "import os, sys; os.setxattr(sys.argv[1], 'trusted.delegate', b'1')"])
+            .arg(&cgroup.0)
+            .status();
+        if !prerequisite(marked.is_ok_and(|s| s.success()), "python3 marking the cgroup delegated (trusted.delegate)") {
+            return None;
+        }
+        Some(cgroup)
+    }
+
+    /// Every process left anywhere in it.
+    fn processes(&self) -> Vec<String> {
+        let mut pids = Vec::new();
+        for dir in self.dirs() {
+            pids.extend(
+                std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().map(String::from),
+            );
+        }
+        pids
+    }
+
+    /// It and its children, deepest first.
+    fn dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&self.0)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.push(self.0.clone());
+        dirs
+    }
+}
+
+impl Drop for DelegatedCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.contains("populated 0"))
+            });
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
 }
