@@ -9,7 +9,9 @@ Four parts, in one run, on the same apps (contrib/app, bench/apps/app.psgi):
  3. footprint: RSS, size, CPU time and wakeups of the idle launchers (sockherd, start_server,
     rainbow-saddle), side by side for the same 60 s;
  4. scale: handoff time and sockherd CPU against sockets x workers; fds and processes before
-    and after 1,000 reloads.
+    and after 1,000 reloads;
+ 5. membership: sockherd's CPU per handoff and wakeups with generations as cgroups against
+    process groups, with and without 2,000 extra idle processes on the host.
 Raw data goes to bench/out/<run>/, the report to RESULTS.md and the plot to reloads.png.
 
 Every duration is bounded; traffic goes to 127.0.0.1, unix sockets, or loopback inside the
@@ -1329,6 +1331,170 @@ def run_scale(cfg, outroot):
     return dict(rows=rows, reloads=cfg.scale_reloads)
 
 
+def delegated_cgroup(tag):
+    """A cgroup of our own on the host's cgroup2 tree, marked delegated the way systemd marks a
+    `Delegate=yes` unit's (the `trusted.delegate` xattr), so that a sockherd started in it runs
+    its generations as cgroups. (path, None), or (None, why not)."""
+    root = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/unified"
+    if os.geteuid() != 0:
+        return None, "needs root (to create a cgroup and mark it delegated)"
+    if not os.path.exists(os.path.join(root, "cgroup.procs")):
+        return None, "no cgroup2 hierarchy"
+    path = os.path.join(root, "sockherd-bench-%d-%s" % (os.getpid(), tag))
+    os.mkdir(path)
+    try:
+        os.setxattr(path, "trusted.delegate", b"1")
+    except OSError as e:
+        os.rmdir(path)
+        return None, "cannot mark %s delegated: %s" % (path, e)
+    return path, None
+
+
+def remove_cgroup(path):
+    """Kills what is left in a cgroup this benchmark created, then removes it and its children."""
+    if not path or not os.path.isdir(path):
+        return
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        try:
+            with open(os.path.join(dirpath, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+        wait_until(lambda: "populated 0" in read_text(os.path.join(dirpath, "cgroup.events")), 10, step=0.05)
+        try:
+            os.rmdir(dirpath)
+        except OSError as e:
+            log("  could not remove cgroup %s: %s" % (dirpath, e))
+
+
+def in_cgroup(path, argv):
+    """argv started inside cgroup `path` (the shell moves itself there, then execs argv)."""
+    return ["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', path] + argv
+
+
+def run_membership(cfg, outroot):
+    """sockherd's CPU per handoff and its wakeups, generations as cgroups against process groups,
+    in one run: unicorn with 32 workers on the host, with and without 2,000 extra idle processes
+    (process-group mode reads /proc of every process while a drain lasts); its wakeups while idle,
+    and during a reload whose old generation holds the sockets 2 s after its stop signal."""
+    outdir = os.path.join(outroot, "membership")
+    os.makedirs(outdir, exist_ok=True)
+    if not have("unicorn"):
+        return dict(skipped="unicorn not installed", rows=[])
+    probe_cg, why = delegated_cgroup("probe")
+    if not probe_cg:
+        return dict(skipped=why, rows=[])
+    remove_cgroup(probe_cg)
+    rows, drains, idle_procs = [], [], []
+    try:
+        for extra in (0, cfg.membership_extra):
+            if extra and not idle_procs:
+                log("membership: starting %d idle processes" % extra)
+                idle_procs = [subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL) for _ in range(extra)]
+            for mode in ("cgroup", "process-group"):
+                rows.append(membership_cell(cfg, outdir, mode, extra))
+    finally:
+        for p in idle_procs:
+            p.kill()
+        for p in idle_procs:
+            p.wait()
+    for mode in ("cgroup", "process-group"):
+        drains.append(membership_drain(cfg, outdir, mode))
+    return dict(rows=rows, drains=drains, reloads=cfg.membership_reloads, idle_s=cfg.membership_idle,
+                workers=32, extra=cfg.membership_extra)
+
+
+def membership_cell(cfg, outdir, mode, extra):
+    tag = "%s-%d" % (mode, extra)
+    log("membership: unicorn, 32 workers, generations as %s, %d extra processes, %d reloads" % (mode, extra, cfg.membership_reloads))
+    row = dict(mode=mode, extra=extra, cpu_us=[], took=[], failed=0)
+    cg = None
+    argv = [SOCKHERD, "run", "--flavor", "unicorn", "--listen", "127.0.0.1:0", "--chdir", APP_DIR, "--",
+            "unicorn", "-c", os.path.join(BENCH, "apps/unicorn-scale.rb"), "config.ru"]
+    if mode == "cgroup":
+        cg, why = delegated_cgroup(tag)
+        if not cg:
+            row["error"] = why
+            return row
+        argv = in_cgroup(cg, argv)
+    p = Proc(argv, outdir, "membership-" + tag, env=dict(os.environ, BENCH_WORKERS="32"))
+    try:
+        if not wait_until(lambda: any(g["state"] == "serving" for g in (sockherd_status(p.pid) or {}).get("generations", [])), 90, step=0.1):
+            raise RuntimeError("did not start")
+        st = sockherd_status(p.pid) or {}
+        row["mechanism"] = (st.get("membership") or {}).get("mode", "?")
+        if row["mechanism"] != mode:
+            raise RuntimeError("sockherd runs generations as %s, not %s: %s" % (row["mechanism"], mode, (st.get("membership") or {}).get("describe")))
+        time.sleep(1.5)  # every worker forked
+        v0 = ctxt(p.pid)[0]
+        time.sleep(cfg.membership_idle)
+        row["idle_wakeups"] = ctxt(p.pid)[0] - v0
+        for _ in range(cfg.membership_reloads):
+            old = [g for g in (sockherd_status(p.pid) or {}).get("generations", [])]
+            old_pids = [g["pid"] for g in old]
+            old_cgroups = [g.get("cgroup") for g in old if g.get("cgroup")]
+            time.sleep(0.2)
+            cpu0 = schedstat(p.pid)[0]
+            r = sh([SOCKHERD, "reload", "--pid", str(p.pid), "--timeout", "120s"], timeout=130)
+            if mode == "cgroup":
+                wait_until(lambda: not any(os.path.exists(c) for c in old_cgroups), 60, step=0.05)
+            else:
+                wait_until(lambda: not any(os.path.exists("/proc/%d" % q) for q in old_pids + [c for o in old_pids for c in group_members(o)]), 60, step=0.05)
+            time.sleep(0.3)
+            row["cpu_us"].append((schedstat(p.pid)[0] - cpu0) / 1000.0)
+            st = sockherd_status(p.pid)
+            if r.returncode != 0:
+                row["failed"] += 1
+            elif st and st.get("last_reload"):
+                row["took"].append(st["last_reload"]["took_ms"])
+    except Exception as e:  # noqa: BLE001
+        row["error"] = str(e)
+    finally:
+        p.stop(signal.SIGTERM)
+        remove_cgroup(cg)
+    log("  sockherd CPU %s us per handoff, %s wakeups idle in %d s" % (fmt(med(row["cpu_us"])), row.get("idle_wakeups"), cfg.membership_idle))
+    return row
+
+
+def membership_drain(cfg, outdir, mode):
+    """sockherd's wakeups during one reload whose old generation keeps the sockets 2 s after its
+    stop signal (tests/support/scenario_server.py, hold-after-term:2)."""
+    log("membership: wakeups during a 2 s drain, generations as %s" % mode)
+    row = dict(mode=mode)
+    release = os.path.join(outdir, "drain-release-" + mode)
+    os.makedirs(release, exist_ok=True)
+    for name, text in (("RELEASE", "r1"), ("BEHAVIOR", "hold-after-term:2")):
+        with open(os.path.join(release, name), "w") as f:
+            f.write(text + "\n")
+    argv = [SOCKHERD, "run", "--listen", "127.0.0.1:0", "--chdir", release, "--",
+            sys.executable, os.path.join(ROOT, "tests/support/scenario_server.py")]
+    cg = None
+    if mode == "cgroup":
+        cg, why = delegated_cgroup("drain")
+        if not cg:
+            row["error"] = why
+            return row
+        argv = in_cgroup(cg, argv)
+    p = Proc(argv, outdir, "membership-drain-" + mode)
+    try:
+        if not wait_until(lambda: any(g["state"] == "serving" for g in (sockherd_status(p.pid) or {}).get("generations", [])), 60, step=0.1):
+            raise RuntimeError("did not start")
+        time.sleep(0.5)
+        v0 = ctxt(p.pid)[0]
+        t0 = time.monotonic()
+        r = sh([SOCKHERD, "reload", "--pid", str(p.pid), "--timeout", "60s"], timeout=70)
+        row["seconds"] = time.monotonic() - t0
+        row["wakeups"] = ctxt(p.pid)[0] - v0
+        row["ok"] = r.returncode == 0
+    except Exception as e:  # noqa: BLE001
+        row["error"] = str(e)
+    finally:
+        p.stop(signal.SIGTERM)
+        remove_cgroup(cg)
+    log("  %s wakeups during a %.1f s reload" % (row.get("wakeups"), row.get("seconds", 0)))
+    return row
+
+
 def run_churn(cfg, outroot):
     """fds and processes of sockherd before and after N reloads of a tiny server, under a light
     recorded load (every request must succeed)."""
@@ -1470,6 +1636,9 @@ class Config:
         self.scale_grid = [(1, 1), (64, 32)] if short else [(s, w) for s in (1, 8, 64) for w in (1, 8, 32)]
         self.scale_reloads = 2 if short else 5
         self.churn = 50 if short else 1000
+        self.membership_reloads = 1 if short else 5
+        self.membership_idle = 3 if short else 10
+        self.membership_extra = 2000
 
 
 # CI's short mode: every sockherd method but one. Every server under `sockherd run` on the host,
@@ -1523,7 +1692,7 @@ def main():
     signal.signal(signal.SIGINT, interrupted)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="CI mode: a handful of reloads, sockherd methods only; exit 1 on any failed request")
-    ap.add_argument("--only", default="", help="comma-separated parts (deploy,overhead,footprint,scale,churn) or deploy method names")
+    ap.add_argument("--only", default="", help="comma-separated parts (deploy,overhead,footprint,scale,churn,membership) or deploy method names")
     ap.add_argument("--out", default=None, help="raw data directory (default bench/out/<mode>-<time>)")
     ap.add_argument("--results", default=None, help="where to write the report (default bench/RESULTS.md, or bench/out/... in --short)")
     ap.add_argument("--plot", default=None, help="where to write the plot (default bench/reloads.png, or bench/out/... in --short)")
@@ -1538,7 +1707,7 @@ def main():
     results_path = args.results or (os.path.join(outroot, "RESULTS.md") if args.short else os.path.join(BENCH, "RESULTS.md"))
     plot_path = args.plot or (os.path.join(outroot, "reloads.png") if args.short else os.path.join(BENCH, "reloads.png"))
     only = {x for x in args.only.split(",") if x}
-    parts = {"deploy", "overhead", "footprint", "scale", "churn"}
+    parts = {"deploy", "overhead", "footprint", "scale", "churn", "membership"}
     want_parts = (only & parts) or (parts if not only else set())
     want_methods = only - parts
     if want_methods:
@@ -1546,7 +1715,7 @@ def main():
     started = time.time()
     command = "bench/run" + (" --short" if args.short else "") + ("" if not args.only else " --only " + args.only)
     report = dict(command=command, mode="short" if args.short else "full", started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                  machine=machine_info(), config=vars(cfg), deploy=[], overhead=None, footprint=None, scale=None, churn=None)
+                  machine=machine_info(), config=vars(cfg), deploy=[], overhead=None, footprint=None, scale=None, churn=None, membership=None)
     log("sockherd benchmark, %s mode; raw data in %s" % (report["mode"], outroot))
 
     def save():
@@ -1566,7 +1735,8 @@ def main():
                 report["deploy"].append(dict(name=m.name, server=m.server, label=m.label, sockherd=m.sockherd,
                                              where=m.where, error=str(e)[-500:], reloads=[]))
             save()
-    for part, fn in (("overhead", run_overhead), ("footprint", run_footprint), ("scale", run_scale), ("churn", run_churn)):
+    for part, fn in (("overhead", run_overhead), ("footprint", run_footprint), ("scale", run_scale), ("churn", run_churn),
+                     ("membership", run_membership)):
         if part in want_parts:
             try:
                 report[part] = fn(cfg, outroot)

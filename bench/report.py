@@ -143,6 +143,22 @@ def zero_failure_verdict(report, strict=False):
             bad("scale: %d failed reloads or errors %s" % (nfail, errors))
         else:
             lines.append("scale: no failed reload")
+    mb = report.get("membership")
+    if mb and mb.get("error"):
+        bad("membership: ERROR %s" % mb["error"])
+    elif mb and mb.get("skipped"):
+        (bad if strict else lines.append)("membership: not run (%s)" % mb["skipped"])
+    elif mb and mb.get("rows"):
+        rows = mb["rows"] + mb.get("drains", [])
+        errors = [r["error"] for r in rows if r.get("error")]
+        nfail = sum(r.get("failed", 0) for r in mb["rows"]) + sum(1 for r in mb.get("drains", []) if not r.get("ok"))
+        idle = [r.get("idle_wakeups") for r in mb["rows"] if r["mode"] == "cgroup"]
+        if errors or nfail:
+            bad("membership: %d failed reloads, errors %s" % (nfail, errors))
+        elif any(w != 0 for w in idle):
+            bad("membership: sockherd woke up while idle with generations as cgroups: %s" % idle)
+        else:
+            lines.append("membership: no failed reload; 0 wakeups while idle with generations as cgroups")
     return dict(ok=ok, lines=lines)
 
 
@@ -579,6 +595,42 @@ def write_results(report, path, plot_rel):
         L.append("")
 
     why = why_missed(report)
+    mb = report.get("membership") or {}
+    if mb:
+        L.append("## 5. Generations as cgroups against process groups")
+        L.append("")
+    if mb.get("rows"):
+        L.append("Generations as cgroups against process groups: unicorn (contrib/app) with %d workers under "
+                 "`sockherd run`, on the host; cgroup mode in a cgroup the benchmark creates on the host's "
+                 "cgroup2 tree and marks delegated (as systemd marks a `Delegate=yes` unit's), process-group "
+                 "mode outside it; %d reloads per cell, with and without %d extra idle processes (`sleep`) on "
+                 "the host. *CPU per handoff*: sockherd's own CPU time from the reload request until the old "
+                 "generation is gone (+0.3 s). *Wakeups idle*: sockherd's voluntary context switches in %d s "
+                 "with nothing to do." % (mb.get("workers", 32), mb.get("reloads", 0), mb.get("extra", 0), mb.get("idle_s", 0)))
+        L.append("")
+        L.append("| generations as | extra processes | sockherd CPU per handoff, median (min–max) | handoff, median | wakeups idle | failed reloads |")
+        L.append("|---|---|---|---|---|---|")
+        for r in mb["rows"]:
+            if r.get("error"):
+                L.append("| %s | %d | ERROR: %s | | | |" % (r["mode"], r["extra"], r["error"]))
+                continue
+            cpu = r["cpu_us"]
+            L.append("| %s | %d | %s | %s | %s | %d |" % (
+                r["mode"], r["extra"],
+                ("%.2f ms (%.2f–%.2f)" % (med(cpu) / 1000.0, min(cpu) / 1000.0, max(cpu) / 1000.0)) if cpu else "-",
+                ms(med(r["took"])), r.get("idle_wakeups", "-"), r["failed"]))
+        L.append("")
+        for d in mb.get("drains", []):
+            if d.get("error"):
+                L.append("- %s: drain ERROR %s" % (d["mode"], d["error"]))
+            else:
+                L.append("- generations as %s: %s wakeups of sockherd during a %.1f s reload whose old generation "
+                         "holds the sockets 2 s after its stop signal (`scenario_server.py`, hold-after-term:2)%s" % (
+                             d["mode"], d.get("wakeups"), d.get("seconds", 0), "" if d.get("ok") else " (reload FAILED)"))
+        L.append("")
+    elif mb:
+        L.append("not run: %s" % (mb.get("skipped") or mb.get("error")))
+        L.append("")
     L.append("## Targets missed, by how much and why")
     L.append("")
     L.extend(why or ["None: every target was met in this run."])

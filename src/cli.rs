@@ -463,6 +463,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 pass_notify: true,
                 extra_env: Vec::new(),
                 boot_priority: None,
+                cgroup_procs: None,
             };
             if args.launch.flavor == Flavor::Nginx {
                 return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));
@@ -738,7 +739,7 @@ fn man_extra_sections(subcommands: &[String]) -> Vec<ManSection> {
             vec![
                 (
                     "/usr/share/sockherd/units/".into(),
-                    "The unit templates: app-http.socket, app-unix.socket, FLAVOR/app.service, notify-reload.conf. \
+                    "The unit templates: app-http.socket, app-unix.socket, FLAVOR/app.service, notify-reload.conf, delegate-subgroup.conf. \
                      sockherd unit writes units from the same templates (compiled in)."
                         .into(),
                 ),

@@ -46,6 +46,9 @@ pub struct Launch<'a> {
     pub extra_env: Vec<(String, OsString)>,
     /// The lower CPU priority the server starts at (a booting generation, `run` only).
     pub boot_priority: Option<sys::BootPriority>,
+    /// The generation's cgroup (its `cgroup.procs`, open for writing), which the child enters
+    /// before it execs ([`crate::cgroup`]); None where generations are process groups.
+    pub cgroup_procs: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Resolves `--chdir`: symlinks are followed now, so a generation stays pinned to the release
@@ -166,12 +169,16 @@ fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecI
     ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds).context("failed to prepare the command line")
 }
 
-/// Starts the server as a child in its own process group. Returns its pid.
+/// Starts the server as a child in its own process group (and its cgroup, if it has one).
+/// Returns its pid.
 pub fn spawn(argv: &[OsString], launch: &Launch<'_>) -> Result<Pid> {
     let program = resolve_program(&argv[0], launch.dir.as_deref())?;
     let mut image = image(&program, argv, launch)?;
     if let Some(priority) = launch.boot_priority {
         image.set_boot_priority(priority);
+    }
+    if let Some(procs) = launch.cgroup_procs {
+        image.enter_cgroup(procs);
     }
     sys::spawn(image, launch.dir.as_deref()).map_err(|e| exec_error(&program, e))
 }

@@ -18,10 +18,10 @@ pub fn members(pgid: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// Whether a process of group `pgid` still holds one of the sockets with these inodes, i.e.
-/// may still accept a connection on them.
-pub fn holds_sockets(pgid: Pid, inodes: &[u64]) -> bool {
-    members(pgid).into_iter().any(|pid| {
+/// Whether one of these processes (a generation's) still holds one of the sockets with these
+/// inodes, i.e. may still accept a connection on them.
+pub fn holds_sockets(pids: &[Pid], inodes: &[u64]) -> bool {
+    pids.iter().any(|pid| {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
         fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
             target

@@ -118,7 +118,7 @@ impl Phase {
         }
     }
 
-    fn is_starting(&self) -> bool {
+    pub fn is_starting(&self) -> bool {
         matches!(self, Phase::Starting { .. } | Phase::Settling { .. })
     }
 }
@@ -141,6 +141,11 @@ pub struct Generation {
     pub released: bool,
     /// The last STATUS= it sent (cleaned), shown in ours.
     pub app_status: Option<String>,
+    /// Its cgroup's directory (`.../gen-N`), where generations are cgroups: what its
+    /// processes, CPU and memory are read from.
+    pub cgroup: Option<PathBuf>,
+    /// Its master exited 0 leaving processes that hold the sockets ([`Event::Daemonized`]).
+    pub daemonized: bool,
 }
 
 impl Generation {
@@ -160,13 +165,19 @@ impl Generation {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The spawn asked for by [`Action::Spawn`] succeeded.
-    Spawned { number: u64, pid: Pid, release: Option<PathBuf> },
+    Spawned { number: u64, pid: Pid, release: Option<PathBuf>, cgroup: Option<PathBuf> },
     /// The spawn asked for by [`Action::Spawn`] failed (the reason, for the requester).
     SpawnFailed { number: u64, error: String },
     /// A child was reaped (only generation masters matter here).
     Exited { pid: Pid, status: ExitStatus },
-    /// Nothing of the generation is left: its master was reaped and its process group is empty.
+    /// Nothing of the generation is left: its master was reaped and its process group (or its
+    /// cgroup) is empty.
     Gone { number: u64 },
+    /// The master of a starting generation exited with status 0 while other processes of its
+    /// cgroup kept the public sockets: the server daemonized, out of sockherd's reach as a
+    /// parent. Fed just before that master's [`Event::Exited`], which then fails the generation
+    /// with the fix; the rest of it gets the stop signal, then SIGKILL after the grace.
+    Daemonized { number: u64 },
     /// The generation's readiness check passed.
     Ready { number: u64 },
     /// The generation's ready timeout passed; `why`: what its readiness check still waits for.
@@ -370,10 +381,17 @@ impl Core {
     /// Feeds one event; then every deadline up to `now` is handled.
     pub fn handle(&mut self, now: Instant, event: Event) {
         match event {
-            Event::Spawned { number, pid, release } => self.on_spawned(number, pid, release, now),
+            Event::Spawned { number, pid, release, cgroup } => self.on_spawned(number, pid, release, cgroup, now),
             Event::SpawnFailed { number, error } => self.on_spawn_failed(number, error, now),
             Event::Exited { pid, status } => self.on_exited(pid, status, now),
             Event::Gone { number } => self.on_gone(number, now),
+            Event::Daemonized { number } => {
+                if let Some(g) = self.generation_mut(number)
+                    && g.phase.is_starting()
+                {
+                    g.daemonized = true;
+                }
+            }
             Event::Ready { number } => self.on_ready(number, now),
             Event::NotReady { number, why } => {
                 if self.generation(number).is_some_and(|g| matches!(g.phase, Phase::Starting { .. })) {
@@ -590,7 +608,7 @@ impl Core {
 
     // ----- events -------------------------------------------------------------------------------
 
-    fn on_spawned(&mut self, number: u64, pid: Pid, release: Option<PathBuf>, now: Instant) {
+    fn on_spawned(&mut self, number: u64, pid: Pid, release: Option<PathBuf>, cgroup: Option<PathBuf>, now: Instant) {
         if self.spawning != Some(number) {
             return;
         }
@@ -606,6 +624,8 @@ impl Core {
             killed: false,
             released: false,
             app_status: None,
+            cgroup,
+            daemonized: false,
         });
         self.send_status();
     }
@@ -655,6 +675,12 @@ impl Core {
                 .field("EXIT_STATUS", describe_status(status)),
         );
         match self.generations[index].phase {
+            Phase::Starting { .. } | Phase::Settling { .. } if self.generations[index].daemonized => {
+                let why = "daemonized: its master exited with status 0 and left processes that hold the sockets; \
+                           sockherd must stay the server's parent: remove --daemon (or the server's daemonize \
+                           setting)";
+                self.start_failed(number, why.to_string(), now)
+            }
             Phase::Starting { .. } => {
                 self.start_failed(number, format!("exited with {} before it was ready", describe_status(status)), now)
             }
@@ -792,8 +818,9 @@ impl Core {
                     };
                     if let Some(g) = self.generation(number) {
                         let message = format!(
-                            "{} still running {grace:?} after it was told to stop: sending SIGKILL to its process group",
-                            g.describe()
+                            "{} still running {grace:?} after it was told to stop: sending SIGKILL to its {}",
+                            g.describe(),
+                            if g.cgroup.is_some() { "cgroup" } else { "process group" }
                         );
                         let event = log::warn(message).kind("kill").field("GENERATION", number).field("PID", g.pid);
                         self.emit(event);

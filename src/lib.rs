@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod cgroup;
 pub mod cli;
 pub mod command;
 pub mod control;

@@ -10,7 +10,11 @@
 //! about generations whose master is gone or that drain.
 //!
 //! We are a child subreaper and each generation is its own process group, so a worker that
-//! outlives its master is still drained, killed and reaped.
+//! outlives its master is still drained, killed and reaped. Where the service's cgroup is
+//! delegated to us, each generation is also a cgroup of its own ([`crate::cgroup`]): then its
+//! processes are those of its `cgroup.procs` (setsid() escapes nothing), it is killed with
+//! `cgroup.kill`, and it is gone when its `cgroup.events` says so, which the loop waits for
+//! (POLLPRI) instead of polling: nothing wakes the loop but events.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::cgroup::{GenCgroup, Membership};
 use crate::command::{self, Launch};
 use crate::control::{ConnId, ControlServer, Request};
 use crate::flavor::Flavor;
@@ -55,7 +60,8 @@ pub struct RunConfig {
     pub boot_priority: bool,
 }
 
-/// How often `/proc` is read while a drained generation may still accept on a public socket.
+/// How often `/proc` is read while a drained generation may still accept on a public socket
+/// (process groups only: a cgroup's members are looked at when something happens to them).
 const RELEASE_POLL: Duration = Duration::from_millis(20);
 /// How often `/proc` is read while a generation's master is gone but its group lingers.
 const LINGER_POLL: Duration = Duration::from_millis(100);
@@ -84,6 +90,10 @@ pub struct Supervisor {
     start_error: Option<anyhow::Error>,
     /// The resources side: the boot priority and which generations still boot at it.
     resources: Resources,
+    /// Whether generations are cgroups or process groups.
+    membership: Membership,
+    /// Each generation's cgroup, by number (cgroup mode).
+    cgroups: Vec<(u64, GenCgroup)>,
 }
 
 impl Supervisor {
@@ -96,6 +106,9 @@ impl Supervisor {
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
+        let membership = Membership::detect();
+        // Not a warning: in a shell, process groups are what there is.
+        log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
         let now = Instant::now();
         let config_boot_priority = config.boot_priority;
         let core = Core::new(handoff::Config {
@@ -122,6 +135,8 @@ impl Supervisor {
             epoch: (now, SystemTime::now()),
             start_error: None,
             resources: Resources::new(config_boot_priority),
+            membership,
+            cgroups: Vec::new(),
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -167,8 +182,12 @@ impl Supervisor {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> std::io::Result<Vec<Source>> {
-        let (sources, fds): (Vec<Source>, Vec<BorrowedFd<'_>>) = self.poll_sources().into_iter().unzip();
-        let ready = sys::poll_readable(&fds, timeout)?;
+        let (sources, fds): (Vec<Source>, Vec<(BorrowedFd<'_>, bool)>) = self
+            .poll_sources()
+            .into_iter()
+            .map(|(source, fd)| (source, (fd, matches!(source, Source::Cgroup(_)))))
+            .unzip();
+        let ready = sys::poll(&fds, timeout)?;
         Ok(sources.into_iter().zip(ready).filter(|(_, r)| *r).map(|(s, _)| s).collect())
     }
 
@@ -177,7 +196,10 @@ impl Supervisor {
         // 1. Child exits, before anything can claim a dead master is ready.
         let reaped = self.reap();
         for &(pid, status) in &reaped {
-            if self.core.generation_of(pid).is_some() {
+            if let Some(number) = self.core.generation_of(pid).map(|g| g.number) {
+                if status.success() && self.daemonized(number) {
+                    self.feed(Event::Daemonized { number });
+                }
                 self.feed(Event::Exited { pid, status });
             }
         }
@@ -236,6 +258,15 @@ impl Supervisor {
         // 5. Timers: readiness checks, the control channel, the watchdog, the core's deadlines.
         self.on_timers();
         // 6. What /proc says: drained generations that released the sockets, groups now empty.
+        // A cgroup whose events woke us is read, which also waits for its next change (until
+        // read, it stays signalled and the loop would spin).
+        for source in readable {
+            if let Source::Cgroup(number) = *source
+                && let Some(cgroup) = self.cgroup(number)
+            {
+                cgroup.populated();
+            }
+        }
         self.observe_processes();
         self.feed(Event::Tick);
     }
@@ -254,6 +285,9 @@ impl Supervisor {
                 sources.push((Source::Probe(*number), fd));
             }
         }
+        for (number, cgroup) in &self.cgroups {
+            sources.push((Source::Cgroup(*number), cgroup.events_fd()));
+        }
         sources
     }
 
@@ -265,10 +299,18 @@ impl Supervisor {
                 deadlines.extend(check.next_timer());
             }
         }
-        if !self.core.awaiting_release().is_empty() {
+        // A cgroup tells when it empties, and a drained generation's sockets are looked at on
+        // every wakeup (its master's exit, its cgroup's change, the drain timeout): only process
+        // groups need /proc polled.
+        if self.core.awaiting_release().iter().any(|g| g.cgroup.is_none()) {
             deadlines.push(now + RELEASE_POLL);
         }
-        if self.core.generations().iter().any(|g| !g.master_alive()) || self.core.life() == Life::Killing {
+        if self
+            .core
+            .generations()
+            .iter()
+            .any(|g| g.cgroup.is_none() && (!g.master_alive() || self.core.life() == Life::Killing))
+        {
             deadlines.push(now + LINGER_POLL);
         }
         deadlines.extend(self.control.next_timer());
@@ -363,7 +405,7 @@ impl Supervisor {
             .core
             .awaiting_release()
             .iter()
-            .filter(|g| !generation::holds_sockets(g.pid, &self.socket_inodes))
+            .filter(|g| !generation::holds_sockets(&self.members(g.number, g.pid), &self.socket_inodes))
             .map(|g| g.number)
             .collect();
         for number in released {
@@ -373,13 +415,41 @@ impl Supervisor {
             .core
             .generations()
             .iter()
-            .filter(|g| !g.master_alive() && !sys::group_alive(g.pid))
+            .filter(|g| {
+                !g.master_alive()
+                    && match self.cgroup(g.number) {
+                        Some(cgroup) => !cgroup.populated(),
+                        None => !sys::group_alive(g.pid),
+                    }
+            })
             .filter(|g| self.checks.iter().all(|(n, c)| *n != g.number || c.running_command().is_none()))
             .map(|g| g.number)
             .collect();
         for number in gone {
             self.feed(Event::Gone { number });
         }
+    }
+
+    /// The processes of generation `number` (master `pid`): its cgroup's, else its process
+    /// group's.
+    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+        match self.cgroup(number) {
+            Some(cgroup) => cgroup.pids(),
+            None => generation::members(pid),
+        }
+    }
+
+    /// Whether generation `number`, whose master just exited with status 0, left processes in
+    /// its cgroup that hold the public sockets: a server that daemonized (`gunicorn --daemon`).
+    /// Process groups cannot tell (the daemon left the group).
+    fn daemonized(&self, number: u64) -> bool {
+        let starting = self.core.generation(number).is_some_and(|g| g.phase.is_starting());
+        starting
+            && self.cgroup(number).is_some_and(|cgroup| generation::holds_sockets(&cgroup.pids(), &self.socket_inodes))
+    }
+
+    fn cgroup(&self, number: u64) -> Option<&GenCgroup> {
+        self.cgroups.iter().find(|(n, _)| *n == number).map(|(_, c)| c)
     }
 
     /// Reaps every exited descendant.
@@ -413,7 +483,8 @@ impl Supervisor {
                     .and_then(|()| self.spawn_generation(number))
                 {
                     Ok((pid, release)) => {
-                        self.core.handle(Instant::now(), Event::Spawned { number, pid, release });
+                        let cgroup = self.cgroup(number).map(|c| c.path().to_path_buf());
+                        self.core.handle(Instant::now(), Event::Spawned { number, pid, release, cgroup });
                         // `--ready exec`: ready as soon as the command was executed.
                         if self.check_mut(number).is_some_and(|c| matches!(c, Check::Exec)) {
                             self.core.handle(Instant::now(), Event::Ready { number });
@@ -426,13 +497,21 @@ impl Supervisor {
                     Err(e) => self.core.handle(Instant::now(), Event::SpawnFailed { number, error: format!("{e:#}") }),
                 },
                 Action::Signal { number, pid, signal, group } => {
-                    let result =
-                        if group { sys::kill_group(pid, signal.0).map(drop) } else { sys::kill(pid, signal.0) };
+                    let result = match (group, self.cgroup(number)) {
+                        (false, _) => sys::kill(pid, signal.0),
+                        (true, Some(cgroup)) => cgroup.signal_all(signal.0),
+                        (true, None) => sys::kill_group(pid, signal.0).map(drop),
+                    };
                     if let Err(e) = result {
                         log::warn(format!("failed to send {signal} to generation {number} (pid {pid}): {e}")).emit();
                     }
                 }
                 Action::Kill { number, pid } => {
+                    if let Some(cgroup) = self.cgroup(number)
+                        && let Err(e) = cgroup.kill()
+                    {
+                        log::warn(format!("failed to kill cgroup {}: {e}", cgroup.path().display())).emit();
+                    }
                     let _ = sys::kill_group(pid, libc::SIGKILL);
                     if self.core.generation(number).is_some_and(|g| g.master_alive()) {
                         let _ = sys::kill(pid, libc::SIGKILL);
@@ -442,6 +521,7 @@ impl Supervisor {
                 Action::Forget { number } => {
                     self.checks.retain(|(n, _)| *n != number);
                     self.inboxes.retain(|(n, _)| *n != number);
+                    self.remove_cgroup(number);
                 }
                 Action::CheckAlive { number } => {
                     if let Some(check) = self.check_mut(number) {
@@ -463,6 +543,15 @@ impl Supervisor {
             .collect();
         for number in stale {
             self.kill_check_command(number);
+        }
+    }
+
+    /// Removes generation `number`'s cgroup, empty once the generation is gone.
+    fn remove_cgroup(&mut self, number: u64) {
+        let Some(index) = self.cgroups.iter().position(|(n, _)| *n == number) else { return };
+        let (_, cgroup) = self.cgroups.remove(index);
+        if let Err(e) = cgroup.remove() {
+            log::warn(format!("failed to remove cgroup {}: {e}", cgroup.path().display())).emit();
         }
     }
 
@@ -517,6 +606,18 @@ impl Supervisor {
         if let Some(interval) = self.watchdog.filter(|_| prepared.inbox.is_some()) {
             extra_env.push((crate::protocol::WATCHDOG_USEC.to_string(), interval.as_micros().to_string().into()));
         }
+        let cgroup = match self.membership.cgroups() {
+            Some(cgroups) => Some(cgroups.create(number)?),
+            None => None,
+        };
+        // With the cpu controller delegated, the booting generation's whole cgroup gets the
+        // lower weight too (set back with its threads' priority at ready).
+        if let Some(cgroup) = cgroup.as_ref().filter(|c| c.path().join("cpu.weight").exists())
+            && self.resources.boot_priority_for(number).is_some()
+        {
+            resources::set_cpu_weight(cgroup.path(), resources::BOOT_CPU_WEIGHT)
+                .with_context(|| format!("failed to lower {}'s cpu.weight", cgroup.path().display()))?;
+        }
         let launch = Launch {
             flavor: self.config.flavor,
             sockets,
@@ -525,10 +626,22 @@ impl Supervisor {
             pass_notify: false,
             extra_env,
             boot_priority: self.resources.boot_priority_for(number),
+            cgroup_procs: cgroup.as_ref().map(GenCgroup::procs_fd),
         };
-        let pid = command::spawn(&self.config.command, &launch)?;
+        let pid = match command::spawn(&self.config.command, &launch) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                return Err(e);
+            }
+        };
         if launch.boot_priority.is_some() {
             self.resources.booting.push(number);
+        }
+        if let Some(cgroup) = cgroup {
+            self.cgroups.push((number, cgroup));
         }
         // The generation has its own copy of the probe socket; ours would only keep it alive
         // after the generation is gone.
@@ -566,8 +679,10 @@ impl Supervisor {
             return Ok(());
         }
         let Some(serving) = self.core.generations().iter().find(|g| g.phase == Phase::Serving) else { return Ok(()) };
-        // Process-group mode: the generation has no cgroup of its own to read.
-        let usage = resources::usage(&generation::members(serving.pid), None);
+        let usage = resources::usage(
+            &self.members(serving.number, serving.pid),
+            self.cgroup(serving.number).map(GenCgroup::path),
+        );
         let need = usage.expected_need();
         let what = match (usage.memory_source, usage.memory_peak) {
             (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak", serving.number),
@@ -601,8 +716,7 @@ impl Supervisor {
         else {
             return event;
         };
-        // Process-group mode: the generation has no cgroup of its own to read.
-        let usage = resources::usage(&generation::members(g.pid), None);
+        let usage = resources::usage(&self.members(g.number, g.pid), self.cgroup(g.number).map(GenCgroup::path));
         let text = format!(" [generation {}: {}]", g.number, usage.describe());
         event
             .append(&text)
@@ -632,10 +746,10 @@ impl Supervisor {
                         now - g.started
                     ))
                     .emit();
-                    self.resources.restore(number, g.pid);
+                    self.resources.restore(number, g.pid, self.cgroup(number));
                 }
                 Phase::Failed { .. } => {}
-                _ => self.resources.restore(number, g.pid),
+                _ => self.resources.restore(number, g.pid, self.cgroup(number)),
             }
         }
         self.resources.booting = still;
@@ -664,19 +778,19 @@ impl Supervisor {
             .generations()
             .iter()
             .map(|g| {
-                let members = generation::members(g.pid);
-                // Process-group mode: the generation has no cgroup of its own to read.
-                let usage = resources::usage(&members, None);
+                let members = self.members(g.number, g.pid);
+                let usage = resources::usage(&members, self.cgroup(g.number).map(GenCgroup::path));
                 let processes = members.len();
                 // Workers: the group's other processes (the master, until reaped, is one of them).
                 let workers = processes.saturating_sub(usize::from(g.master_alive()));
                 let started_at = self.wall(g.started);
                 format!(
-                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},{},\"boot_priority\":{},\"app_status\":{}}}",
+                    "{{\"number\":{},\"pid\":{},\"state\":\"{}\",\"release\":{},\"cgroup\":{},\"started\":\"{}\",\"age_s\":{:.1},\"processes\":{},\"workers\":{},{},\"boot_priority\":{},\"app_status\":{}}}",
                     g.number,
                     g.pid,
                     g.phase.name(),
                     json_opt(g.release.as_ref().map(|r| r.display().to_string())),
+                    json_opt(g.cgroup.as_ref().map(|c| c.display().to_string())),
                     utc(started_at),
                     now.duration_since(started_at).unwrap_or_default().as_secs_f64(),
                     processes,
@@ -705,6 +819,19 @@ impl Supervisor {
             ),
             None => "null".to_string(),
         };
+        let membership = match &self.membership {
+            Membership::Cgroups(c) => format!(
+                "{{\"mode\":\"cgroup\",\"path\":{},\"describe\":{}}}",
+                json_str(&c.root().display().to_string()),
+                json_str(&self.membership.describe())
+            ),
+            Membership::ProcessGroups { why } => format!(
+                "{{\"mode\":\"process-group\",\"why\":{},\"lost\":{},\"describe\":{}}}",
+                json_str(why),
+                json_str(crate::cgroup::LOST_WITHOUT_CGROUPS),
+                json_str(&self.membership.describe())
+            ),
+        };
         let state = match self.core.life() {
             Life::Running if self.core.reloading() => "reloading",
             Life::Running => "running",
@@ -712,8 +839,9 @@ impl Supervisor {
             Life::Killing => "killing",
         };
         format!(
-            "{{\"pid\":{},\"state\":\"{state}\",\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
+            "{{\"pid\":{},\"state\":\"{state}\",\"membership\":{},\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
             sys::getpid(),
+            membership,
             self.config.flavor,
             json_str(&self.config.ready.to_string()),
             self.config.ready_settle.as_millis(),
@@ -793,11 +921,17 @@ impl Resources {
     /// Sets generation `number` (master `pid`) back to sockherd's priority: the master first,
     /// so that what it forks from now on is born normal, then every process of its group with
     /// all their threads. A second pass catches a process forked during the first.
-    fn restore(&self, number: u64, pid: Pid) {
+    fn restore(&self, number: u64, pid: Pid, cgroup: Option<&GenCgroup>) {
+        if let Some(cgroup) = cgroup.filter(|c| c.path().join("cpu.weight").exists())
+            && let Err(e) = resources::set_cpu_weight(cgroup.path(), resources::NORMAL_CPU_WEIGHT)
+        {
+            log::warn(format!("failed to set generation {number}'s cpu.weight back: {e}")).emit();
+        }
+        let members = || cgroup.map(GenCgroup::pids).unwrap_or_else(|| generation::members(pid));
         let restore_nice = self.boot.is_some_and(|b| b.nice.is_some());
         let mut done = resources::restore_priority(&[pid], self.own_nice, restore_nice);
         for _ in 0..2 {
-            let pass = resources::restore_priority(&generation::members(pid), self.own_nice, restore_nice);
+            let pass = resources::restore_priority(&members(), self.own_nice, restore_nice);
             done.threads += pass.threads;
             done.error = done.error.or(pass.error);
         }
@@ -817,6 +951,8 @@ enum Source {
     Control(ConnId),
     Notify(u64),
     Probe(u64),
+    /// A generation's `cgroup.events` changed.
+    Cgroup(u64),
 }
 
 fn json_opt(s: Option<String>) -> String {

@@ -214,8 +214,22 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `timeout` (None: forever). A signal interrupting the wait is not an error: it returns
 /// with nothing ready, and the signal shows up on the signal pipe.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let fds: Vec<(BorrowedFd<'_>, bool)> = fds.iter().map(|fd| (*fd, false)).collect();
+    poll(&fds, timeout)
+}
+
+/// Like [`poll_readable`], each descriptor waited on for readability, or (`true`) for a
+/// priority event only: a cgroup's `cgroup.events` always polls readable, and signals a change
+/// with POLLPRI (then read it again to wait for the next one).
+pub fn poll(fds: &[(BorrowedFd<'_>, bool)], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, priority)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: if *priority { libc::POLLPRI } else { libc::POLLIN },
+            revents: 0,
+        })
+        .collect();
     let ms = match timeout {
         None => -1,
         // Round up so a deadline 0.4 ms away does not spin.
@@ -519,6 +533,9 @@ pub struct ExecImage {
     scratch: Vec<RawFd>,
     /// A lower CPU priority for the new image, until its supervisor sets it back.
     boot_priority: Option<BootPriority>,
+    /// A cgroup's `cgroup.procs`, open for writing: the child writes itself into it first, so
+    /// that nothing it ever forks starts outside that cgroup.
+    cgroup_procs: Option<RawFd>,
 }
 
 // SAFETY: the raw pointers point into heap buffers owned by the same struct (CStrings and a
@@ -581,6 +598,7 @@ impl ExecImage {
             sockets,
             scratch,
             boot_priority: None,
+            cgroup_procs: None,
         })
     }
 
@@ -589,11 +607,25 @@ impl ExecImage {
         self.boot_priority = Some(priority);
     }
 
+    /// The new image starts in the cgroup whose `cgroup.procs` is open as `procs` (which must
+    /// stay open until exec): the child moves itself there before anything else.
+    pub fn enter_cgroup(&mut self, procs: BorrowedFd<'_>) {
+        self.cgroup_procs = Some(procs.as_raw_fd());
+    }
+
     /// Replaces the current process image. Returns only on failure, with the error.
     ///
     /// Async-signal-safe: runs in a forked child (from `Command::pre_exec`) as well as in
     /// place for `sockherd exec`. No allocation happens here.
     pub fn exec(&mut self) -> io::Error {
+        if let Some(procs) = self.cgroup_procs {
+            // "0" moves the writing process. A failure is an exec failure: the generation must
+            // never run outside its cgroup.
+            // SAFETY: write(2) of a static byte to a descriptor the parent keeps open.
+            if unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) } != 1 {
+                return io::Error::last_os_error();
+            }
+        }
         reset_signals_in_child();
         let n = self.sockets.len() as RawFd;
         let first = 3;
@@ -1141,6 +1173,21 @@ impl BootPriority {
             unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
         }
     }
+}
+
+/// The value of extended attribute `name` of `path` (at most 256 bytes).
+pub fn getxattr(path: &std::path::Path, name: &str) -> io::Result<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut value = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and live for the call; the kernel writes at most
+    // value.len() bytes into the buffer.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    value.truncate(n as usize);
+    Ok(value)
 }
 
 #[cfg(test)]

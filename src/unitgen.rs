@@ -24,6 +24,7 @@ use crate::readiness::Readiness;
 const HTTP_SOCKET: &str = include_str!("../units/app-http.socket");
 const UNIX_SOCKET: &str = include_str!("../units/app-unix.socket");
 const NOTIFY_RELOAD: &str = include_str!("../units/notify-reload.conf");
+const DELEGATE_SUBGROUP: &str = include_str!("../units/delegate-subgroup.conf");
 const GENERIC_SERVICE: &str = include_str!("../units/generic/app.service");
 const GUNICORN_SERVICE: &str = include_str!("../units/gunicorn/app.service");
 const UNICORN_SERVICE: &str = include_str!("../units/unicorn/app.service");
@@ -31,6 +32,8 @@ const PUMA_SERVICE: &str = include_str!("../units/puma/app.service");
 
 /// The first systemd with `Type=notify-reload`.
 pub const NOTIFY_RELOAD_SINCE: u32 = 253;
+/// The first systemd with `DelegateSubgroup=` (sockherd's own leaf in its delegated cgroup).
+pub const DELEGATE_SUBGROUP_SINCE: u32 = 254;
 
 /// Paths the hardened sandbox hides from the service: a binary, command or directory there
 /// cannot be reached by it.
@@ -406,6 +409,11 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
             }
             "ExecStart" => format!("ExecStart={}", exec.join(" ")),
             "ExecReload" => format!("ExecReload={exec_reload}"),
+            // systemd starts sockherd in its leaf where it can (units/delegate-subgroup.conf).
+            "Delegate" if spec.systemd_version >= DELEGATE_SUBGROUP_SINCE => {
+                let subgroup = settings(DELEGATE_SUBGROUP, "DelegateSubgroup").last().copied().unwrap_or("supervisor");
+                format!("{line}\nDelegateSubgroup={subgroup}")
+            }
             "User" => format!("User={}", spec.user),
             "Group" => format!("Group={}", spec.group),
             "RuntimeDirectory" => format!("RuntimeDirectory={}", spec.name),

@@ -287,7 +287,7 @@ impl World {
                         let pid = self.next_pid;
                         self.next_pid += 1;
                         self.gens.insert(number, Procs { pid, workers: true, holds: true, ..Procs::default() });
-                        self.core.handle(self.now, Event::Spawned { number, pid, release: None });
+                        self.core.handle(self.now, Event::Spawned { number, pid, release: None, cgroup: None });
                     }
                 }
                 Action::Signal { number, pid, signal, group } => {
@@ -1054,4 +1054,22 @@ fn a_reload_that_cannot_spawn_names_who_still_serves() {
     let mut world = serving_world(SETTLE);
     run_steps(&mut world, &[Step::NextSpawnFails, Step::Reload]);
     assert_eq!(world.answers[&1], ["error no such release; generation 1 (pid 100) still serving"]);
+}
+
+/// A starting generation whose master exits 0 while what it left holds the sockets (the driver
+/// sees that in the generation's cgroup and says so first): the reload fails with the fix, the
+/// rest of the generation is told to stop, and the serving one is untouched.
+#[test]
+fn a_daemonized_generation_fails_its_reload_with_the_fix() {
+    let mut world = serving_world(SETTLE);
+    world.apply(&Step::Reload).unwrap();
+    world.apply(&Step::MasterDies(1, 0)).unwrap();
+    world.feed(Event::Daemonized { number: 2 }).unwrap();
+    world.apply(&Step::Reap).unwrap();
+    let answer = &world.answers[&1][0];
+    assert!(answer.starts_with("error generation 2"), "{answer}");
+    assert!(answer.contains("daemonized") && answer.contains("remove --daemon"), "{answer}");
+    assert!(world.gens[&2].told, "what the daemonized generation left must be told to stop");
+    assert!(!world.gens[&1].told, "generation 1 must keep serving untouched");
+    assert_eq!(world.core.serving().map(|g| g.number), Some(1));
 }

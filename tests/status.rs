@@ -153,6 +153,19 @@ fn status_counts_workers_and_json_carries_them() {
     if !text.contains(" MiB pss  ") {
         proc.fail(&format!("the table should show the same memory: {json}\n{text}"));
     }
+    // Outside a delegated cgroup (here, a test process's) generations are process groups, and
+    // both forms say so, with why and what is lost.
+    let membership = parsed.get("membership");
+    if membership.get("mode").str() != Some("process-group")
+        || !membership.get("why").str().is_some_and(|w| w.contains("not delegated"))
+        || !membership.get("lost").str().is_some_and(|l| l.contains("escapes the drain"))
+        || parsed.get("generations").arr()[0].get("cgroup").str().is_some()
+    {
+        proc.fail(&format!("`status --json` should say generations are process groups, why and what is lost: {json}"));
+    }
+    if !text.contains("\ngenerations are process groups, not cgroups (") {
+        proc.fail(&format!("`status` should say generations are process groups:\n{text}"));
+    }
 }
 
 #[test]
@@ -218,6 +231,7 @@ fn status_of_a_unit_inside_systemd(systemd: Systemd) {
         || !text.contains("http  127.0.0.1:8080")
         || !text.contains("unix  /run/app.sock")
         || !text.ends_with("exit=0\n")
+        || !text.contains("\ngenerations are cgroups: gen-N under /sys/fs/cgroup/system.slice/app.service")
     {
         d.sdbox.fail(&format!("unexpected `sockherd status app`:\n{text}"));
     }
@@ -225,6 +239,8 @@ fn status_of_a_unit_inside_systemd(systemd: Systemd) {
     if !json.starts_with("{\"unit\":\"app.service\",\"load_state\":\"loaded\",\"active_state\":\"active\"")
         || !json.contains(&format!("\"main_pid\":{main_pid}"))
         || !json.contains(&format!("\"supervisor\":{{\"pid\":{main_pid},"))
+        || !json.contains("\"membership\":{\"mode\":\"cgroup\",\"path\":\"/sys/fs/cgroup/system.slice/app.service\"")
+        || !json.contains("\"cgroup\":\"/sys/fs/cgroup/system.slice/app.service/gen-1\"")
     {
         d.sdbox.fail(&format!("unexpected `sockherd status app.service --json`:\n{json}"));
     }

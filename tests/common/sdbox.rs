@@ -75,6 +75,11 @@ impl Systemd {
         Systemd::ALL.into_iter().find(|s| s.tree().as_deref() == Some(lower)).unwrap_or(Systemd::V254)
     }
 
+    /// DelegateSubgroup= exists since 254: the run units get units/delegate-subgroup.conf.
+    pub fn delegate_subgroup(self) -> bool {
+        self.version() >= 254
+    }
+
     /// Type=notify-reload exists since 253: the units get units/notify-reload.conf.
     pub fn notify_reload(self) -> bool {
         self.version() >= 253
@@ -392,7 +397,7 @@ impl Deployment {
     fn install_units(tag: &str, server: Server, systemd: Systemd, notify_reload: bool) -> Option<Deployment> {
         let deployment = Deployment::install_app_on(tag, server, systemd)?;
         let units = repo().join("units");
-        let dropin = if notify_reload {
+        let mut dropin = if notify_reload {
             format!(
                 "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n",
                 units.display()
@@ -400,6 +405,12 @@ impl Deployment {
         } else {
             String::new()
         };
+        if systemd.delegate_subgroup() && server.has_reload_styles() {
+            dropin.push_str(&format!(
+                "mkdir -p /etc/systemd/system/app.service.d && cp {}/delegate-subgroup.conf /etc/systemd/system/app.service.d/\n",
+                units.display()
+            ));
+        }
         let sdbox = &deployment.sdbox;
         sdbox.ok(&format!(
             "set -e

@@ -14,6 +14,11 @@ BEHAVIOR in its working directory (the release), so one release of a deploy can 
   unhealthy              serve, but /health answers 503
   hold-after-term:S      on SIGTERM keep holding the listening sockets (without accepting) for
                          S seconds before finishing, as a server draining long requests does
+  escape-worker          also fork a worker that leaves the process group (setsid(), as an app
+                         helper started with start_new_session does), ignores SIGTERM and keeps
+                         accepting; its pid goes to the file named by $SCENARIO_ESCAPEE
+  daemonize              daemonize as `gunicorn --daemon` does: fork, setsid, fork again; the
+                         grandchild serves and the process sockherd started exits 0 at once
 
 On SIGTERM it stops accepting, lets requests in flight finish, and exits 0. SIGUSR1, SIGTTIN,
 SIGTTOU, SIGWINCH and SIGHUP are only recorded. Every signal it receives is appended as
@@ -102,9 +107,47 @@ def accept_loop(listener):
         thread.start()
 
 
+def escapee(listeners):
+    """A worker out of its master's process group that only SIGKILL ends."""
+    global PID
+    if os.fork() != 0:
+        return
+    os.setsid()
+    PID = os.getpid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path = os.environ.get("SCENARIO_ESCAPEE")
+    if path:
+        with open(path + ".tmp", "w") as f:
+            f.write("%d\n" % PID)
+        os.rename(path + ".tmp", path)
+    threads = [threading.Thread(target=accept_loop, args=(l,), daemon=True) for l in listeners]
+    for t in threads:
+        t.start()
+    while True:
+        signal.pause()
+
+
 def main():
+    global PID
     if os.environ.get("LISTEN_PID") != str(PID):
         sys.exit("scenario_server: LISTEN_PID is not this process")
+    if MODE == "daemonize":
+        # The first child records the daemon's pid before it exits, and the master waits for it:
+        # the pid is known before the process sockherd started is gone.
+        child = os.fork()
+        if child != 0:
+            os.waitpid(child, 0)
+            os._exit(0)
+        os.setsid()
+        daemon = os.fork()
+        if daemon != 0:
+            path = os.environ.get("SCENARIO_ESCAPEE")
+            if path:
+                with open(path + ".tmp", "w") as f:
+                    f.write("%d\n" % daemon)
+                os.rename(path + ".tmp", path)
+            os._exit(0)
+        PID = os.getpid()
     listeners = []
     for fd in range(3, 3 + int(os.environ.get("LISTEN_FDS", "0"))):
         sock = socket.socket(fileno=fd)
@@ -120,6 +163,8 @@ def main():
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    if MODE == "escape-worker":
+        escapee(listeners)
     threads = [threading.Thread(target=accept_loop, args=(l,), daemon=True) for l in listeners]
     for t in threads:
         t.start()

@@ -1,0 +1,315 @@
+//! Generations as cgroups, inside a real systemd with the units as shipped (units/generic,
+//! which delegates its cgroup): a worker that leaves its process group and ignores SIGTERM is
+//! drained and killed with its generation, and the reload is not reported done while it holds
+//! the sockets; a server that daemonizes gets a clear error and leaves nothing behind; each
+//! generation is a `gen-N` cgroup of the service. On systemd 252 (the host's) and 262 (the
+//! newest of the matrix). The server is tests/support/scenario_server.py. And `gunicorn
+//! --daemon` on the host, in a cgroup the test creates and marks delegated.
+mod common;
+
+use common::sdbox::{SdBox, Systemd, report_number as number, report_value as value};
+use common::*;
+use std::time::{Duration, Instant};
+
+/// The drain timeout the scenarios run with: short, and long enough to tell from an instant.
+const DRAIN_TIMEOUT_S: u64 = 3;
+
+/// Boots a box with sockherd, user app, releases r1 and r2 of the scenario server (BEHAVIOR
+/// `r1` and `r2`), current -> r1, and units/generic as shipped (with the notify-reload drop-in
+/// from 253 and the delegate-subgroup one from 254), its ExecStart= given a short --drain-timeout. Starts the sockets and the service.
+fn install(tag: &str, systemd: Systemd, r1: &str, r2: &str) -> Option<SdBox> {
+    if !prerequisite(have("curl"), "program curl in PATH") {
+        return None;
+    }
+    let sdbox = SdBox::boot_on(tag, systemd)?;
+    let units = repo().join("units");
+    let mut dropins = String::new();
+    if systemd.notify_reload() {
+        dropins.push_str(&format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
+    if systemd.delegate_subgroup() {
+        dropins
+            .push_str(&format!("cp {}/delegate-subgroup.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
+    sdbox.ok(&format!(
+        r#"set -e
+useradd --system --user-group --no-create-home app
+install -m 0755 {bin} /usr/bin/sockherd
+for r in r1 r2; do
+  mkdir -p /srv/app/releases/$r/bin
+  install -m 0755 {server} /srv/app/releases/$r/bin/server
+  echo $r > /srv/app/releases/$r/RELEASE
+done
+echo '{r1}' > /srv/app/releases/r1/BEHAVIOR
+echo '{r2}' > /srv/app/releases/r2/BEHAVIOR
+mkdir -p /srv/app/shared
+ln -s releases/r1 /srv/app/current
+chown -R app:app /srv/app
+cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
+mkdir -p /etc/systemd/system/app.service.d
+printf '[Service]\nEnvironment=SCENARIO_ESCAPEE=/srv/app/shared/escapee.pid\nExecStart=\nExecStart=/usr/bin/sockherd run --drain-timeout {DRAIN_TIMEOUT_S}s --chdir /srv/app/current -- /srv/app/current/bin/server\n' >/etc/systemd/system/app.service.d/scenario.conf
+{dropins}systemctl daemon-reload
+systemctl start app-http.socket app-unix.socket app.service
+"#,
+        bin = sockherd().display(),
+        server = repo().join("tests/support/scenario_server.py").display(),
+        units = units.display(),
+    ));
+    let answer = sdbox.ok("curl -sS -m 30 http://127.0.0.1:8080/");
+    if !answer.starts_with("release=r1") {
+        sdbox.fail(&format!("the first request answered {answer:?}"));
+    }
+    Some(sdbox)
+}
+
+/// The service's cgroup, as the box sees it.
+const UNIT_CGROUP: &str = "/sys/fs/cgroup/system.slice/app.service";
+
+/// r1's worker calls setsid() and ignores SIGTERM. After a reload to r2 it must be gone once the
+/// drain timeout passed, the reload must not end before (it held the sockets until then), and
+/// from then on only r2 answers.
+fn escaping_worker_is_killed_at_the_drain_timeout(systemd: Systemd) {
+    let tag = format!("escape-{}", systemd.version());
+    let Some(sdbox) = install(&tag, systemd, "escape-worker", "serve") else { return };
+    let before = sdbox.ok(&format!(
+        r#"for i in $(seq 100); do [ -s /srv/app/shared/escapee.pid ] && break; sleep 0.1; done
+echo "escapee=$(cat /srv/app/shared/escapee.pid)"
+echo "groups=$(cd {UNIT_CGROUP} && ls -d */ | tr -d / | tr '\n' ' ')"
+echo "gen1=$(tr '\n' ' ' <{UNIT_CGROUP}/gen-1/cgroup.procs)"
+echo "cgls=$(systemd-cgls --no-pager -u app.service 2>&1 | grep -o 'gen-[0-9]*' | tr '\n' ' ')"
+echo "mechanism=$(sockherd status --pid $(systemctl show -P MainPID app) | grep -i '^generations are')"
+"#
+    ));
+    eprintln!("{tag}: before: {}", before.replace('\n', " "));
+    let escapee = value(&before, "escapee").unwrap_or("").to_string();
+    if escapee.is_empty() {
+        sdbox.fail(&format!("r1's escaping worker never wrote its pid:\n{before}"));
+    }
+    sdbox.ok("cd /srv/app && ln -sfn releases/r2 current.new && mv -T current.new current");
+    let started = Instant::now();
+    let out = sdbox.sh("systemctl reload app 2>&1; echo exit=$?");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = sdbox.ok(&format!(
+        r#"alive=no; [ -d /proc/{escapee} ] && [ "$(cut -d' ' -f3 /proc/{escapee}/stat 2>/dev/null)" != Z ] && alive=yes
+echo "alive=$alive"
+r1=0; r2=0
+for i in $(seq 20); do
+  case "$(curl -sS -m 10 http://127.0.0.1:8080/)" in release=r1*) r1=$((r1+1));; release=r2*) r2=$((r2+1));; esac
+done
+echo "r1=$r1"; echo "r2=$r2"
+echo "groups=$(cd {UNIT_CGROUP} && ls -d */ | tr -d / | tr '\n' ' ')"
+"#
+    ));
+    eprintln!("{tag}: reload took {took:?}: {} {}", text.trim(), after.replace('\n', " "));
+    if !text.contains("exit=0") {
+        sdbox.fail(&format!("the reload should succeed: {text}"));
+    }
+    if value(&after, "alive") != Some("no") {
+        sdbox.fail(&format!(
+            "r1's escaping worker {escapee} is still running after the reload ended ({took:?}):\n{after}"
+        ));
+    }
+    if took < Duration::from_secs(DRAIN_TIMEOUT_S) {
+        sdbox.fail(&format!(
+            "the reload ended after {took:?}, before the drain timeout ({DRAIN_TIMEOUT_S}s) took the worker holding the sockets"
+        ));
+    }
+    if number(&after, "r1") != 0 || number(&after, "r2") != 20 {
+        sdbox.fail(&format!("after the reload only r2 may answer:\n{after}"));
+    }
+    // What the service looked like while r1 served.
+    let groups: Vec<&str> = value(&before, "groups").unwrap_or("").split_whitespace().collect();
+    if !groups.contains(&"gen-1") || !groups.contains(&"supervisor") {
+        sdbox.fail(&format!("app.service's cgroup should hold supervisor and gen-1:\n{before}"));
+    }
+    if !value(&before, "gen1").unwrap_or("").split_whitespace().any(|p| p == escapee) {
+        sdbox.fail(&format!("the escaping worker {escapee} should be in gen-1:\n{before}"));
+    }
+    if !value(&before, "cgls").unwrap_or("").contains("gen-1") {
+        sdbox.fail(&format!("systemd-cgls should show gen-1:\n{before}"));
+    }
+    if !value(&before, "mechanism").unwrap_or("").contains("cgroup") {
+        sdbox.fail(&format!("sockherd status should name the cgroup mechanism:\n{before}"));
+    }
+
+    let groups: Vec<&str> = value(&after, "groups").unwrap_or("").split_whitespace().collect();
+    if groups.contains(&"gen-1") || !groups.contains(&"gen-2") {
+        sdbox.fail(&format!("after the reload gen-1 should be removed and gen-2 serve:\n{after}"));
+    }
+
+    // A stop leaves nothing either (the escapee of r1 is gone already; r2 stops cleanly).
+    let stop = sdbox.ok(&format!(
+        "systemctl stop app; echo state=$(systemctl show -P ActiveState app); echo left=$(cat {UNIT_CGROUP}/cgroup.procs 2>/dev/null | wc -l)"
+    ));
+    if value(&stop, "state") != Some("inactive") || number(&stop, "left") != 0 {
+        sdbox.fail(&format!("the stop should leave nothing:\n{stop}"));
+    }
+}
+
+/// r2 daemonizes (fork, setsid, fork; the process sockherd started exits 0): the reload fails
+/// at once with the fix, nothing of r2 is left running, and r1 keeps serving.
+fn daemonizing_server_is_refused(systemd: Systemd) {
+    let tag = format!("daemon-{}", systemd.version());
+    let Some(sdbox) = install(&tag, systemd, "serve", "daemonize") else { return };
+    sdbox.ok("cd /srv/app && ln -sfn releases/r2 current.new && mv -T current.new current");
+    let out = sdbox.sh("systemctl reload app 2>&1; echo exit=$?");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = sdbox.ok(&format!(
+        r#"for i in $(seq 100); do [ -s /srv/app/shared/escapee.pid ] && break; sleep 0.1; done
+daemon=$(cat /srv/app/shared/escapee.pid 2>/dev/null)
+echo "daemon=$daemon"
+sleep 1
+alive=no; [ -n "$daemon" ] && [ -d /proc/$daemon ] && [ "$(cut -d' ' -f3 /proc/$daemon/stat 2>/dev/null)" != Z ] && alive=yes
+echo "alive=$alive"
+r1=0; r2=0
+for i in $(seq 10); do
+  case "$(curl -sS -m 10 http://127.0.0.1:8080/)" in release=r1*) r1=$((r1+1));; release=r2*) r2=$((r2+1));; esac
+done
+echo "r1=$r1"; echo "r2=$r2"
+echo "active=$(systemctl show -P ActiveState app)"
+echo "groups=$(cd {UNIT_CGROUP} && ls -d */ | tr -d / | tr '\n' ' ')"
+echo "journal=$(journalctl -u app --no-pager -o cat | grep -c 'remove --daemon')"
+"#
+    ));
+    eprintln!("{tag}: {} {}", text.trim(), after.replace('\n', " "));
+    if text.contains("exit=0") {
+        sdbox.fail(&format!("the reload to a daemonizing release must fail: {text}"));
+    }
+    if number(&after, "journal") == 0 {
+        sdbox.fail(&format!("the journal should tell to remove --daemon: {text}\n{after}"));
+    }
+    if value(&after, "daemon").unwrap_or("").is_empty() {
+        sdbox.fail(&format!("r2 should have daemonized (it writes its daemon's pid):\n{after}"));
+    }
+    if value(&after, "alive") != Some("no") {
+        sdbox.fail(&format!("r2's daemon must not be left running:\n{after}"));
+    }
+    if number(&after, "r2") != 0 || number(&after, "r1") != 10 || value(&after, "active") != Some("active") {
+        sdbox.fail(&format!("r1 should keep serving alone:\n{after}"));
+    }
+    if value(&after, "groups").unwrap_or("").contains("gen-2") {
+        sdbox.fail(&format!("r2's cgroup should be removed:\n{after}"));
+    }
+}
+
+#[test]
+fn escaping_worker_is_killed_at_the_drain_timeout_on_systemd_252() {
+    escaping_worker_is_killed_at_the_drain_timeout(Systemd::V252);
+}
+
+#[test]
+fn escaping_worker_is_killed_at_the_drain_timeout_on_systemd_262() {
+    escaping_worker_is_killed_at_the_drain_timeout(Systemd::V262);
+}
+
+#[test]
+fn daemonizing_server_is_refused_on_systemd_252() {
+    daemonizing_server_is_refused(Systemd::V252);
+}
+
+#[test]
+fn daemonizing_server_is_refused_on_systemd_262() {
+    daemonizing_server_is_refused(Systemd::V262);
+}
+
+/// `gunicorn --daemon` (its master forks, the fork calls setsid() and forks the arbiter, the
+/// master exits 0) under `sockherd run` in a delegated cgroup on the host: the start fails with
+/// the fix, and nothing of it is left. The cgroup is one this test creates on the host's cgroup2
+/// tree and marks delegated as systemd marks a `Delegate=yes` unit's; it is removed afterwards.
+#[test]
+fn gunicorn_daemon_is_refused_and_leaves_nothing() {
+    let gunicorn = common::sdbox::test_venv().join("bin/gunicorn");
+    if !prerequisite(is_root(), "root (to create a cgroup and mark it delegated)")
+        || !prerequisite(gunicorn.exists(), &format!("gunicorn at {}", gunicorn.display()))
+    {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("gunicorn-daemon") else { return };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .args(["sh", "-c", r#"echo $$ >"$0/cgroup.procs" && exec "$@""#])
+        .arg(&cgroup.0)
+        .arg(sockherd())
+        .args(["run", "--flavor", "gunicorn", "--listen", &addr, "--chdir"])
+        .arg(contrib("app"))
+        .arg("--")
+        .arg(&gunicorn)
+        .args(["--daemon", "-b", "127.0.0.1:0", "app:app"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sockherd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = cgroup.processes();
+    let generations: Vec<String> = std::fs::read_dir(&cgroup.0)
+        .map(|d| {
+            d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("gen-")).collect()
+        })
+        .unwrap_or_default();
+    eprintln!("gunicorn --daemon: {:?}, left {left:?}, cgroups {generations:?}\n{stderr}", out.status);
+    assert!(stderr.contains("generations are cgroups"), "sockherd should have run generations as cgroups:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "the start must fail:\n{stderr}");
+    assert!(stderr.contains("daemonized") && stderr.contains("remove --daemon"), "the fix must be named:\n{stderr}");
+    assert!(left.is_empty(), "gunicorn --daemon left processes {left:?}:\n{stderr}");
+    assert!(generations.is_empty(), "the generation's cgroup should be removed: {generations:?}");
+}
+
+/// A cgroup of the test's own on the host's cgroup2 tree, marked delegated; killed and removed
+/// (with what sockherd created in it) on drop.
+struct DelegatedCgroup(std::path::PathBuf);
+
+impl DelegatedCgroup {
+    fn create(tag: &str) -> Option<DelegatedCgroup> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists());
+        if !prerequisite(root.is_some(), "a cgroup2 hierarchy") {
+            return None;
+        }
+        let path = root.unwrap().join(format!("sockherd-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).expect("create a cgroup");
+        let cgroup = DelegatedCgroup(path);
+        let marked = std::process::Command::new("python3")
+            .args(["-c", "import os, sys; os.setxattr(sys.argv[1], 'trusted.delegate', b'1')"])
+            .arg(&cgroup.0)
+            .status();
+        if !prerequisite(marked.is_ok_and(|s| s.success()), "python3 marking the cgroup delegated (trusted.delegate)") {
+            return None;
+        }
+        Some(cgroup)
+    }
+
+    /// Every process left anywhere in it.
+    fn processes(&self) -> Vec<String> {
+        let mut pids = Vec::new();
+        for dir in self.dirs() {
+            pids.extend(
+                std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().map(String::from),
+            );
+        }
+        pids
+    }
+
+    /// It and its children, deepest first.
+    fn dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&self.0)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        dirs.push(self.0.clone());
+        dirs
+    }
+}
+
+impl Drop for DelegatedCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.contains("populated 0"))
+            });
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
