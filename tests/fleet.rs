@@ -7,7 +7,8 @@
 //!
 //! Under load on every host (a client per host against its public socket, through the veth
 //! address, from the test's namespace): a first release everywhere, a good release in batches
-//! of one, the same playbook again (no change), a broken release (the first host fails its
+//! of one, the same playbook again (no change), the next release in check mode (it would
+//! change every host and changes none), a broken release (the first host fails its
 //! reload, points `current` back and keeps serving; the others never get it), and the deploy
 //! history of every host (`--tags history`). The role installs the .deb from
 //! `packaging/build-deb`, as an operator's playbook would, and writes the units with the
@@ -431,6 +432,18 @@ fn ansible_rolls_out_to_three_hosts_in_batches_and_stops_at_a_failed_reload() {
     let unchanged = hosts.iter().all(|h| again.recap(&h.name, "changed") == Some(0));
     if !again.ok || !unchanged {
         fail(&hosts, "a second run of the same release changed something (or failed)", &again);
+    }
+
+    // Check mode: the next release would change every host, and changes none.
+    let check = deploy("r3", &["--check", "-e", r#"{"sockherd_rollout_serial": 3}"#]);
+    let would = hosts.iter().all(|h| check.recap(&h.name, "changed").is_some_and(|n| n > 0));
+    if !check.ok || !would {
+        fail(&hosts, "a check-mode run of a new release failed or would change nothing", &check);
+    }
+    for host in &hosts {
+        if host.has_release("r3") || host.current() != "releases/r2" || host.event_times("reload").len() != 1 {
+            fail(&hosts, &format!("{}: the check-mode run changed the host", host.name), &check);
+        }
     }
 
     // A broken release: the first host's reload fails, it points current back at r2 and keeps
