@@ -9,54 +9,12 @@ mod common;
 
 use common::sdbox::{SdBox, Systemd};
 use common::*;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
-/// The newest modification time of the files under `path` that go into the package.
-fn newest(path: &Path) -> SystemTime {
-    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if !meta.is_dir() {
-        return meta.modified().unwrap();
-    }
-    std::fs::read_dir(path).unwrap().flatten().map(|e| newest(&e.path())).max().unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-/// target/debian/sockherd_<version>-*.deb, if it exists and is newer than what it packages.
-fn package() -> Option<PathBuf> {
-    let dir = repo().join("target/debian");
-    let prefix = format!("sockherd_{}-", env!("CARGO_PKG_VERSION"));
-    let deb = std::fs::read_dir(&dir).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                name.starts_with(&prefix) && name.ends_with(".deb")
-            })
-            .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-    });
-    let what = format!("{}/{prefix}*.deb (run packaging/build-deb)", dir.display());
-    let deb = match deb {
-        Some(deb) => deb,
-        None => {
-            prerequisite(false, &what);
-            return None;
-        }
-    };
-    let built = deb.metadata().unwrap().modified().unwrap();
-    let sources =
-        ["src", "units", "contrib", "Cargo.toml", "Cargo.lock"].iter().map(|p| newest(&repo().join(p))).max().unwrap();
-    if !prerequisite(built >= sources, &format!("{what}: {} is older than the sources", deb.display())) {
-        return None;
-    }
-    Some(deb)
-}
 
 /// A box with the package installed by `dpkg -i`. The host's systemd: nothing the package
 /// holds depends on the systemd version (the units it ships are verified and run on every
 /// version of the matrix by tests/systemd.rs).
 fn installed(tag: &str) -> Option<SdBox> {
-    let deb = package()?;
+    let deb = built_deb()?;
     let sdbox = SdBox::boot_on(tag, Systemd::V252)?;
     let out = sdbox.ok(&format!("test ! -e /usr/bin/sockherd; dpkg -i {} 2>&1", deb.display()));
     eprintln!("{tag}: {}", out.lines().last().unwrap_or_default());

@@ -448,3 +448,52 @@ pub fn run_sockherd(args: &[&str], dir: &Path, timeout: Duration) -> (ExitStatus
     let status = proc.wait_exit(timeout);
     (status, proc.stdout(), proc.stderr())
 }
+
+/// The newest modification time of the files under `path` that go into the package.
+fn newest_mtime(path: &Path) -> std::time::SystemTime {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if !meta.is_dir() {
+        return meta.modified().unwrap();
+    }
+    std::fs::read_dir(path)
+        .unwrap()
+        .flatten()
+        .map(|e| newest_mtime(&e.path()))
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// target/debian/sockherd_<version>-*.deb, built by `packaging/build-deb`, if it exists and is
+/// newer than what it packages; else a missing prerequisite (reported; None).
+pub fn built_deb() -> Option<PathBuf> {
+    let dir = repo().join("target/debian");
+    let prefix = format!("sockherd_{}-", env!("CARGO_PKG_VERSION"));
+    let deb = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&prefix) && name.ends_with(".deb")
+            })
+            .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+    });
+    let what = format!("{}/{prefix}*.deb (run packaging/build-deb)", dir.display());
+    let deb = match deb {
+        Some(deb) => deb,
+        None => {
+            prerequisite(false, &what);
+            return None;
+        }
+    };
+    let built = deb.metadata().unwrap().modified().unwrap();
+    let sources = ["src", "units", "contrib", "Cargo.toml", "Cargo.lock"]
+        .iter()
+        .map(|p| newest_mtime(&repo().join(p)))
+        .max()
+        .unwrap();
+    if !prerequisite(built >= sources, &format!("{what}: {} is older than the sources", deb.display())) {
+        return None;
+    }
+    Some(deb)
+}

@@ -151,7 +151,14 @@ pub struct SdBox {
     /// Held for the box's life: shared with every other test box, exclusive for whoever needs
     /// the machine to itself (the benchmark, and the harness before boxes had cgroups of their
     /// own, which took it exclusively); plus one of the `SOCKHERD_TEST_BOXES` slots.
-    _locks: (std::fs::File, std::fs::File),
+    _locks: BoxLocks,
+}
+
+/// What a box holds while it runs: the shared lock and a slot, or its share of a fleet's
+/// exclusive lock.
+enum BoxLocks {
+    Slot(#[allow(dead_code)] std::fs::File, #[allow(dead_code)] std::fs::File),
+    Fleet(#[allow(dead_code)] std::sync::Arc<std::fs::File>),
 }
 
 static BOXES: AtomicU32 = AtomicU32::new(0);
@@ -185,26 +192,68 @@ impl SdBox {
     /// Boots a box with `systemd` (252 is the host's; the others are trees laid on top).
     /// Returns None, after printing why, when a prerequisite is missing and the test should skip.
     pub fn boot_on(tag: &str, systemd: Systemd) -> Option<SdBox> {
+        if !SdBox::prerequisites(systemd) {
+            return None;
+        }
+        let (lock, slot) = take_box_locks();
+        Some(SdBox::start(tag, systemd, BoxLocks::Slot(lock, slot)))
+    }
+
+    /// Boots `n` boxes at once, in parallel, for a test of several hosts. They need more than
+    /// the `SOCKHERD_TEST_BOXES` slots, so the fleet takes the box lock exclusively (waiting
+    /// until no other box runs, as the benchmark does) and holds it until its last box is gone.
+    pub fn boot_fleet(tag: &str, systemd: Systemd, n: usize) -> Option<Vec<SdBox>> {
+        if !SdBox::prerequisites(systemd) {
+            return None;
+        }
+        std::fs::create_dir_all(STATE).expect("create /run/sockherd-sdbox");
+        let lock = std::fs::File::create(format!("{STATE}/lock")).expect("open the box lock");
+        lock.lock().expect("take the box lock (exclusive)");
+        let lock = std::sync::Arc::new(lock);
+        let boots: Vec<_> = (0..n)
+            .map(|i| {
+                let (tag, lock) = (format!("{tag}{i}"), lock.clone());
+                std::thread::spawn(move || SdBox::start(&tag, systemd, BoxLocks::Fleet(lock)))
+            })
+            .collect();
+        // Join every boot before failing, so that no box is left running.
+        let boxes: Vec<_> = boots.into_iter().map(|b| b.join()).collect();
+        if boxes.iter().any(|b| b.is_err()) {
+            panic!("a box of the fleet failed to boot (its panic is printed above)");
+        }
+        Some(boxes.into_iter().map(|b| b.unwrap()).collect())
+    }
+
+    /// The prerequisites of a box with `systemd`, each reported when missing.
+    fn prerequisites(systemd: Systemd) -> bool {
         if !prerequisite(is_root(), "root (to boot systemd in private namespaces)")
             || !prerequisite(have("unshare") && have("nsenter"), "unshare and nsenter (util-linux)")
             || !prerequisite(Path::new("/lib/systemd/systemd").exists(), "/lib/systemd/systemd (package systemd)")
         {
-            return None;
+            return false;
         }
-        let lower = systemd.tree();
-        if let Some(lower) = &lower
-            && !prerequisite(
+        if let Some(lower) = systemd.tree() {
+            return prerequisite(
                 lower.join("usr/lib/systemd/systemd").exists(),
                 &format!(
                     "{systemd} at {} (tests/support/fetch-systemd {} {0}; .ci/run fetches it)",
                     lower.display(),
                     systemd.suite().unwrap_or_default()
                 ),
-            )
-        {
-            return None;
+            );
         }
-        let locks = take_box_locks();
+        true
+    }
+
+    /// PID 1 of the box, as the host sees it.
+    pub fn pid(&self) -> u32 {
+        let path = format!("{STATE}/{}.pid", self.name);
+        let pid = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        pid.trim().parse().unwrap_or_else(|e| panic!("{path}: {pid:?}: {e}"))
+    }
+
+    fn start(tag: &str, systemd: Systemd, locks: BoxLocks) -> SdBox {
+        let lower = systemd.tree();
         let name =
             format!("{tag}-{}-{}-{}", systemd.version(), std::process::id(), BOXES.fetch_add(1, Ordering::SeqCst));
         // Read-only: the box needs the binary, units/, contrib/ and tests/support/ only, and
@@ -233,7 +282,7 @@ impl SdBox {
             sdbox.fail_unit("sdbox", &format!("expected {systemd} in the box, got {}", version.trim()));
         }
         eprintln!("box {}: {} booted in {} ms", sdbox.name, version.trim(), started.elapsed().as_millis());
-        Some(sdbox)
+        sdbox
     }
 
     /// The calling convention of box tests written before the matrix: the host's systemd, or
