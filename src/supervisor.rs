@@ -26,8 +26,10 @@ use crate::flavor::Flavor;
 use crate::generation;
 use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
 use crate::log;
+use crate::metrics::{GenerationInfo, Metrics};
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
+use crate::queue::Queues;
 use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
 use crate::runtime::RuntimeDir;
 use crate::signal::SignalQueue;
@@ -48,6 +50,8 @@ pub struct RunConfig {
     pub stop_timeout: Duration,
     /// How systemd's watchdog is answered, when it is on (`WatchdogSec=`).
     pub watchdog: WatchdogMode,
+    /// `--metrics-file`: rewritten on each event.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How often `/proc` is read while a drained generation may still accept on a public socket.
@@ -77,6 +81,9 @@ pub struct Supervisor {
     epoch: (Instant, SystemTime),
     /// The error of the first generation's spawn, which `start` returns as ours.
     start_error: Option<anyhow::Error>,
+    /// The public sockets' listen queues, sampled during handoffs.
+    queues: Queues,
+    metrics: Option<Metrics>,
 }
 
 impl Supervisor {
@@ -89,6 +96,8 @@ impl Supervisor {
         let notifier = Notifier::from_env();
         let watchdog = notify::watchdog_interval();
         let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
+        let queues = Queues::new(&sockets);
+        let metrics = config.metrics_file.clone().map(Metrics::new);
         let now = Instant::now();
         let core = Core::new(handoff::Config {
             flavor: config.flavor,
@@ -113,6 +122,8 @@ impl Supervisor {
             watchdog,
             epoch: (now, SystemTime::now()),
             start_error: None,
+            queues,
+            metrics,
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -251,6 +262,8 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut deadlines: Vec<Instant> = self.core.next_deadline().into_iter().collect();
+        // Only while a handoff is in flight: an idle supervisor never wakes for the queues.
+        deadlines.extend(self.queues.next_sample());
         for (number, check) in &self.checks {
             if self.core.awaits_ready(*number) {
                 deadlines.extend(check.next_timer());
@@ -317,6 +330,7 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
+        self.queues.on_timer(now);
         let mut ready = Vec::new();
         for (number, check) in &mut self.checks {
             if let Some(g) = self.core.generation(*number).filter(|_| self.core.awaits_ready(*number))
@@ -432,8 +446,11 @@ impl Supervisor {
                 }
                 Action::Notify(notice) => self.notify(notice),
                 Action::Answer { conn, text } => self.control.reply(conn, &text),
-                Action::Log(event) => event.emit(),
+                Action::Log(event) => self.log(event),
             }
+        }
+        if !self.core.reloading() {
+            self.queues.abandon();
         }
         // A readiness command has no business once its generation stopped starting.
         let stale: Vec<u64> = self
@@ -444,6 +461,56 @@ impl Supervisor {
             .collect();
         for number in stale {
             self.kill_check_command(number);
+        }
+    }
+
+    /// Emits an event of the core, with what only the edge knows: a handoff's listen-queue
+    /// peak on its outcome. Sampling begins with the handoff's `reload` event; each event
+    /// rewrites the metrics file.
+    fn log(&mut self, event: log::Event) {
+        let now = Instant::now();
+        let mut peak = None;
+        let event = match event.event_kind() {
+            Some("reload") => {
+                self.queues.begin(now);
+                event
+            }
+            Some("reload_done" | "reload_failed") => {
+                peak = self.queues.finish(now);
+                match peak {
+                    Some(p) => event
+                        .note(&format!(" (listen queue peak {}, {} ms above zero)", p.peak, p.above_zero.as_millis()))
+                        .field("QUEUE_PEAK", p.peak)
+                        .field("QUEUE_MS", p.above_zero.as_millis()),
+                    None => event,
+                }
+            }
+            _ => event,
+        };
+        if let Some(metrics) = &mut self.metrics
+            && event.event_kind().is_some()
+        {
+            metrics.observe(&event, SystemTime::now(), peak);
+        }
+        event.emit();
+        if self.metrics.is_some() {
+            self.write_metrics();
+        }
+    }
+
+    fn write_metrics(&mut self) {
+        let generations: Vec<GenerationInfo> = self
+            .core
+            .generations()
+            .iter()
+            .map(|g| GenerationInfo {
+                number: g.number,
+                state: g.phase.name(),
+                processes: Some(generation::members(g.pid).len()).filter(|n| *n > 0),
+            })
+            .collect();
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&generations);
         }
     }
 
@@ -544,8 +611,10 @@ impl Supervisor {
         self.core.status_line(&|at| utc(self.wall(at)))
     }
 
-    fn status_json(&self) -> String {
+    fn status_json(&mut self) -> String {
         let now = SystemTime::now();
+        let queues = self.queues.read(true);
+        let peak = self.queues.last();
         let generations: Vec<String> = self
             .core
             .generations()
@@ -573,17 +642,34 @@ impl Supervisor {
             .sockets
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                format!("{{\"fd\":{},\"name\":{},\"address\":{}}}", 3 + i, json_str(&s.name), json_str(&s.address()))
+            .zip(queues)
+            .map(|((i, s), q)| {
+                let queue = match q {
+                    Some(q) => format!(
+                        "{{\"queued\":{},\"backlog\":{},\"active\":{}}}",
+                        q.queued,
+                        q.backlog,
+                        q.active.map(|a| a.to_string()).unwrap_or_else(|| "null".into())
+                    ),
+                    None => "null".to_string(),
+                };
+                format!(
+                    "{{\"fd\":{},\"name\":{},\"address\":{},\"queue\":{queue}}}",
+                    3 + i,
+                    json_str(&s.name),
+                    json_str(&s.address())
+                )
             })
             .collect();
         let last = match self.core.last_reload() {
             Some(r) => format!(
-                "{{\"at\":\"{}\",\"ok\":{},\"took_ms\":{},\"message\":{}}}",
+                "{{\"at\":\"{}\",\"ok\":{},\"took_ms\":{},\"message\":{},\"queue_peak\":{},\"queue_ms\":{}}}",
                 utc(self.wall(r.at)),
                 r.ok,
                 r.took.as_millis(),
-                json_str(&r.message)
+                json_str(&r.message),
+                peak.map(|p| p.peak.to_string()).unwrap_or_else(|| "null".into()),
+                peak.map(|p| p.above_zero.as_millis().to_string()).unwrap_or_else(|| "null".into())
             ),
             None => "null".to_string(),
         };
