@@ -118,7 +118,7 @@ struct HistoryArgs {
 
     /// Only reloads since then, as journalctl's --since takes it ("2026-11-30 12:00", "-1h",
     /// "today").
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     since: Option<String>,
 
     /// Print a JSON array, one object per reload.

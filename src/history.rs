@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::queue;
 use crate::status::json_str;
 use crate::supervisor::utc;
 
@@ -52,11 +53,14 @@ fn number(entry: &Value, field: &str) -> Option<u64> {
     text(entry, field)?.trim().parse().ok()
 }
 
+/// A generation of one service invocation: (invocation id, number). Its release and time to
+/// ready are kept under it.
+type GenerationKey = (String, u64);
+
 /// The reloads in `journalctl -o json` output, oldest first. A generation's release and time to
 /// ready come from its `spawn` and `ready` entries of the same service invocation.
 pub fn parse(json_lines: &str) -> Vec<Reload> {
-    // (invocation, generation) -> (release, ready ms)
-    let mut seen: Vec<((String, u64), (Option<String>, Option<u64>))> = Vec::new();
+    let mut seen: Vec<(GenerationKey, (Option<String>, Option<u64>))> = Vec::new();
     let mut reloads = Vec::new();
     for line in json_lines.lines() {
         let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
@@ -95,7 +99,12 @@ pub fn parse(json_lines: &str) -> Vec<Reload> {
                     key.and_then(|k| seen.iter().find(|(s, _)| *s == k).map(|(_, v)| v.clone())).unwrap_or_default();
                 let reason = (!ok).then(|| {
                     let message = text(&entry, "MESSAGE").unwrap_or_default();
-                    message.strip_prefix("reload failed: ").unwrap_or(&message).to_string()
+                    let mut reason = message.strip_prefix("reload failed: ").unwrap_or(&message);
+                    // The queue peak has columns of its own.
+                    if let Some(at) = reason.rfind(queue::NOTE_PREFIX).filter(|_| reason.ends_with(" ms above zero)")) {
+                        reason = &reason[..at];
+                    }
+                    reason.to_string()
                 });
                 reloads.push(Reload {
                     at_us: number(&entry, "__REALTIME_TIMESTAMP").unwrap_or(0),
@@ -155,7 +164,7 @@ pub fn render(reloads: &[Reload]) -> String {
         rows.push(vec![
             time(r.at_us),
             r.generation.map(|g| g.to_string()).unwrap_or_else(|| "?".into()),
-            r.release.clone().unwrap_or_else(|| "-".into()),
+            r.release.as_deref().map(one_line).unwrap_or_else(|| "-".into()),
             if r.ok { "ok" } else { "FAILED" }.to_string(),
             ms(r.ready_ms),
             ms(r.handoff_ms),
@@ -173,10 +182,15 @@ pub fn render(reloads: &[Reload]) -> String {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
         if let Some(reason) = i.checked_sub(1).and_then(|i| reloads[i].reason.as_deref()) {
-            let _ = writeln!(out, "  reason: {}", reason.replace(['\n', '\r'], " "));
+            let _ = writeln!(out, "  reason: {}", one_line(reason));
         }
     }
     out
+}
+
+/// Text from the journal on one line of the table: control characters become blanks.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Reads the unit's entries with `journalctl -o json`.
@@ -207,7 +221,7 @@ not json at all
 {"SOCKHERD_EVENT":{"odd":true}}
 {"__REALTIME_TIMESTAMP":"1800000002000000","_SYSTEMD_INVOCATION_ID":"a","SOCKHERD_EVENT":"reload_done","SOCKHERD_GENERATION":"2","SOCKHERD_HANDOFF_MS":"2050","SOCKHERD_QUEUE_PEAK":"3","SOCKHERD_QUEUE_MS":[52,48],"MESSAGE":"reload done: generation 2"}
 {"__REALTIME_TIMESTAMP":"1800000003000000","_SYSTEMD_INVOCATION_ID":"a","SOCKHERD_EVENT":"spawn","SOCKHERD_GENERATION":"3","SOCKHERD_RELEASE":"/srv/app/releases/r3"}
-{"__REALTIME_TIMESTAMP":"1800000004000000","_SYSTEMD_INVOCATION_ID":"a","SOCKHERD_EVENT":"reload_failed","SOCKHERD_GENERATION":"3","SOCKHERD_HANDOFF_MS":"400","MESSAGE":"reload failed: generation 3 (pid 9) exited with status 1 before it was ready; generation 2 (pid 7) still serving"}
+{"__REALTIME_TIMESTAMP":"1800000004000000","_SYSTEMD_INVOCATION_ID":"a","SOCKHERD_EVENT":"reload_failed","SOCKHERD_GENERATION":"3","SOCKHERD_HANDOFF_MS":"400","MESSAGE":"reload failed: generation 3 (pid 9) exited with status 1 before it was ready; generation 2 (pid 7) still serving (listen queue peak 0, 0 ms above zero)"}
 "#;
 
     #[test]
@@ -230,7 +244,10 @@ not json at all
         );
         assert!(!reloads[1].ok);
         assert_eq!(reloads[1].release.as_deref(), Some("/srv/app/releases/r3"));
-        assert!(reloads[1].reason.as_deref().unwrap().starts_with("generation 3 (pid 9) exited"));
+        assert_eq!(
+            reloads[1].reason.as_deref(),
+            Some("generation 3 (pid 9) exited with status 1 before it was ready; generation 2 (pid 7) still serving")
+        );
         let text = render(&reloads);
         assert!(text.contains("FAILED"), "{text}");
         assert!(text.contains("  reason: generation 3"), "{text}");

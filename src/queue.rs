@@ -13,6 +13,14 @@ use crate::sys::LocalAddr;
 /// How often the queues are read while a handoff is in flight.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
+/// How a handoff's peak reads in its event's message (and is taken out of a reason again).
+pub const NOTE_PREFIX: &str = " (listen queue peak ";
+
+/// The note a reload's event gets: ` (listen queue peak 3, 120 ms above zero)`.
+pub fn note(peak: &Peak) -> String {
+    format!("{NOTE_PREFIX}{}, {} ms above zero)", peak.peak, peak.above_zero.as_millis())
+}
+
 /// What one handoff did to the queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peak {

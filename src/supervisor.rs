@@ -479,7 +479,7 @@ impl Supervisor {
                 peak = self.queues.finish(now);
                 match peak {
                     Some(p) => event
-                        .note(&format!(" (listen queue peak {}, {} ms above zero)", p.peak, p.above_zero.as_millis()))
+                        .note(&crate::queue::note(&p))
                         .field("QUEUE_PEAK", p.peak)
                         .field("QUEUE_MS", p.above_zero.as_millis()),
                     None => event,
