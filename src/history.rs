@@ -53,14 +53,14 @@ fn number(entry: &Value, field: &str) -> Option<u64> {
     text(entry, field)?.trim().parse().ok()
 }
 
-/// A generation of one service invocation: (invocation id, number). Its release and time to
-/// ready are kept under it.
-type GenerationKey = (String, u64);
+/// What the journal told of one generation of one service invocation (invocation id, number):
+/// its release and its time to ready.
+type Seen = ((String, u64), (Option<String>, Option<u64>));
 
 /// The reloads in `journalctl -o json` output, oldest first. A generation's release and time to
 /// ready come from its `spawn` and `ready` entries of the same service invocation.
 pub fn parse(json_lines: &str) -> Vec<Reload> {
-    let mut seen: Vec<(GenerationKey, (Option<String>, Option<u64>))> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     let mut reloads = Vec::new();
     for line in json_lines.lines() {
         let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
