@@ -40,8 +40,10 @@ const AF_UNIX: u8 = 1;
 /// TCP states (also a unix socket's state numbers).
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_LISTEN: u8 = 10;
-/// The largest answer datagram the kernel sends for a dump (it sizes them up to 32 KiB).
-const RECV_BUFFER: usize = 32 * 1024;
+/// The receive buffer: the kernel sizes a dump's datagrams to the largest buffer the reader
+/// used, and at least NLMSG_GOODSIZE (a page, at most 8 KiB, minus overhead), so 8 KiB holds
+/// every one it sends us.
+const RECV_BUFFER: usize = 8 * 1024;
 
 /// One listening socket's queue, as the kernel counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -212,6 +212,14 @@ fn history_lists_five_reloads_and_a_rollback_from_the_journal() {
     if items.iter().any(|i| !i["handoff_ms"].is_u64() || !i["queue_peak"].is_u64()) {
         d.sdbox.fail(&format!("every reload should carry its handoff time and queue peak: {json}"));
     }
+    // The fields behind it, as journalctl shows them.
+    let fields = d
+        .sdbox
+        .ok("journalctl -u app SOCKHERD_EVENT=reload_failed -o verbose --no-pager | grep -E '^ *(MESSAGE|SOCKHERD_)'");
+    eprintln!("journalctl -u app SOCKHERD_EVENT=reload_failed -o verbose:\n{fields}");
+    if !fields.contains("SOCKHERD_QUEUE_PEAK=") || !fields.contains("SOCKHERD_QUEUE_MS=") {
+        d.sdbox.fail(&format!("the reload's journal entry lacks its queue peak:\n{fields}"));
+    }
     let since = d.sdbox.ok("sockherd history app --since '-1h' --json");
     if serde_json::from_str::<serde_json::Value>(&since).ok().and_then(|v| v.as_array().map(Vec::len)) != Some(6) {
         d.sdbox.fail(&format!("--since -1h should keep all six: {since}"));
