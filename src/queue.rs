@@ -42,9 +42,10 @@ struct Sampling {
 
 #[derive(Debug)]
 pub struct Queues {
-    /// Opened at the first reading; None after it failed (then never tried again).
+    /// Open only while a handoff is sampled: an idle supervisor keeps no netlink socket.
     diag: Option<Diag>,
-    tried: bool,
+    /// Opening it failed once (said once, then not tried again).
+    failed: bool,
     /// One per public socket, in order; None for what has no listen queue to read.
     targets: Vec<Option<Target>>,
     sampling: Option<Sampling>,
@@ -67,22 +68,28 @@ impl Queues {
                 }
             })
             .collect();
-        Queues { diag: None, tried: false, targets, sampling: None, last: None }
+        Queues { diag: None, failed: false, targets, sampling: None, last: None }
     }
 
     /// Each public socket's queue now, in order (None where the kernel does not say).
     pub fn read(&mut self, with_active: bool) -> Vec<Option<Queue>> {
-        if !self.tried {
-            self.tried = true;
+        if self.diag.is_none() && !self.failed {
             match Diag::open() {
                 Ok(diag) => self.diag = Some(diag),
-                Err(e) => log::warn(format!("cannot read the listen queues (sock_diag netlink): {e}")).emit(),
+                Err(e) => {
+                    self.failed = true;
+                    log::warn(format!("cannot read the listen queues (sock_diag netlink): {e}")).emit();
+                }
             }
         }
         let Some(diag) = self.diag.as_mut() else { return vec![None; self.targets.len()] };
         let wanted: Vec<Target> = self.targets.iter().flatten().cloned().collect();
         let mut found = diag.queues(&wanted, with_active).into_iter();
-        self.targets.iter().map(|t| t.as_ref().and_then(|_| found.next().flatten())).collect()
+        let queues = self.targets.iter().map(|t| t.as_ref().and_then(|_| found.next().flatten())).collect();
+        if self.sampling.is_none() {
+            self.diag = None;
+        }
+        queues
     }
 
     /// A handoff began: sample from now on.
@@ -107,6 +114,7 @@ impl Queues {
     /// be read).
     pub fn finish(&mut self, now: Instant) -> Option<Peak> {
         self.sample(now);
+        self.diag = None;
         let s = self.sampling.take()?;
         let peak = s.seen.then_some(Peak { peak: s.peak, above_zero: s.above_zero });
         self.last = peak;
@@ -115,7 +123,9 @@ impl Queues {
 
     /// A handoff that ended without an outcome (sockherd stopped): no more samples.
     pub fn abandon(&mut self) {
-        self.sampling = None;
+        if self.sampling.take().is_some() {
+            self.diag = None;
+        }
     }
 
     /// The last finished handoff's peak.
