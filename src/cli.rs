@@ -460,6 +460,10 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 stop_timeout: args.stop_timeout.0,
                 metrics_file: args.metrics_file,
             };
+            if let Some(path) = &config.metrics_file {
+                crate::metrics::check_path(path)
+                    .map_err(|e| anyhow!("invalid --metrics-file {}: {e}", path.display()))?;
+            }
             let sockets = acquire_sockets(&args.sockets)?;
             Supervisor::start(config, sockets)?.run()
         }

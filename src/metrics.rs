@@ -168,6 +168,25 @@ impl Metrics {
     }
 }
 
+/// Refuses a path that can never be written the way the file is (a temporary file beside it,
+/// renamed over it): a directory, or one in a directory that does not exist.
+pub fn check_path(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("it is a directory".into());
+    }
+    if path.file_name().is_none() {
+        return Err("it names no file".into());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("no directory {}", dir.display()));
+    }
+    Ok(())
+}
+
 /// Writes `PATH.tmp.PID` beside PATH, then renames it over PATH.
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();

@@ -225,3 +225,25 @@ fn history_lists_five_reloads_and_a_rollback_from_the_journal() {
         d.sdbox.fail(&format!("--since -1h should keep all six: {since}"));
     }
 }
+
+/// A metrics file that can never be written is refused before anything starts; a bad unit name
+/// for `history` is refused with the reason.
+#[test]
+fn bad_metrics_file_and_unit_names_are_refused() {
+    let dir = TempDir::new("observe-bad");
+    let missing = dir.join("no/such/dir/metrics.prom");
+    let (status, _, stderr) = run_sockherd(
+        &["run", "--listen", "127.0.0.1:0", "--metrics-file", &missing.display().to_string(), "--", "true"],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    let expected =
+        format!("invalid --metrics-file {}: no directory {}", missing.display(), dir.join("no/such/dir").display());
+    if status.code() != Some(1) || !stderr.contains(&expected) || stderr.contains("panicked") {
+        panic!("run with --metrics-file in a missing directory: {status:?}\n{stderr}\nexpected {expected:?}");
+    }
+    let (status, _, stderr) = run_sockherd(&["history", "app/x"], dir.path(), Duration::from_secs(20));
+    if status.code() != Some(1) || !stderr.contains("invalid unit 'app/x'") {
+        panic!("history of a bad unit name: {status:?}\n{stderr}");
+    }
+}
