@@ -13,6 +13,7 @@ use crate::command::{self, Launch};
 use crate::control::{self, Answer, Request, Unreachable};
 use crate::flavor::Flavor;
 use crate::handoff::WatchdogMode;
+use crate::history;
 use crate::listen::ListenSpec;
 use crate::log;
 use crate::native::NativeReload;
@@ -72,6 +73,10 @@ enum Command {
     /// unit, what systemd knows of it too. Exit 0 when it answered (and the unit is active), 1
     /// when it cannot be reached, 3 when the unit is not active, 4 when there is no such unit.
     Status(StatusArgs),
+    /// The deploy history of a systemd service, from its journal (`journalctl -o json`): one
+    /// line per reload with its time, generation, release, outcome, time to ready, handoff
+    /// time, listen-queue peak, and the reason of each failure.
+    History(HistoryArgs),
     /// Write (or print) a .socket + .service pair for an app from the shipped templates, ready
     /// for `systemctl enable --now NAME.socket`; the reload style follows the systemd version.
     Unit(UnitArgs),
@@ -103,6 +108,22 @@ struct StatusArgs {
     /// How long to wait for the supervisor's answer.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     timeout: Seconds,
+}
+
+#[derive(Args, Debug)]
+struct HistoryArgs {
+    /// The service (NAME or NAME.service).
+    #[arg(value_name = "UNIT")]
+    unit: String,
+
+    /// Only reloads since then, as journalctl's --since takes it ("2026-11-30 12:00", "-1h",
+    /// "today").
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    since: Option<String>,
+
+    /// Print a JSON array, one object per reload.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -326,6 +347,11 @@ struct RunArgs {
     /// priority (the benchmark measured longer gaps with it on a busy machine).
     #[arg(long, default_value = "off", value_name = "on|off", value_parser = ["on", "off"])]
     boot_priority: String,
+    /// Write metrics for scrapers to PATH (node_exporter's textfile convention), rewritten
+    /// atomically on each event: generations, reloads by outcome, the last reload's times and
+    /// listen-queue peak.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 
     #[command(flatten)]
     launch: LaunchArgs,
@@ -448,7 +474,12 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 stop_timeout: args.stop_timeout.0,
                 memory_check: args.memory_check == "on",
                 boot_priority: args.boot_priority == "on",
+                metrics_file: args.metrics_file,
             };
+            if let Some(path) = &config.metrics_file {
+                crate::metrics::check_path(path)
+                    .map_err(|e| anyhow!("invalid --metrics-file {}: {e}", path.display()))?;
+            }
             let sockets = acquire_sockets(&args.sockets)?;
             Supervisor::start(config, sockets)?.run()
         }
@@ -516,9 +547,23 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Status(args) => status(args),
+        Command::History(args) => history(args),
         Command::Unit(args) => unit(args),
         Command::Generate { what } => generate(what),
     }
+}
+
+fn history(args: HistoryArgs) -> Result<u8> {
+    let unit = status::service_name(&args.unit).map_err(|e| anyhow!("invalid unit '{}': {e}", args.unit))?;
+    let reloads = history::parse(&history::query(&unit, args.since.as_deref())?);
+    if args.json {
+        print!("{}", history::to_json(&reloads));
+    } else if reloads.is_empty() {
+        println!("no reloads of {unit} in the journal{}", if args.since.is_some() { " since then" } else { "" });
+    } else {
+        print!("{}", history::render(&reloads));
+    }
+    Ok(0)
 }
 
 /// `--pid`, else `$MAINPID` (systemd sets it for ExecReload=).

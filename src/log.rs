@@ -114,6 +114,17 @@ impl Event {
         self
     }
 
+    /// A structured field's value (`GENERATION` for `SOCKHERD_GENERATION`), if set.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Adds `text` to the human message.
+    pub fn note(mut self, text: &str) -> Event {
+        self.message.push_str(text);
+        self
+    }
+
     pub fn field(mut self, name: &'static str, value: impl ToString) -> Event {
         self.fields.push((name, value.to_string()));
         self

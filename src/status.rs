@@ -216,13 +216,26 @@ pub fn render(json_text: &str) -> Result<String> {
     if sockets.is_empty() {
         out.push_str("no sockets\n");
     } else {
-        let mut rows = vec![["FD", "NAME", "ADDRESS"].map(String::from).to_vec()];
+        // Supervisors that read the listen queues say so with a `queue` field (null when the
+        // kernel would not tell).
+        let queues = sockets.iter().any(|s| matches!(s, Json::Obj(f) if f.iter().any(|(k, _)| k == "queue")));
+        let mut header = vec!["FD", "NAME", "ADDRESS"];
+        if queues {
+            header.extend(["QUEUED", "BACKLOG", "ACTIVE"]);
+        }
+        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
         for s in sockets {
-            rows.push(vec![
+            let mut row = vec![
                 num(s.get("fd")),
                 s.get("name").str().unwrap_or("?").to_string(),
                 s.get("address").str().unwrap_or("?").to_string(),
-            ]);
+            ];
+            if queues {
+                let q = s.get("queue");
+                let field = |key: &str| q.get(key).num().map(|n| format!("{n}")).unwrap_or_else(|| "-".to_string());
+                row.extend([field("queued"), field("backlog"), field("active")]);
+            }
+            rows.push(row);
         }
         table(&mut out, &rows);
     }
@@ -232,9 +245,13 @@ pub fn render(json_text: &str) -> Result<String> {
     match last.get("ok").bool() {
         None => out.push_str("last reload: none since start\n"),
         Some(ok) => {
+            let queue = match (last.get("queue_peak").num(), last.get("queue_ms").num()) {
+                (Some(peak), Some(ms)) => format!(", listen queue peak {peak} ({ms} ms above zero)"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "last reload: {} at {}, took {} ms: {}",
+                "last reload: {} at {}, took {} ms{queue}: {}",
                 if ok { "ok" } else { "FAILED" },
                 last.get("at").str().unwrap_or("?"),
                 num(last.get("took_ms")),

@@ -31,8 +31,10 @@ use crate::flavor::Flavor;
 use crate::generation;
 use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
 use crate::log;
+use crate::metrics::{GenerationInfo, Metrics};
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
+use crate::queue::Queues;
 use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
 use crate::resources;
 use crate::runtime::RuntimeDir;
@@ -58,6 +60,8 @@ pub struct RunConfig {
     pub memory_check: bool,
     /// `--boot-priority`: a new generation boots at a lower CPU priority.
     pub boot_priority: bool,
+    /// `--metrics-file`: rewritten on each event.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How often `/proc` is read while a drained generation may still accept on a public socket
@@ -94,6 +98,9 @@ pub struct Supervisor {
     membership: Membership,
     /// Each generation's cgroup, by number (cgroup mode).
     cgroups: Vec<(u64, GenCgroup)>,
+    /// The public sockets' listen queues, sampled during handoffs.
+    queues: Queues,
+    metrics: Option<Metrics>,
 }
 
 impl Supervisor {
@@ -109,6 +116,8 @@ impl Supervisor {
         let membership = Membership::detect();
         // Not a warning: in a shell, process groups are what there is.
         log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
+        let queues = Queues::new(&sockets);
+        let metrics = config.metrics_file.clone().map(Metrics::new);
         let now = Instant::now();
         let config_boot_priority = config.boot_priority;
         let core = Core::new(handoff::Config {
@@ -137,6 +146,8 @@ impl Supervisor {
             resources: Resources::new(config_boot_priority),
             membership,
             cgroups: Vec::new(),
+            queues,
+            metrics,
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -294,6 +305,8 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut deadlines: Vec<Instant> = self.core.next_deadline().into_iter().collect();
+        // Only while a handoff is in flight: an idle supervisor never wakes for the queues.
+        deadlines.extend(self.queues.next_sample());
         for (number, check) in &self.checks {
             if self.core.awaits_ready(*number) {
                 deadlines.extend(check.next_timer());
@@ -373,6 +386,7 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
+        self.queues.on_timer(now);
         let mut ready = Vec::new();
         for (number, check) in &mut self.checks {
             if let Some(g) = self.core.generation(*number).filter(|_| self.core.awaits_ready(*number))
@@ -530,10 +544,16 @@ impl Supervisor {
                 }
                 Action::Notify(notice) => self.notify(notice),
                 Action::Answer { conn, text } => self.control.reply(conn, &text),
-                Action::Log(event) => self.with_resources(event).emit(),
+                Action::Log(event) => {
+                    let event = self.with_resources(event);
+                    self.log(event)
+                }
             }
         }
         self.restore_ready_priorities();
+        if !self.core.reloading() {
+            self.queues.abandon();
+        }
         // A readiness command has no business once its generation stopped starting.
         let stale: Vec<u64> = self
             .checks
@@ -552,6 +572,56 @@ impl Supervisor {
         let (_, cgroup) = self.cgroups.remove(index);
         if let Err(e) = cgroup.remove() {
             log::warn(format!("failed to remove cgroup {}: {e}", cgroup.path().display())).emit();
+        }
+    }
+
+    /// Emits an event of the core, with what only the edge knows: a handoff's listen-queue
+    /// peak on its outcome. Sampling begins with the handoff's `reload` event; each event
+    /// rewrites the metrics file.
+    fn log(&mut self, event: log::Event) {
+        let now = Instant::now();
+        let mut peak = None;
+        let event = match event.event_kind() {
+            Some("reload") => {
+                self.queues.begin(now);
+                event
+            }
+            Some("reload_done" | "reload_failed") => {
+                peak = self.queues.finish(now);
+                match peak {
+                    Some(p) => event
+                        .note(&crate::queue::note(&p))
+                        .field("QUEUE_PEAK", p.peak)
+                        .field("QUEUE_MS", p.above_zero.as_millis()),
+                    None => event,
+                }
+            }
+            _ => event,
+        };
+        if let Some(metrics) = &mut self.metrics
+            && event.event_kind().is_some()
+        {
+            metrics.observe(&event, SystemTime::now(), peak);
+        }
+        event.emit();
+        if self.metrics.is_some() {
+            self.write_metrics();
+        }
+    }
+
+    fn write_metrics(&mut self) {
+        let generations: Vec<GenerationInfo> = self
+            .core
+            .generations()
+            .iter()
+            .map(|g| GenerationInfo {
+                number: g.number,
+                state: g.phase.name(),
+                processes: Some(self.members(g.number, g.pid).len()).filter(|n| *n > 0),
+            })
+            .collect();
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&generations);
         }
     }
 
@@ -771,8 +841,10 @@ impl Supervisor {
         self.core.status_line(&|at| utc(self.wall(at)))
     }
 
-    fn status_json(&self) -> String {
+    fn status_json(&mut self) -> String {
         let now = SystemTime::now();
+        let queues = self.queues.read(true);
+        let peak = self.queues.last();
         let generations: Vec<String> = self
             .core
             .generations()
@@ -805,17 +877,34 @@ impl Supervisor {
             .sockets
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                format!("{{\"fd\":{},\"name\":{},\"address\":{}}}", 3 + i, json_str(&s.name), json_str(&s.address()))
+            .zip(queues)
+            .map(|((i, s), q)| {
+                let queue = match q {
+                    Some(q) => format!(
+                        "{{\"queued\":{},\"backlog\":{},\"active\":{}}}",
+                        q.queued,
+                        q.backlog,
+                        q.active.map(|a| a.to_string()).unwrap_or_else(|| "null".into())
+                    ),
+                    None => "null".to_string(),
+                };
+                format!(
+                    "{{\"fd\":{},\"name\":{},\"address\":{},\"queue\":{queue}}}",
+                    3 + i,
+                    json_str(&s.name),
+                    json_str(&s.address())
+                )
             })
             .collect();
         let last = match self.core.last_reload() {
             Some(r) => format!(
-                "{{\"at\":\"{}\",\"ok\":{},\"took_ms\":{},\"message\":{}}}",
+                "{{\"at\":\"{}\",\"ok\":{},\"took_ms\":{},\"message\":{},\"queue_peak\":{},\"queue_ms\":{}}}",
                 utc(self.wall(r.at)),
                 r.ok,
                 r.took.as_millis(),
-                json_str(&r.message)
+                json_str(&r.message),
+                peak.map(|p| p.peak.to_string()).unwrap_or_else(|| "null".into()),
+                peak.map(|p| p.above_zero.as_millis().to_string()).unwrap_or_else(|| "null".into())
             ),
             None => "null".to_string(),
         };

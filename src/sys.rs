@@ -1190,6 +1190,45 @@ pub fn getxattr(path: &std::path::Path, name: &str) -> io::Result<Vec<u8>> {
     Ok(value)
 }
 
+/// A netlink socket for sock_diag (`NETLINK_SOCK_DIAG`): the kernel's view of sockets, the
+/// listen queues included. Answers come within `timeout` or not at all.
+pub fn sock_diag_socket(timeout: Duration) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the new descriptor is owned at once.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval whose size is passed along; the descriptor is ours.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Sends one datagram on a socket with a default destination (a netlink socket: the kernel).
+pub fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for `data.len()` bytes; the descriptor is borrowed.
+    let n = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Receives one datagram into `buf`; its length.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid and writable for `buf.len()` bytes; the descriptor is borrowed.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,11 @@ class Server(ThreadingMixIn, WSGIServer):
         self.setup_environ()
         self.set_app(app)
 
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        # A unix socket's peer has no (host, port), which wsgiref indexes for REMOTE_ADDR.
+        return conn, addr if isinstance(addr, tuple) else ("unix", 0)
+
 
 class QuietHandler(WSGIRequestHandler):
     def log_message(self, *args):
