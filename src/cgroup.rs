@@ -198,12 +198,20 @@ impl GenCgroup {
             .collect()
     }
 
-    /// Sends `signal` to every process of the generation.
+    /// Sends `signal` to every process of the generation. A process that exited since the
+    /// list was read is no failure, and no failure keeps the others from their signal: the
+    /// first real error is returned once every process was tried.
     pub fn signal_all(&self, signal: i32) -> io::Result<()> {
+        let mut first_error = None;
         for pid in self.pids() {
-            sys::kill(pid, signal)?;
+            match sys::kill(pid, signal) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                    first_error.get_or_insert(e);
+                }
+                _ => {}
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// SIGKILL to every process of the generation, at once and including those it forks
