@@ -682,6 +682,20 @@ mod tests {
     }
 
     #[test]
+    fn delegate_subgroup_from_254() {
+        for (version, subgroup) in [(252, false), (253, false), (254, true), (262, true)] {
+            let service = generate(&spec(&["127.0.0.1:8000"], version)).unwrap().pop().unwrap().text;
+            assert!(service.contains("\nDelegate=yes\n"), "{version}: {service}");
+            assert_eq!(
+                service.contains("\nDelegate=yes\nDelegateSubgroup=supervisor\n"),
+                subgroup,
+                "{version}: {service}"
+            );
+            assert_eq!(service.matches("DelegateSubgroup=").count(), usize::from(subgroup), "{version}: {service}");
+        }
+    }
+
+    #[test]
     fn several_sockets_are_named_by_fd_name() {
         let files =
             generate(&spec(&["127.0.0.1:8000", "/run/shop.sock,mode=0600", "[::1]:8001", "@shop,name=abs"], 252))
