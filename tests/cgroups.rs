@@ -7,59 +7,21 @@
 //! --daemon` on the host, in a cgroup the test creates and marks delegated.
 mod common;
 
-use common::sdbox::{SdBox, Systemd, report_number as number, report_value as value};
+use common::sdbox::{SdBox, Systemd, report_number as number, report_value as value, scenario_box};
 use common::*;
 use std::time::{Duration, Instant};
 
 /// The drain timeout the scenarios run with: short, and long enough to tell from an instant.
 const DRAIN_TIMEOUT_S: u64 = 3;
 
-/// Boots a box with sockherd, user app, releases r1 and r2 of the scenario server (BEHAVIOR
-/// `r1` and `r2`), current -> r1, and units/generic as shipped (with the notify-reload drop-in
-/// from 253 and the delegate-subgroup one from 254), its ExecStart= given a short --drain-timeout. Starts the sockets and the service.
+/// A scenario box (releases r1 and r2 with BEHAVIOR `r1` and `r2`, units/generic as shipped),
+/// its ExecStart= given a short --drain-timeout.
 fn install(tag: &str, systemd: Systemd, r1: &str, r2: &str) -> Option<SdBox> {
-    if !prerequisite(have("curl"), "program curl in PATH") {
-        return None;
-    }
-    let sdbox = SdBox::boot_on(tag, systemd)?;
-    let units = repo().join("units");
-    let mut dropins = String::new();
-    if systemd.notify_reload() {
-        dropins.push_str(&format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n", units.display()));
-    }
-    if systemd.delegate_subgroup() {
-        dropins
-            .push_str(&format!("cp {}/delegate-subgroup.conf /etc/systemd/system/app.service.d/\n", units.display()));
-    }
-    sdbox.ok(&format!(
-        r#"set -e
-useradd --system --user-group --no-create-home app
-install -m 0755 {bin} /usr/bin/sockherd
-for r in r1 r2; do
-  mkdir -p /srv/app/releases/$r/bin
-  install -m 0755 {server} /srv/app/releases/$r/bin/server
-  echo $r > /srv/app/releases/$r/RELEASE
-done
-echo '{r1}' > /srv/app/releases/r1/BEHAVIOR
-echo '{r2}' > /srv/app/releases/r2/BEHAVIOR
-mkdir -p /srv/app/shared
-ln -s releases/r1 /srv/app/current
-chown -R app:app /srv/app
-cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
-mkdir -p /etc/systemd/system/app.service.d
-printf '[Service]\nEnvironment=SCENARIO_ESCAPEE=/srv/app/shared/escapee.pid\nExecStart=\nExecStart=/usr/bin/sockherd run --drain-timeout {DRAIN_TIMEOUT_S}s --chdir /srv/app/current -- /srv/app/current/bin/server\n' >/etc/systemd/system/app.service.d/scenario.conf
-{dropins}systemctl daemon-reload
-systemctl start app-http.socket app-unix.socket app.service
-"#,
-        bin = sockherd().display(),
-        server = repo().join("tests/support/scenario_server.py").display(),
-        units = units.display(),
-    ));
-    let answer = sdbox.ok("curl -sS -m 30 http://127.0.0.1:8080/");
-    if !answer.starts_with("release=r1") {
-        sdbox.fail(&format!("the first request answered {answer:?}"));
-    }
-    Some(sdbox)
+    let scenario = format!(
+        "Environment=SCENARIO_ESCAPEE=/srv/app/shared/escapee.pid\nExecStart=\nExecStart=/usr/bin/sockherd run \
+         --drain-timeout {DRAIN_TIMEOUT_S}s --chdir /srv/app/current -- /srv/app/current/bin/server"
+    );
+    scenario_box(tag, systemd, [r1, r2], &scenario)
 }
 
 /// The service's cgroup, as the box sees it.

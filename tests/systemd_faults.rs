@@ -5,55 +5,15 @@
 //! drop-in that names what each scenario changes); the server is tests/support/scenario_server.py.
 mod common;
 
-use common::sdbox::{SdBox, systemd_254_tree};
-use common::*;
+use common::sdbox::{SdBox, Systemd, scenario_box};
+
 use std::time::Duration;
 
-/// Boots a box with sockherd, user app, releases r1 and r2 of the scenario server (with the
-/// given BEHAVIOR each), current -> r1, and the generic units with `dropin` (and, on 254, the
-/// notify-reload drop-in). Starts the sockets and the service.
+/// A scenario box (releases r1 and r2 with the given BEHAVIOR each, units/generic as shipped,
+/// with the drop-ins of 252 or 254) with `dropin`'s settings and a signal log.
 fn install(tag: &str, systemd_254: bool, r1: &str, r2: &str, dropin: &str) -> Option<SdBox> {
-    if !prerequisite(have("curl"), "program curl in PATH") {
-        return None;
-    }
-    let lower = systemd_254.then(systemd_254_tree);
-    let sdbox = SdBox::boot(tag, lower.as_deref())?;
-    let units = repo().join("units");
-    let notify_reload = if systemd_254 {
-        format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/", units.display())
-    } else {
-        String::new()
-    };
-    sdbox.ok(&format!(
-        r#"set -e
-useradd --system --user-group --no-create-home app
-install -m 0755 {bin} /usr/bin/sockherd
-for r in r1 r2; do
-  mkdir -p /srv/app/releases/$r/bin
-  install -m 0755 {server} /srv/app/releases/$r/bin/server
-  echo $r > /srv/app/releases/$r/RELEASE
-done
-echo '{r1}' > /srv/app/releases/r1/BEHAVIOR
-echo '{r2}' > /srv/app/releases/r2/BEHAVIOR
-mkdir -p /srv/app/shared
-ln -s releases/r1 /srv/app/current
-chown -R app:app /srv/app
-cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
-mkdir -p /etc/systemd/system/app.service.d
-printf '[Service]\nEnvironment=SCENARIO_LOG=/srv/app/shared/signals.log\n{dropin}\n' >/etc/systemd/system/app.service.d/scenario.conf
-{notify_reload}
-systemctl daemon-reload
-systemctl start app-http.socket app-unix.socket app.service
-"#,
-        bin = sockherd().display(),
-        server = repo().join("tests/support/scenario_server.py").display(),
-        units = units.display(),
-    ));
-    let answer = sdbox.ok("curl -sS -m 30 http://127.0.0.1:8080/");
-    if !answer.starts_with("release=r1") {
-        sdbox.fail(&format!("the first request answered {answer:?}"));
-    }
-    Some(sdbox)
+    let systemd = if systemd_254 { Systemd::V254 } else { Systemd::V252 };
+    scenario_box(tag, systemd, [r1, r2], &format!("Environment=SCENARIO_LOG=/srv/app/shared/signals.log\n{dropin}"))
 }
 
 /// `systemctl kill -s USR1 app` signals every process of the unit, sockherd included. sockherd

@@ -5,26 +5,18 @@
 //! PrivateNetwork= service) and from no impostor.
 mod common;
 
-use common::sdbox::{Deployment, SdBox, Server, report_value as value, systemd_254_tree};
+use common::sdbox::{Deployment, SdBox, Server, Systemd, report_value as value, run_unit_dropins};
 use common::*;
 
 /// A box with sockherd, user app, releases r1-r3 of tests/support/notifier.py (each with its
-/// MODE), current -> r1, the generic units (and notify-reload on 254). Nothing started.
+/// MODE), current -> r1, the generic units with its systemd's drop-ins. Nothing started.
 fn install_notifier(tag: &str, systemd_254: bool, modes: [&str; 3]) -> Option<SdBox> {
     if !prerequisite(have("curl"), "program curl in PATH") {
         return None;
     }
-    let lower = systemd_254.then(systemd_254_tree);
-    let sdbox = SdBox::boot(tag, lower.as_deref())?;
+    let systemd = if systemd_254 { Systemd::V254 } else { Systemd::V252 };
+    let sdbox = SdBox::boot_on(tag, systemd)?;
     let units = repo().join("units");
-    let notify_reload = if systemd_254 {
-        format!(
-            "mkdir -p /etc/systemd/system/app.service.d && cp {}/notify-reload.conf /etc/systemd/system/app.service.d/",
-            units.display()
-        )
-    } else {
-        String::new()
-    };
     sdbox.ok(&format!(
         r#"set -e
 useradd --system --user-group --no-create-home app
@@ -40,8 +32,7 @@ mkdir -p /srv/app/shared
 ln -s releases/r1 /srv/app/current
 chown -R app:app /srv/app
 cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
-{notify_reload}
-systemctl daemon-reload
+{dropins}systemctl daemon-reload
 "#,
         bin = sockherd().display(),
         server = repo().join("tests/support/notifier.py").display(),
@@ -49,6 +40,7 @@ systemctl daemon-reload
         m1 = modes[0],
         m2 = modes[1],
         m3 = modes[2],
+        dropins = run_unit_dropins(systemd),
     ));
     Some(sdbox)
 }

@@ -129,11 +129,6 @@ macro_rules! on_every_systemd {
     };
 }
 
-/// The systemd 254 tree, for box tests written before the matrix (`Systemd::V254.tree()`).
-pub fn systemd_254_tree() -> PathBuf {
-    Systemd::V254.tree().expect("254 is a fetched tree")
-}
-
 /// A world-readable virtualenv with gunicorn, for the app user (see .ci/run).
 pub fn test_venv() -> PathBuf {
     std::env::var_os("SOCKHERD_TEST_VENV")
@@ -421,6 +416,67 @@ fn have_libsystemd() -> bool {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).contains("libsystemd.so.0 "))
         .unwrap_or(false)
+}
+
+/// The shell lines that give a run unit (`sockherd run` as the main process) the drop-ins its
+/// systemd takes: units/notify-reload.conf from 253, units/delegate-subgroup.conf from 254.
+pub fn run_unit_dropins(systemd: Systemd) -> String {
+    let units = repo().join("units");
+    let mut lines = String::from("mkdir -p /etc/systemd/system/app.service.d\n");
+    if systemd.notify_reload() {
+        lines.push_str(&format!("cp {}/notify-reload.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
+    if systemd.delegate_subgroup() {
+        lines.push_str(&format!("cp {}/delegate-subgroup.conf /etc/systemd/system/app.service.d/\n", units.display()));
+    }
+    lines
+}
+
+/// A box for a scenario of tests/support/scenario_server.py: sockherd, user app, releases r1
+/// and r2 of the scenario server (BEHAVIOR `behaviors[0]` and `behaviors[1]`), current -> r1,
+/// units/generic as shipped with its systemd's drop-ins, and `scenario` (lines of `[Service]`
+/// settings) in a drop-in of its own. Starts the sockets and the service and checks that r1
+/// answers. None (after saying why) when a prerequisite is missing.
+pub fn scenario_box(tag: &str, systemd: Systemd, behaviors: [&str; 2], scenario: &str) -> Option<SdBox> {
+    if !prerequisite(have("curl"), "program curl in PATH") {
+        return None;
+    }
+    let sdbox = SdBox::boot_on(tag, systemd)?;
+    let units = repo().join("units");
+    sdbox.ok(&format!(
+        r#"set -e
+useradd --system --user-group --no-create-home app
+install -m 0755 {bin} /usr/bin/sockherd
+for r in r1 r2; do
+  mkdir -p /srv/app/releases/$r/bin
+  install -m 0755 {server} /srv/app/releases/$r/bin/server
+  echo $r > /srv/app/releases/$r/RELEASE
+done
+echo '{r1}' > /srv/app/releases/r1/BEHAVIOR
+echo '{r2}' > /srv/app/releases/r2/BEHAVIOR
+mkdir -p /srv/app/shared
+ln -s releases/r1 /srv/app/current
+chown -R app:app /srv/app
+cp {units}/app-http.socket {units}/app-unix.socket {units}/generic/app.service /etc/systemd/system/
+{dropins}cat >/etc/systemd/system/app.service.d/scenario.conf <<'SCENARIO'
+[Service]
+{scenario}
+SCENARIO
+systemctl daemon-reload
+systemctl start app-http.socket app-unix.socket app.service
+"#,
+        bin = sockherd().display(),
+        server = repo().join("tests/support/scenario_server.py").display(),
+        units = units.display(),
+        r1 = behaviors[0],
+        r2 = behaviors[1],
+        dropins = run_unit_dropins(systemd),
+    ));
+    let answer = sdbox.ok("curl -sS -m 30 http://127.0.0.1:8080/");
+    if !answer.starts_with("release=r1") {
+        sdbox.fail(&format!("the first request answered {answer:?}"));
+    }
+    Some(sdbox)
 }
 
 /// The app as an operator deploys it: /srv/app/releases/rN, /srv/app/current, the shipped units.
