@@ -71,7 +71,7 @@ pub enum Record {
 }
 
 /// The request for a dump of the inet sockets of `family` (AF_INET or AF_INET6) in `states`
-/// (a bit mask of `1 << state`) whose local port is `port` (the kernel filters by it).
+/// (a bit mask of `1 << state`) whose local port is `port` (the kernel filters by it; 0: any).
 pub fn inet_request(family: u8, port: u16, states: u32, seq: u32) -> Vec<u8> {
     let mut req = header(NLMSG_HDRLEN + INET_DIAG_REQ_LEN, seq);
     req.push(family);
@@ -271,19 +271,29 @@ impl Diag {
     /// Every target's queue (None where the kernel did not show its listener: another network
     /// namespace, a kernel without the diag module). `with_active` also counts accepted TCP
     /// connections, which lists the established sockets on the listener's port.
+    ///
+    /// Without `with_active` (the samples of a handoff) it costs one dump per address family
+    /// however many sockets there are: every TCP listener of the family at once (the kernel
+    /// walks only its listening table), matched by inode here.
     pub fn queues(&mut self, targets: &[Target], with_active: bool) -> Vec<Option<Queue>> {
         let mut unix: Option<Vec<Record>> = None;
+        let mut listeners: Vec<(u8, Vec<Record>)> = Vec::new();
         targets
             .iter()
             .map(|target| {
                 let records = match target {
                     Target::Tcp { addr, .. } => {
                         let family = if addr.is_ipv4() { AF_INET } else { AF_INET6 };
-                        let mut states = 1 << TCP_LISTEN;
                         if with_active {
-                            states |= 1 << TCP_ESTABLISHED;
+                            let states = (1 << TCP_LISTEN) | (1 << TCP_ESTABLISHED);
+                            self.dump(|seq| inet_request(family, addr.port(), states, seq)).ok()?
+                        } else {
+                            if !listeners.iter().any(|(f, _)| *f == family) {
+                                let all = self.dump(|seq| inet_request(family, 0, 1 << TCP_LISTEN, seq)).ok()?;
+                                listeners.push((family, all));
+                            }
+                            listeners.iter().find(|(f, _)| *f == family)?.1.clone()
                         }
-                        self.dump(|seq| inet_request(family, addr.port(), states, seq)).ok()?
                     }
                     Target::Unix { .. } => {
                         if unix.is_none() {
