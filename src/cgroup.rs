@@ -100,15 +100,17 @@ impl Cgroups {
         } else {
             return Err(format!("its cgroup {} is not delegated to it: give the unit Delegate=yes", dir.display()));
         };
+        // ProtectControlGroups=yes mounts the whole tree read-only unless ReadWritePaths= names
+        // the service's cgroup: then nothing can be created in it, whatever systemd delegated.
+        // Opening for writing changes nothing and fails with EROFS on a read-only mount.
+        if let Err(e) = OpenOptions::new().write(true).open(root.join("cgroup.subtree_control"))
+            && e.raw_os_error() == Some(libc::EROFS)
+        {
+            return Err(read_only(&root));
+        }
         if !inside_leaf {
             let leaf = root.join(SUPERVISOR_LEAF);
-            make_dir(&leaf).map_err(|e| match e.raw_os_error() {
-                Some(libc::EROFS) => format!(
-                    "its delegated cgroup {} is read-only here: ProtectControlGroups=yes must go with Delegate=yes",
-                    root.display()
-                ),
-                _ => format!("cannot create {}: {e}", leaf.display()),
-            })?;
+            make_dir(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
             write_file(&leaf.join("cgroup.procs"), "0")
                 .map_err(|e| format!("cannot move itself into {}: {e}", leaf.display()))?;
         }
@@ -227,6 +229,14 @@ impl GenCgroup {
     pub fn remove(&self) -> io::Result<()> {
         std::fs::remove_dir(&self.path)
     }
+}
+
+/// Why a delegated cgroup that is read-only in this mount namespace cannot hold generations.
+fn read_only(root: &Path) -> String {
+    format!(
+        "its delegated cgroup {} is read-only here (ProtectControlGroups=yes): give the unit ReadWritePaths={0}",
+        root.display()
+    )
 }
 
 /// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a

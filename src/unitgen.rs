@@ -397,7 +397,7 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
     let writable: Vec<String> = spec.writable.iter().map(|p| unit_path(p)).collect::<Result<_>>()?;
     let mut seen_type = false;
     for line in body(template).lines() {
-        let (key, _) = line.split_once('=').unwrap_or((line, ""));
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
         let line = match key {
             "Description" => format!("Description={} ({}, reloads by sockherd)", spec.name, spec.flavor.name()),
             "Requires" => format!("Requires={}", socket_units.join(" ")),
@@ -423,6 +423,8 @@ fn service_unit(spec: &UnitSpec, socket_units: &[String]) -> Result<String> {
                 Some(parent) => format!("WorkingDirectory={}", unit_path(parent)?),
                 None => continue,
             },
+            // The service's own cgroup (`%n` names the unit), whatever --writable says.
+            "ReadWritePaths" if value.starts_with("-/sys/fs/cgroup/") => line.to_string(),
             "ReadWritePaths" if writable.is_empty() => continue,
             "ReadWritePaths" => format!("ReadWritePaths={}", writable.join(" ")),
             // The generic template describes the systemd dialect with its own socket names.
@@ -506,6 +508,11 @@ fn comment_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The template line that keeps the service's delegated cgroup writable under
+    /// ProtectControlGroups=yes; `%n` makes it the generated unit's own.
+    const CGROUP_WRITABLE: &str =
+        "ReadWritePaths=-/sys/fs/cgroup/system.slice/%n -/sys/fs/cgroup/unified/system.slice/%n";
 
     fn spec(listen: &[&str], version: u32) -> UnitSpec {
         UnitSpec {
@@ -621,7 +628,9 @@ mod tests {
         ));
         assert!(service.contains("\nWorkingDirectory=/srv/shop\n"));
         assert!(service.contains("\nRuntimeDirectory=shop\n"));
-        assert!(!service.contains("ReadWritePaths"));
+        // No --writable: only the service's own cgroup is writable.
+        assert_eq!(service.matches("ReadWritePaths=").count(), 1, "{service}");
+        assert!(service.contains(&format!("\n{CGROUP_WRITABLE}\n")), "{service}");
         assert!(!service.contains("/srv/app"), "{service}");
         // The hardening block is kept verbatim.
         for line in GUNICORN_SERVICE.lines().filter(|l| l.starts_with("Protect") || l.starts_with("SystemCall")) {
@@ -653,6 +662,8 @@ mod tests {
         s.writable = vec!["/srv/shop/shared".into(), "/var/lib/shop".into()];
         let service = generate(&s).unwrap().pop().unwrap().text;
         assert!(service.contains("\nReadWritePaths=/srv/shop/shared /var/lib/shop\n"), "{service}");
+        assert!(service.contains(&format!("\n{CGROUP_WRITABLE}\n")), "{service}");
+        assert_eq!(service.matches("ReadWritePaths=").count(), 2, "{service}");
         assert!(service.contains(
             "# Sandbox. The server may write only under /srv/shop/shared /var/lib/shop and its private /tmp."
         ));

@@ -2,7 +2,8 @@
 //! which delegates its cgroup): a worker that leaves its process group and ignores SIGTERM is
 //! drained and killed with its generation, and the reload is not reported done while it holds
 //! the sockets; a server that daemonizes gets a clear error and leaves nothing behind; each
-//! generation is a `gen-N` cgroup of the service. On systemd 252 (the host's) and 262 (the
+//! generation is a `gen-N` cgroup of the service; a unit whose cgroup is left read-only is told
+//! so and served with process groups. On systemd 252 (the host's) and 262 (the
 //! newest of the matrix). The server is tests/support/scenario_server.py. And `gunicorn
 //! --daemon` on the host, in a cgroup the test creates and marks delegated.
 mod common;
@@ -153,6 +154,55 @@ echo "journal=$(journalctl -u app --no-pager -o cat | grep -c 'remove --daemon')
     if value(&after, "groups").unwrap_or("").contains("gen-2") {
         sdbox.fail(&format!("r2's cgroup should be removed:\n{after}"));
     }
+}
+
+/// Under ProtectControlGroups=yes the service's cgroup is writable only where ReadWritePaths=
+/// names it. A unit that does not (here: a drop-in that resets ReadWritePaths=) has a delegated
+/// cgroup it cannot write: sockherd must say so, naming the line to add, and
+/// serve and reload with process groups instead of failing to start its generations.
+fn read_only_cgroup_is_said_and_served_with_process_groups(systemd: Systemd) {
+    let tag = format!("rocg-{}", systemd.version());
+    let Some(sdbox) = scenario_box(
+        &tag,
+        systemd,
+        ["serve", "serve"],
+        "ProtectControlGroups=yes\nReadWritePaths=\nReadWritePaths=/srv/app/shared",
+    ) else {
+        return;
+    };
+    sdbox.ok("cd /srv/app && ln -sfn releases/r2 current.new && mv -T current.new current");
+    let out = sdbox.sh("systemctl reload app 2>&1; echo exit=$?");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = sdbox.ok(&format!(
+        r#"echo "answer=$(curl -sS -m 10 http://127.0.0.1:8080/ | head -c 10)"
+echo "mechanism=$(sockherd status --pid $(systemctl show -P MainPID app) | grep -i '^generations are')"
+echo "groups=$(cd {UNIT_CGROUP} && ls -d */ 2>/dev/null | tr -d / | tr '\n' ' ')"
+"#
+    ));
+    eprintln!("{tag}: {} {}", text.trim(), after.replace('\n', " "));
+    let mechanism = value(&after, "mechanism").unwrap_or("");
+    let reason = format!(
+        "its delegated cgroup {UNIT_CGROUP} is read-only here (ProtectControlGroups=yes): give the unit ReadWritePaths={UNIT_CGROUP}"
+    );
+    if !mechanism.contains("process groups") || !mechanism.contains(&reason) {
+        sdbox.fail(&format!("sockherd status should say the generations are process groups, and why:\n{after}"));
+    }
+    if !text.contains("exit=0") || value(&after, "answer") != Some("release=r2") {
+        sdbox.fail(&format!("the reload should succeed with process groups:\n{text}\n{after}"));
+    }
+    if value(&after, "groups").unwrap_or("").contains("gen-") {
+        sdbox.fail(&format!("no generation cgroup can exist in a read-only cgroup:\n{after}"));
+    }
+}
+
+#[test]
+fn read_only_cgroup_is_said_and_served_with_process_groups_on_systemd_252() {
+    read_only_cgroup_is_said_and_served_with_process_groups(Systemd::V252);
+}
+
+#[test]
+fn read_only_cgroup_is_said_and_served_with_process_groups_on_systemd_262() {
+    read_only_cgroup_is_said_and_served_with_process_groups(Systemd::V262);
 }
 
 #[test]

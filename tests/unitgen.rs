@@ -330,6 +330,13 @@ fn generated_unit_serves_and_reloads(systemd: Systemd) {
         );
     }
 
+    // Its own cgroup is writable under ProtectControlGroups=yes (ReadWritePaths= names it with
+    // %n): the generations are cgroups of shop.service.
+    let membership = b.ok("sockherd status --pid $(systemctl show -P MainPID shop) | grep -i '^generations are'");
+    if !membership.contains("generations are cgroups: gen-N under /sys/fs/cgroup/system.slice/shop.service") {
+        b.fail_unit("shop", &format!("the generations should be cgroups of shop.service: {membership}"));
+    }
+
     // A broken release: the reload fails (exit status), r2 keeps serving.
     b.ok("cd /srv/app && ln -sfn releases/r3 current.new && mv -T current.new current");
     let broken = b.sh("systemctl reload shop 2>&1");
