@@ -4,12 +4,15 @@
 //! queues at once, and how long any waited.
 //!
 //! A sample costs one `TCP_INFO` getsockopt per TCP listener (our own descriptors); only unix
-//! listeners need a sock_diag dump. Samples come every [`SAMPLE_EVERY`] while the new
-//! generation boots and settles, the supervisor's timer waking for them. Once the old
-//! generation drains, a sample is taken on each wakeup the drain has anyway (its processes
-//! exiting, its cgroup emptying, and in process-group mode the `/proc` polls), at most one per
-//! [`SAMPLE_EVERY`], and a last one when the handoff ends: a drain in cgroup mode wakes no timer,
-//! and what the queues did during it is a lower bound.
+//! listeners need a sock_diag dump. While the new generation boots and settles, the
+//! supervisor's timer wakes for samples: every [`SAMPLE_EVERY`] while anything waits, and,
+//! while the queues stay empty, at twice the last interval up to [`SAMPLE_EMPTY_MAX`] (a boot
+//! with empty queues costs a handful of wakeups, not one per 10 ms; a pile-up is seen within
+//! that much, and its time above zero is short by as much at most). Once the old generation
+//! drains, a sample is taken on each wakeup the drain has anyway (its processes exiting, its
+//! cgroup emptying, and in process-group mode the `/proc` polls), at most one per
+//! [`SAMPLE_EVERY`], and a last one when the handoff ends: a drain in cgroup mode wakes no
+//! timer, and what the queues did during it is a lower bound.
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -19,8 +22,10 @@ use crate::sockdiag::{Diag, Queue, Target};
 use crate::socket::Socket;
 use crate::sys::{self, LocalAddr};
 
-/// How often the queues are read while a handoff is in flight.
+/// How often the queues are read while a handoff is in flight and connections wait.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// The longest interval between samples while the queues stay empty.
+pub const SAMPLE_EMPTY_MAX: Duration = Duration::from_millis(80);
 
 /// How a handoff's peak reads in its event's message (and is taken out of a reason again).
 pub const NOTE_PREFIX: &str = " (listen queue peak ";
@@ -42,6 +47,8 @@ pub struct Peak {
 #[derive(Debug)]
 struct Sampling {
     next: Instant,
+    /// The interval the last sample chose (see [`next_interval`]).
+    interval: Duration,
     last: Option<(Instant, u32)>,
     peak: u32,
     above_zero: Duration,
@@ -146,7 +153,14 @@ impl Queues {
 
     /// A handoff began: sample from now on.
     pub fn begin(&mut self, now: Instant, sockets: &[Socket]) {
-        self.sampling = Some(Sampling { next: now, last: None, peak: 0, above_zero: Duration::ZERO, seen: false });
+        self.sampling = Some(Sampling {
+            next: now,
+            interval: Duration::ZERO,
+            last: None,
+            peak: 0,
+            above_zero: Duration::ZERO,
+            seen: false,
+        });
         self.sample(now, sockets);
     }
 
@@ -192,13 +206,21 @@ impl Queues {
         let queues = self.read(sockets, false);
         let Some(s) = self.sampling.as_mut() else { return };
         let known: Vec<u32> = queues.iter().flatten().map(|q| q.queued).collect();
-        s.next = now + SAMPLE_EVERY;
+        let waiting = known.iter().fold(0u32, |a, b| a.saturating_add(*b));
+        s.interval = next_interval(s.interval, waiting);
+        s.next = now + s.interval;
         if known.is_empty() {
             return;
         }
         s.seen = true;
-        s.record(now, known.iter().fold(0u32, |a, b| a.saturating_add(*b)));
+        s.record(now, waiting);
     }
+}
+
+/// The interval to the next sample after one that found `waiting` connections: the shortest
+/// while any wait, doubling up to [`SAMPLE_EMPTY_MAX`] while none do.
+fn next_interval(last: Duration, waiting: u32) -> Duration {
+    if waiting > 0 { SAMPLE_EVERY } else { (last * 2).clamp(SAMPLE_EVERY, SAMPLE_EMPTY_MAX) }
 }
 
 impl Sampling {
@@ -243,6 +265,19 @@ mod tests {
         assert_eq!(queues.read(&sockets, true)[0].map(|q| (q.queued, q.active)), Some((3, None)));
     }
 
+    #[test]
+    fn samples_slow_down_while_the_queues_stay_empty_and_speed_up_when_one_waits() {
+        let ms = Duration::from_millis;
+        let mut interval = Duration::ZERO;
+        let mut seen = Vec::new();
+        for waiting in [0, 0, 0, 0, 0, 0, 2, 1, 0, 0] {
+            interval = next_interval(interval, waiting);
+            seen.push(interval.as_millis());
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 80, 80, 10, 10, 20, 40]);
+        assert_eq!(next_interval(ms(80), 0), SAMPLE_EMPTY_MAX);
+    }
+
     static OPENS: AtomicUsize = AtomicUsize::new(0);
 
     /// Fails the first time, opens a real socket after.
@@ -277,7 +312,8 @@ mod tests {
     #[test]
     fn time_above_zero_counts_from_each_sample_that_saw_a_queue() {
         let t = Instant::now();
-        let mut s = Sampling { next: t, last: None, peak: 0, above_zero: Duration::ZERO, seen: true };
+        let mut s =
+            Sampling { next: t, interval: Duration::ZERO, last: None, peak: 0, above_zero: Duration::ZERO, seen: true };
         let ms = Duration::from_millis;
         s.record(t, 0);
         s.record(t + ms(10), 2);
