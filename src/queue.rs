@@ -2,16 +2,30 @@
 //! and sampled during every handoff — and only then, so an idle supervisor never wakes for them
 //! — to tell whether a deploy made clients wait: the peak of the connections waiting in all
 //! queues at once, and how long any waited.
+//!
+//! A sample costs one `TCP_INFO` getsockopt per TCP listener (our own descriptors); only unix
+//! listeners need a sock_diag dump. While the new generation boots and settles, the
+//! supervisor's timer wakes for samples: every [`SAMPLE_EVERY`] while anything waits, and,
+//! while the queues stay empty, at twice the last interval up to [`SAMPLE_EMPTY_MAX`] (a boot
+//! with empty queues costs a handful of wakeups, not one per 10 ms; a pile-up is seen within
+//! that much, and its time above zero is short by as much at most). Once the old generation
+//! drains, a sample is taken on each wakeup the drain has anyway (its processes exiting, its
+//! cgroup emptying, and in process-group mode the `/proc` polls), at most one per
+//! [`SAMPLE_EVERY`], and a last one when the handoff ends: a drain in cgroup mode wakes no
+//! timer, and what the queues did during it is a lower bound.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::log;
 use crate::sockdiag::{Diag, Queue, Target};
 use crate::socket::Socket;
-use crate::sys::LocalAddr;
+use crate::sys::{self, LocalAddr};
 
-/// How often the queues are read while a handoff is in flight.
+/// How often the queues are read while a handoff is in flight and connections wait.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// The longest interval between samples while the queues stay empty.
+pub const SAMPLE_EMPTY_MAX: Duration = Duration::from_millis(80);
 
 /// How a handoff's peak reads in its event's message (and is taken out of a reason again).
 pub const NOTE_PREFIX: &str = " (listen queue peak ";
@@ -33,6 +47,8 @@ pub struct Peak {
 #[derive(Debug)]
 struct Sampling {
     next: Instant,
+    /// The interval the last sample chose (see [`next_interval`]).
+    interval: Duration,
     last: Option<(Instant, u32)>,
     peak: u32,
     above_zero: Duration,
@@ -40,12 +56,13 @@ struct Sampling {
     seen: bool,
 }
 
-#[derive(Debug)]
 pub struct Queues {
     /// Open only while a handoff is sampled: an idle supervisor keeps no netlink socket.
     diag: Option<Diag>,
-    /// Opening it failed once (said once, then not tried again).
-    failed: bool,
+    /// How a netlink socket is opened (a stand-in in tests).
+    open: fn() -> std::io::Result<Diag>,
+    /// The last attempt to open one failed and said so: the next failure is not said again.
+    failing: bool,
     /// One per public socket, in order; None for what has no listen queue to read.
     targets: Vec<Option<Target>>,
     sampling: Option<Sampling>,
@@ -68,34 +85,83 @@ impl Queues {
                 }
             })
             .collect();
-        Queues { diag: None, failed: false, targets, sampling: None, last: None }
+        Queues { diag: None, open: Diag::open, failing: false, targets, sampling: None, last: None }
     }
 
-    /// Each public socket's queue now, in order (None where the kernel does not say).
-    pub fn read(&mut self, with_active: bool) -> Vec<Option<Queue>> {
-        if self.diag.is_none() && !self.failed {
-            match Diag::open() {
-                Ok(diag) => self.diag = Some(diag),
-                Err(e) => {
-                    self.failed = true;
-                    log::warn(format!("cannot read the listen queues (sock_diag netlink): {e}")).emit();
+    /// Each public socket's queue now, in order (None where the kernel does not say);
+    /// `sockets` are the ones given to [`Queues::new`].
+    ///
+    /// A TCP listener's queue is read from its own descriptor (`TCP_INFO`, one syscall); only a
+    /// unix listener's queue and the `active` count of `status` need a sock_diag dump. Where
+    /// netlink cannot be had (a unit without `AF_NETLINK`), TCP queues are still read.
+    pub fn read(&mut self, sockets: &[Socket], with_active: bool) -> Vec<Option<Queue>> {
+        let needs_diag = self.targets.iter().flatten().any(|t| matches!(t, Target::Unix { .. }) || with_active);
+        let mut found: Vec<Option<Queue>> = vec![None; self.targets.len()];
+        let wanted: Vec<Target> = self.targets.iter().flatten().cloned().collect();
+        if needs_diag && let Some(diag) = self.diag() {
+            let mut answers = diag.queues(&wanted, with_active).into_iter();
+            for (slot, target) in found.iter_mut().zip(&self.targets) {
+                if target.is_some() {
+                    *slot = answers.next().flatten();
                 }
             }
         }
-        let Some(diag) = self.diag.as_mut() else { return vec![None; self.targets.len()] };
-        let wanted: Vec<Target> = self.targets.iter().flatten().cloned().collect();
-        let mut found = diag.queues(&wanted, with_active).into_iter();
-        let queues = self.targets.iter().map(|t| t.as_ref().and_then(|_| found.next().flatten())).collect();
+        let queues = found
+            .into_iter()
+            .zip(&self.targets)
+            .zip(sockets)
+            .map(|((diag, target), socket)| match target {
+                Some(Target::Tcp { .. }) => {
+                    let own = sys::tcp_listen_queue(socket.as_fd()).ok().map(|(queued, backlog)| Queue {
+                        queued,
+                        backlog,
+                        active: None,
+                    });
+                    match (own, diag) {
+                        (Some(own), Some(d)) => Some(Queue { active: d.active, ..own }),
+                        (own, d) => own.or(d),
+                    }
+                }
+                _ => diag,
+            })
+            .collect();
         if self.sampling.is_none() {
             self.diag = None;
         }
         queues
     }
 
+    /// The sock_diag socket, opened if need be. A failure is said once, and tried again at the
+    /// next reading (a full descriptor table now is no reason to give up for good).
+    fn diag(&mut self) -> Option<&mut Diag> {
+        if self.diag.is_none() {
+            match (self.open)() {
+                Ok(diag) => {
+                    self.failing = false;
+                    self.diag = Some(diag);
+                }
+                Err(e) => {
+                    if !self.failing {
+                        log::warn(format!("cannot read the unix listen queues (sock_diag netlink): {e}")).emit();
+                    }
+                    self.failing = true;
+                }
+            }
+        }
+        self.diag.as_mut()
+    }
+
     /// A handoff began: sample from now on.
-    pub fn begin(&mut self, now: Instant) {
-        self.sampling = Some(Sampling { next: now, last: None, peak: 0, above_zero: Duration::ZERO, seen: false });
-        self.sample(now);
+    pub fn begin(&mut self, now: Instant, sockets: &[Socket]) {
+        self.sampling = Some(Sampling {
+            next: now,
+            interval: Duration::ZERO,
+            last: None,
+            peak: 0,
+            above_zero: Duration::ZERO,
+            seen: false,
+        });
+        self.sample(now, sockets);
     }
 
     /// When the next sample is due; None unless a handoff is in flight.
@@ -104,16 +170,16 @@ impl Queues {
     }
 
     /// Samples if one is due.
-    pub fn on_timer(&mut self, now: Instant) {
+    pub fn on_timer(&mut self, now: Instant, sockets: &[Socket]) {
         if self.sampling.as_ref().is_some_and(|s| now >= s.next) {
-            self.sample(now);
+            self.sample(now, sockets);
         }
     }
 
     /// The handoff ended: a last sample, and what it did to the queues (None if they could not
     /// be read).
-    pub fn finish(&mut self, now: Instant) -> Option<Peak> {
-        self.sample(now);
+    pub fn finish(&mut self, now: Instant, sockets: &[Socket]) -> Option<Peak> {
+        self.sample(now, sockets);
         self.diag = None;
         let s = self.sampling.take()?;
         let peak = s.seen.then_some(Peak { peak: s.peak, above_zero: s.above_zero });
@@ -133,20 +199,28 @@ impl Queues {
         self.last
     }
 
-    fn sample(&mut self, now: Instant) {
+    fn sample(&mut self, now: Instant, sockets: &[Socket]) {
         if self.sampling.is_none() {
             return;
         }
-        let queues = self.read(false);
+        let queues = self.read(sockets, false);
         let Some(s) = self.sampling.as_mut() else { return };
         let known: Vec<u32> = queues.iter().flatten().map(|q| q.queued).collect();
-        s.next = now + SAMPLE_EVERY;
+        let waiting = known.iter().fold(0u32, |a, b| a.saturating_add(*b));
+        s.interval = next_interval(s.interval, waiting);
+        s.next = now + s.interval;
         if known.is_empty() {
             return;
         }
         s.seen = true;
-        s.record(now, known.iter().fold(0u32, |a, b| a.saturating_add(*b)));
+        s.record(now, waiting);
     }
+}
+
+/// The interval to the next sample after one that found `waiting` connections: the shortest
+/// while any wait, doubling up to [`SAMPLE_EMPTY_MAX`] while none do.
+fn next_interval(last: Duration, waiting: u32) -> Duration {
+    if waiting > 0 { SAMPLE_EVERY } else { (last * 2).clamp(SAMPLE_EVERY, SAMPLE_EMPTY_MAX) }
 }
 
 impl Sampling {
@@ -164,11 +238,82 @@ impl Sampling {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::socket::Origin;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn socket(fd: impl Into<OwnedFd>) -> Socket {
+        Socket::new(fd.into(), "test".into(), Origin::Bound { created: None }).unwrap()
+    }
+
+    fn no_netlink() -> std::io::Result<Diag> {
+        Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+    }
+
+    #[test]
+    fn a_tcp_listeners_queue_is_read_without_netlink() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _waiting: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let sockets = vec![socket(listener)];
+        let mut queues = Queues::new(&sockets);
+        queues.open = no_netlink;
+        let [Some(q)] = queues.read(&sockets, false)[..] else { panic!("no queue read") };
+        assert_eq!(q.queued, 3, "{q:?}");
+        assert!(q.backlog >= 3, "{q:?}");
+        // `status` asks for the accepted connections too: without netlink, the queue still.
+        assert_eq!(queues.read(&sockets, true)[0].map(|q| (q.queued, q.active)), Some((3, None)));
+    }
+
+    #[test]
+    fn samples_slow_down_while_the_queues_stay_empty_and_speed_up_when_one_waits() {
+        let ms = Duration::from_millis;
+        let mut interval = Duration::ZERO;
+        let mut seen = Vec::new();
+        for waiting in [0, 0, 0, 0, 0, 0, 2, 1, 0, 0] {
+            interval = next_interval(interval, waiting);
+            seen.push(interval.as_millis());
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 80, 80, 10, 10, 20, 40]);
+        assert_eq!(next_interval(ms(80), 0), SAMPLE_EMPTY_MAX);
+    }
+
+    static OPENS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Fails the first time, opens a real socket after.
+    fn fails_once() -> std::io::Result<Diag> {
+        match OPENS.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            _ => Diag::open(),
+        }
+    }
+
+    #[test]
+    fn a_failed_netlink_open_is_tried_again_at_the_next_reading() {
+        let dir = std::env::temp_dir().join(format!("sockherd-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let _waiting = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        if Diag::open().is_err() {
+            eprintln!("SKIPPED: no sock_diag netlink here");
+            return;
+        }
+        let sockets = vec![socket(listener)];
+        let mut queues = Queues::new(&sockets);
+        queues.open = fails_once;
+        assert_eq!(queues.read(&sockets, false), vec![None]);
+        let again = queues.read(&sockets, false);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(again[0].map(|q| q.queued), Some(1), "{again:?}");
+    }
 
     #[test]
     fn time_above_zero_counts_from_each_sample_that_saw_a_queue() {
         let t = Instant::now();
-        let mut s = Sampling { next: t, last: None, peak: 0, above_zero: Duration::ZERO, seen: true };
+        let mut s =
+            Sampling { next: t, interval: Duration::ZERO, last: None, peak: 0, above_zero: Duration::ZERO, seen: true };
         let ms = Duration::from_millis;
         s.record(t, 0);
         s.record(t + ms(10), 2);

@@ -25,6 +25,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP_INTR: u16 = 0x10;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_REQ_LEN: usize = 56;
@@ -44,6 +45,8 @@ pub const TCP_LISTEN: u8 = 10;
 /// used, and at least NLMSG_GOODSIZE (a page, at most 8 KiB, minus overhead), so 8 KiB holds
 /// every one it sends us.
 const RECV_BUFFER: usize = 8 * 1024;
+/// How often an interrupted dump is asked for at most.
+const DUMP_ATTEMPTS: usize = 3;
 
 /// One listening socket's queue, as the kernel counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,8 @@ pub struct Answer {
     pub records: Vec<Record>,
     /// The dump ended (NLMSG_DONE).
     pub done: bool,
+    /// The kernel's table changed during the dump (`NLM_F_DUMP_INTR`): sockets may be missing.
+    pub interrupted: bool,
 }
 
 /// Parses one datagram of the kernel's answer to the request numbered `seq`: the sockets in
@@ -126,14 +131,25 @@ pub fn parse(datagram: &[u8], seq: u32) -> Result<Answer, String> {
     while rest.len() >= NLMSG_HDRLEN {
         let len = u32_at(rest, 0).unwrap_or(0) as usize;
         let kind = u16_at(rest, 4).unwrap_or(0);
+        let flags = u16_at(rest, 6).unwrap_or(0);
         let msg_seq = u32_at(rest, 8).unwrap_or(0);
         if len < NLMSG_HDRLEN || len > rest.len() {
             return Err(format!("a netlink message of {len} bytes in {} bytes left", rest.len()));
         }
         let payload = &rest[NLMSG_HDRLEN..len];
         if msg_seq == seq {
+            answer.interrupted |= flags & NLM_F_DUMP_INTR != 0;
             match kind {
-                NLMSG_DONE => answer.done = true,
+                // A dump the kernel could not finish ends with -errno here.
+                NLMSG_DONE => match u32_at(payload, 0).map(|c| c as i32) {
+                    Some(code) if code < 0 => {
+                        return Err(format!(
+                            "the dump ended early: {}",
+                            io::Error::from_raw_os_error(code.saturating_neg())
+                        ));
+                    }
+                    _ => answer.done = true,
+                },
                 NLMSG_ERROR => {
                     let code = u32_at(payload, 0).ok_or("a truncated netlink error")? as i32;
                     if code != 0 {
@@ -307,17 +323,32 @@ impl Diag {
             .collect()
     }
 
+    /// One dump's records. A dump the kernel marks interrupted (its table changed meanwhile,
+    /// so a listener may be missing) is asked again, a few times at most.
     fn dump(&mut self, request: impl Fn(u32) -> Vec<u8>) -> io::Result<Vec<Record>> {
+        for _ in 0..DUMP_ATTEMPTS {
+            let (records, interrupted) = self.dump_once(&request)?;
+            if !interrupted {
+                return Ok(records);
+            }
+        }
+        Err(io::Error::other(format!("each of {DUMP_ATTEMPTS} dumps was interrupted by a change of the socket table")))
+    }
+
+    /// One dump's records, and whether the kernel marked it interrupted.
+    fn dump_once(&mut self, request: &impl Fn(u32) -> Vec<u8>) -> io::Result<(Vec<Record>, bool)> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         sys::send(self.fd.as_fd(), &request(seq))?;
         let mut records = Vec::new();
+        let mut interrupted = false;
         loop {
             let n = sys::recv(self.fd.as_fd(), &mut self.buf)?;
             let answer = parse(&self.buf[..n], seq).map_err(io::Error::other)?;
             records.extend(answer.records);
+            interrupted |= answer.interrupted;
             if answer.done {
-                return Ok(records);
+                return Ok((records, interrupted));
             }
             if n == 0 {
                 return Err(io::Error::other("the sock_diag answer ended without NLMSG_DONE"));
@@ -413,6 +444,26 @@ mod tests {
         let other = parse(&message(SOCK_DIAG_BY_FAMILY, 2, &inet_msg(TCP_LISTEN, [0; 4], 1, 1, 1, 1)), 1).unwrap();
         assert!(other.records.is_empty());
         assert!(parse(&message(SOCK_DIAG_BY_FAMILY, 1, &[AF_INET, 10, 0]), 1).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_dump_that_ends_in_an_error_is_an_error() {
+        // The kernel ends a dump it could not finish with NLMSG_DONE carrying -errno.
+        let mut dgram = message(SOCK_DIAG_BY_FAMILY, 3, &inet_msg(TCP_LISTEN, [127, 0, 0, 1], 80, 0, 8, 9));
+        dgram.extend(message(NLMSG_DONE, 3, &(-libc::ENOBUFS).to_ne_bytes()));
+        assert!(parse(&dgram, 3).is_err(), "{:?}", parse(&dgram, 3));
+        assert!(parse(&message(NLMSG_DONE, 3, &0i32.to_ne_bytes()), 3).unwrap().done);
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_marked() {
+        // NLM_F_DUMP_INTR: the table changed under the dump, which may have missed sockets.
+        let mut m = message(SOCK_DIAG_BY_FAMILY, 4, &inet_msg(TCP_LISTEN, [127, 0, 0, 1], 80, 0, 8, 9));
+        m[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        m.extend(message(NLMSG_DONE, 4, &0i32.to_ne_bytes()));
+        let answer = parse(&m, 4).unwrap();
+        assert!(answer.interrupted && answer.done);
+        assert!(!parse(&message(NLMSG_DONE, 4, &0i32.to_ne_bytes()), 4).unwrap().interrupted);
     }
 
     #[test]

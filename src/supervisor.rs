@@ -305,8 +305,12 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut deadlines: Vec<Instant> = self.core.next_deadline().into_iter().collect();
-        // Only while a handoff is in flight: an idle supervisor never wakes for the queues.
-        deadlines.extend(self.queues.next_sample());
+        // The queues are sampled on a timer only while a handoff's new generation boots and
+        // settles (an idle supervisor never wakes for them); once the old generation drains,
+        // on the wakeups the drain has anyway, so that in cgroup mode no timer wakes a drain.
+        if self.core.awaiting_release().is_empty() {
+            deadlines.extend(self.queues.next_sample());
+        }
         for (number, check) in &self.checks {
             if self.core.awaits_ready(*number) {
                 deadlines.extend(check.next_timer());
@@ -386,7 +390,7 @@ impl Supervisor {
     fn on_timers(&mut self) {
         let now = Instant::now();
         self.control.expire(now);
-        self.queues.on_timer(now);
+        self.queues.on_timer(now, &self.sockets);
         let mut ready = Vec::new();
         for (number, check) in &mut self.checks {
             if let Some(g) = self.core.generation(*number).filter(|_| self.core.awaits_ready(*number))
@@ -583,11 +587,11 @@ impl Supervisor {
         let mut peak = None;
         let event = match event.event_kind() {
             Some("reload") => {
-                self.queues.begin(now);
+                self.queues.begin(now, &self.sockets);
                 event
             }
             Some("reload_done" | "reload_failed") => {
-                peak = self.queues.finish(now);
+                peak = self.queues.finish(now, &self.sockets);
                 match peak {
                     Some(p) => event
                         .note(&crate::queue::note(&p))
@@ -843,7 +847,7 @@ impl Supervisor {
 
     fn status_json(&mut self) -> String {
         let now = SystemTime::now();
-        let queues = self.queues.read(true);
+        let queues = self.queues.read(&self.sockets, true);
         let peak = self.queues.last();
         let generations: Vec<String> = self
             .core

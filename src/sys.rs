@@ -72,6 +72,29 @@ pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
 }
 
+/// A TCP listener's accept queue now and the backlog it listens with: for a listening socket
+/// the kernel's `TCP_INFO` puts them in `tcpi_unacked` and `tcpi_sacked` (as `ss` shows them).
+/// One getsockopt on our own descriptor: no netlink, no walk of any socket table.
+pub fn tcp_listen_queue(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked.
+    const STATE: usize = 0;
+    const UNACKED: usize = 24;
+    const SACKED: usize = 28;
+    const TCP_LISTEN: u8 = 10; // include/net/tcp_states.h
+    let mut info = [0u8; 32];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: info/len describe a valid buffer (the kernel copies at most len bytes); the
+    // descriptor is borrowed.
+    cvt(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    })?;
+    let field = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    if (len as usize) < info.len() || info[STATE] != TCP_LISTEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening TCP socket"));
+    }
+    Ok((field(UNACKED), field(SACKED)))
+}
+
 /// SO_ACCEPTCONN: whether listen() was called on the socket.
 pub fn socket_is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0)

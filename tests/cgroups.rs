@@ -267,6 +267,68 @@ fn gunicorn_daemon_is_refused_and_leaves_nothing() {
     assert!(generations.is_empty(), "the generation's cgroup should be removed: {generations:?}");
 }
 
+/// A drain in cgroup mode wakes sockherd only for what happens to the generation, never on a
+/// timer: the old generation (tests/support/scenario_server.py, `hold-after-term:2`) keeps the
+/// sockets 2 s after its stop signal, and sockherd's voluntary context switches over those
+/// 2 s stay a handful (a 10 ms timer would make about 200, the 20 ms `/proc` poll of process-group
+/// mode about 100). Host, in a cgroup the test creates and marks delegated.
+#[test]
+fn a_drain_in_cgroup_mode_wakes_no_timer() {
+    if !prerequisite(is_root(), "root (to create a cgroup and mark it delegated)") {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("drain-wakeups") else { return };
+    let dir = TempDir::new("drain-wakeups");
+    let release = dir.join("r1");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("RELEASE"), "r1\n").unwrap();
+    std::fs::write(release.join("BEHAVIOR"), "hold-after-term:2\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", r#"echo $$ >"$0/cgroup.procs" && exec "$@""#])
+        .arg(&cgroup.0)
+        .arg(sockherd())
+        .args(["run", "--listen", &addr, "--chdir"])
+        .arg(&release)
+        .args(["--", "python3"])
+        .arg(run::support("scenario_server.py"));
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    run::wait_generations(&mut proc, "generation 1 serving", Duration::from_secs(30), |g| {
+        g.iter().any(|g| g.state == "serving")
+    });
+    let mode = run::status_json(proc.pid()).map(|j| j.get("membership").get("mode").str().unwrap_or("").to_string());
+    assert_eq!(mode.as_deref(), Some("cgroup"), "sockherd should run generations as cgroups:\n{}", proc.stderr());
+    let mut reload = sockherd_cmd(&["reload", "--pid", &proc.pid().to_string(), "--timeout", "30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sockherd reload");
+    run::wait_generations(&mut proc, "generation 1 draining", Duration::from_secs(30), |g| {
+        g.iter().any(|g| g.number == 1 && g.state == "draining")
+    });
+    let before = voluntary_switches(proc.pid());
+    let since = Instant::now();
+    let answered = reload.wait().expect("wait for sockherd reload");
+    let (drain, after) = (since.elapsed(), voluntary_switches(proc.pid()));
+    let wakeups = after - before;
+    eprintln!("{wakeups} wakeups during a drain of {drain:?}");
+    assert!(answered.success(), "the reload should succeed:\n{}", proc.stderr());
+    assert!(drain >= Duration::from_millis(1500), "the old generation should have held the sockets ~2 s: {drain:?}");
+    assert!(wakeups <= 30, "{wakeups} wakeups during a {drain:?} drain: something polls on a timer");
+    proc.signal(libc::SIGTERM);
+    proc.wait_exit(Duration::from_secs(30));
+}
+
+/// A process's voluntary context switches so far: each is a sleep it woke from.
+fn voluntary_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches for pid {pid}"))
+}
+
 /// A cgroup of the test's own on the host's cgroup2 tree, marked delegated; killed and removed
 /// (with what sockherd created in it) on drop.
 struct DelegatedCgroup(std::path::PathBuf);
