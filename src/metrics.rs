@@ -187,25 +187,153 @@ pub fn check_path(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `PATH.tmp.PID` beside PATH, then renames it over PATH.
+/// Temporary names tried before giving up: each one taken means another file sits at a name
+/// that, unpredictable as it is, only a hostile or broken writer of the directory would create.
+const TEMP_ATTEMPTS: usize = 16;
+
+/// Writes a new file beside PATH, then renames it over PATH.
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    write_atomically_with(path, data, temp_names(path))
+}
+
+/// `PATH.tmp.PID.RANDOM`, a new random part each time: in the target's directory (a rename
+/// cannot cross file systems) and not guessable by other users who can write that directory.
+fn temp_names(path: &Path) -> impl Iterator<Item = PathBuf> {
+    use std::hash::BuildHasher as _;
+    let keys = std::collections::hash_map::RandomState::new();
+    let pid = std::process::id();
+    let path = path.to_path_buf();
+    (0u64..).map(move |n| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".tmp.{pid}.{:016x}", keys.hash_one(n)));
+        PathBuf::from(name)
+    })
+}
+
+/// Creates the temporary file under the first of `names` that is free — exclusively, so a file
+/// or symlink someone else put at that name is never opened, followed or removed — writes
+/// `data`, makes it readable by the scraper (0644 whatever the umask) and renames it over PATH.
+fn write_atomically_with(path: &Path, data: &[u8], names: impl IntoIterator<Item = PathBuf>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut taken = None;
+    for tmp in names.into_iter().take(TEMP_ATTEMPTS) {
+        // O_CREAT|O_EXCL fails on any existing entry, a symlink included; O_NOFOLLOW says so twice.
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                taken = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let result = file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| file.write_all(data))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            // Ours: created by this call.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return result;
     }
-    result
+    Err(taken.unwrap_or_else(|| std::io::Error::other("no temporary name to try")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    /// An empty directory of its own under the system's temporary directory.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sockherd-metrics-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Another user who can write the file's directory plants a symlink at the name the temporary
+    /// file would get from sockherd's pid: the file it points to is neither written nor moved in
+    /// place of the metrics file.
+    #[test]
+    fn a_symlink_at_the_pid_qualified_temporary_name_is_not_followed() {
+        let dir = scratch("symlink");
+        let path = dir.join("metrics.prom");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.join(format!("metrics.prom.tmp.{}", std::process::id()));
+        symlink(&victim, &planted).unwrap();
+        write_atomically(&path, b"sockherd_up 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "sockherd_up 1\n");
+        assert_eq!(std::fs::read_link(&planted).unwrap(), victim);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whatever sits at a temporary name (a symlink to a file of someone else's, a file) is
+    /// skipped: neither written through, nor replaced, nor removed; the next free name is used,
+    /// and the file is 0644 whatever the umask, for a scraper running as another user.
+    #[test]
+    fn a_taken_temporary_name_is_skipped_untouched() {
+        let dir = scratch("taken");
+        let path = dir.join("metrics.prom");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let names: Vec<PathBuf> = ["t1", "t2", "t3"].iter().map(|n| dir.join(n)).collect();
+        symlink(&victim, &names[0]).unwrap();
+        std::fs::write(&names[1], "someone's").unwrap();
+        write_atomically_with(&path, b"one\n", names.clone()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_link(&names[0]).unwrap(), victim);
+        assert_eq!(std::fs::read_to_string(&names[1]).unwrap(), "someone's");
+        assert!(!names[2].exists(), "the file written was renamed over the target");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o644);
+
+        // Every name taken: an error, and still nothing touched.
+        let err = write_atomically_with(&path, b"two\n", names[..2].to_vec()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&names[1]).unwrap(), "someone's");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rename that fails (the target is a non-empty directory, made after the start-up check)
+    /// removes the temporary file it created, and only it.
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = scratch("rename");
+        let path = dir.join("metrics.prom");
+        std::fs::create_dir_all(path.join("full")).unwrap();
+        assert!(write_atomically(&path, b"x\n").is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["metrics.prom"], "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Temporary names are beside the target, carry the pid, and differ each time.
+    #[test]
+    fn temporary_names_are_beside_the_target_and_differ() {
+        let path = Path::new("/var/lib/node_exporter/sockherd.prom");
+        let names: Vec<PathBuf> = temp_names(path).take(3).chain(temp_names(path).take(1)).collect();
+        let prefix = format!("sockherd.prom.tmp.{}.", std::process::id());
+        for name in &names {
+            assert_eq!(name.parent(), path.parent());
+            let file = name.file_name().unwrap().to_str().unwrap();
+            assert!(file.starts_with(&prefix) && file.len() == prefix.len() + 16, "{file}");
+        }
+        for (i, a) in names.iter().enumerate() {
+            assert!(names[i + 1..].iter().all(|b| a != b), "{names:?}");
+        }
+    }
 
     #[test]
     fn counts_reloads_and_keeps_the_last_ones_times() {
