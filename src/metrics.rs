@@ -8,8 +8,21 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::handoff::Phase;
 use crate::log;
 use crate::queue::Peak;
+
+/// The states `sockherd_generations` counts. Unlike `status`, which calls both "starting", a
+/// generation that reported ready but has not settled yet is `settling`.
+pub const STATES: [&str; 5] = ["starting", "settling", "serving", "draining", "failed"];
+
+/// A generation's state in the metrics, one of [`STATES`].
+pub fn state(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Settling { .. } => "settling",
+        other => other.name(),
+    }
+}
 
 /// A generation as the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,8 @@ pub struct Metrics {
     last: Option<LastReload>,
     /// The highest queue peak of any handoff since start.
     queue_peak_max: Option<u32>,
+    /// False once sockherd is about to exit: the last write says it is down.
+    up: bool,
     failed_write: bool,
 }
 
@@ -53,6 +68,7 @@ impl Metrics {
             ready: Vec::new(),
             last: None,
             queue_peak_max: None,
+            up: true,
             failed_write: false,
         }
     }
@@ -98,13 +114,23 @@ impl Metrics {
         }
     }
 
+    /// The last write, as sockherd exits: `sockherd_up 0` and no generation left (whatever
+    /// still ran is gone with it), the counters and the last reload as they were. A file that
+    /// kept the last gauges would tell a scraper a dead service still serves.
+    pub fn write_stopped(&mut self) {
+        self.up = false;
+        self.write(&[]);
+    }
+
     pub fn render(&self, generations: &[GenerationInfo]) -> String {
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        head(&mut out, "sockherd_up", "gauge", "1 while sockherd runs, 0 once it exited.");
+        let _ = writeln!(out, "sockherd_up {}", u8::from(self.up));
         head(&mut out, "sockherd_generations", "gauge", "Generations of the server, by state.");
-        for state in ["starting", "settling", "serving", "draining", "failed"] {
+        for state in STATES {
             let n = generations.iter().filter(|g| g.state == state).count();
             let _ = writeln!(out, "sockherd_generations{{state=\"{state}\"}} {n}");
         }
@@ -256,6 +282,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Every phase has its own state, a settling generation included, and the file counts it.
+    #[test]
+    fn each_phase_is_counted_under_its_own_state() {
+        let at = std::time::Instant::now();
+        let phases = [
+            (Phase::Starting { deadline: at }, "starting"),
+            (Phase::Settling { ready_after: Duration::ZERO, until: at }, "settling"),
+            (Phase::Serving, "serving"),
+            (Phase::Draining { since: at, kill_at: at }, "draining"),
+            (Phase::Failed { kill_at: at }, "failed"),
+        ];
+        let m = Metrics::new(PathBuf::from("/nonexistent/metrics.prom"));
+        for (number, (phase, name)) in (1..).zip(phases) {
+            assert_eq!(state(&phase), name, "{phase:?}");
+            let text = m.render(&[GenerationInfo { number, state: state(&phase), processes: None }]);
+            for other in STATES {
+                let line = format!("sockherd_generations{{state=\"{other}\"}} {}\n", u8::from(other == name));
+                assert!(text.contains(&line), "{line:?} missing in:\n{text}");
+            }
+        }
+    }
+
+    /// Once stopped: down, no generation, no processes; the counters kept.
+    #[test]
+    fn the_stopped_file_says_down_and_keeps_the_counters() {
+        let dir = scratch("stopped");
+        let path = dir.join("metrics.prom");
+        let mut m = Metrics::new(path.clone());
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        m.observe(&log::info("done").kind("reload_done").field("GENERATION", 2).field("HANDOFF_MS", 100), at, None);
+        m.write(&[GenerationInfo { number: 2, state: "serving", processes: Some(3) }]);
+        let running = std::fs::read_to_string(&path).unwrap();
+        assert!(running.contains("\nsockherd_up 1\n") && running.contains("state=\"serving\"} 1\n"), "{running}");
+        m.write_stopped();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in ["\nsockherd_up 0\n", "state=\"serving\"} 0\n", "sockherd_reloads_total{outcome=\"ok\"} 1\n"] {
+            assert!(text.contains(line), "{line:?} missing in:\n{text}");
+        }
+        assert!(!text.contains("sockherd_generation_processes{"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Another user who can write the file's directory plants a symlink at the name the temporary
