@@ -359,3 +359,62 @@ fn the_metrics_file_says_sockherd_is_down_once_it_exited() {
         proc.fail(&format!("after exit the metrics file still counts processes:\n{text}"));
     }
 }
+
+/// `sockherd history` against a stand-in `journalctl` that prints what the real one does: a
+/// field of 4096 bytes or more is `null` unless `--all` was given, and a value that is not
+/// printable UTF-8 is an array of its bytes. A failed reload whose reason is long (a server's
+/// whole error, say) keeps its reason, and one whose reason has a stray byte keeps the rest.
+#[test]
+fn history_keeps_long_and_binary_journal_fields() {
+    require!("sh");
+    let dir = TempDir::new("observe-journal");
+    let long = format!("generation 2 (pid 9) exited with exit status 1 before it was ready: {}", "x".repeat(5000));
+    let long_message = format!("\"reload failed: {long}\"");
+    // "reload failed: generation 3 \xff\n" as bytes, as journalctl prints a non-UTF-8 value.
+    let binary: Vec<String> = b"reload failed: generation 3 \xff exited\n".iter().map(|b| b.to_string()).collect();
+    let entry = |at: u64, generation: u64, message: &str| {
+        format!(
+            "{{\"__REALTIME_TIMESTAMP\":\"{at}\",\"_SYSTEMD_INVOCATION_ID\":\"i\",\"SOCKHERD_EVENT\":\"reload_failed\",\"SOCKHERD_GENERATION\":\"{generation}\",\"MESSAGE\":{message}}}"
+        )
+    };
+    std::fs::write(dir.join("long.json"), entry(1_800_000_000_000_000, 2, &long_message) + "\n").unwrap();
+    std::fs::write(dir.join("null.json"), entry(1_800_000_000_000_000, 2, "null") + "\n").unwrap();
+    std::fs::write(dir.join("binary.json"), entry(1_800_000_001_000_000, 3, &format!("[{}]", binary.join(","))) + "\n")
+        .unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("journalctl");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" > '{args}'\ncase \" $* \" in *' --all '*) cat '{long}';; *) cat '{null}';; esac\ncat '{binary}'\n",
+        args = dir.join("args").display(),
+        long = dir.join("long.json").display(),
+        null = dir.join("null.json").display(),
+        binary = dir.join("binary.json").display(),
+    );
+    std::fs::write(&fake, script).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = sockherd_cmd(&["history", "app", "--json"]);
+    cmd.env("PATH", &path);
+    let mut proc = Proc::spawn(cmd, dir.path(), "history");
+    let status = proc.wait_exit(Duration::from_secs(20));
+    let args = std::fs::read_to_string(dir.join("args")).unwrap_or_default();
+    let out = proc.stdout();
+    eprintln!("journalctl {args}\nsockherd history app --json: {status:?}\n{out}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| proc.fail(&format!("--json is not JSON ({e})")));
+    let reasons: Vec<&str> =
+        parsed.as_array().into_iter().flatten().map(|r| r["reason"].as_str().unwrap_or("")).collect();
+    if !status.success() || reasons.len() != 2 {
+        proc.fail(&format!("history should list two failed reloads: {reasons:?}"));
+    }
+    if reasons[0] != long {
+        proc.fail(&format!(
+            "the long reason was lost (journalctl {args}): {:?}",
+            &reasons[0][..reasons[0].len().min(80)]
+        ));
+    }
+    if reasons[1] != "generation 3 \u{fffd} exited\n" {
+        proc.fail(&format!("the reason with a stray byte: {:?}", reasons[1]));
+    }
+}
