@@ -287,8 +287,8 @@ not json at all
                 bytes(b"3"),
                 bytes(b"60")
             ),
-            // Neither bytes nor strings: no value.
-            r#"{"__REALTIME_TIMESTAMP":"1800000002000000","SOCKHERD_EVENT":"reload_done","SOCKHERD_GENERATION":[[300],{"a":1}]}"#
+            // Neither bytes nor strings: no value; a number is taken as it is.
+            r#"{"__REALTIME_TIMESTAMP":"1800000002000000","SOCKHERD_EVENT":"reload_done","SOCKHERD_GENERATION":[[300],{"a":1}],"SOCKHERD_HANDOFF_MS":80}"#
                 .to_string(),
         ];
         let reloads = parse(&lines.join("\n"));
@@ -296,7 +296,7 @@ not json at all
         assert_eq!(reloads[0].generation, Some(2));
         assert_eq!(reloads[0].reason.as_deref(), Some("generation 2 \x1b[31m\u{fffd}\n"));
         assert_eq!((reloads[1].generation, reloads[1].handoff_ms), (Some(3), Some(70)));
-        assert_eq!(reloads[2].generation, None);
+        assert_eq!((reloads[2].generation, reloads[2].handoff_ms), (None, Some(80)));
         let table = render(&reloads);
         assert!(table.contains("  reason: generation 2  [31m\u{fffd} \n"), "{table}");
     }

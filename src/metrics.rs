@@ -374,6 +374,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A failure other than a taken name (here: no such directory) is the write's error at
+    /// once: another name would fail the same way, or hide the cause.
+    #[test]
+    fn a_failure_other_than_a_taken_name_is_not_tried_around() {
+        let dir = scratch("enoent");
+        let path = dir.join("metrics.prom");
+        let names = vec![dir.join("missing/t1"), dir.join("t2")];
+        let err = write_atomically_with(&path, b"x\n", names).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(!dir.join("t2").exists() && !path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A rename that fails (the target is a non-empty directory, made after the start-up check)
     /// removes the temporary file it created, and only it.
     #[test]
