@@ -34,17 +34,28 @@ pub struct Reload {
     pub reason: Option<String>,
 }
 
-/// A journal field as text: a string, or a number. Binary fields (arrays of bytes) and repeated
-/// fields (arrays of values) are taken as UTF-8 bytes / their last value.
+/// A journal field as text. `journalctl -o json` prints a value as a string, or, when it is not
+/// printable UTF-8, as an array of its bytes (taken as UTF-8, a bad byte becoming U+FFFD); a field
+/// an entry has more than once as an array of those, of which the last counts. A number is taken
+/// too; anything else is no value.
 fn text(entry: &Value, field: &str) -> Option<String> {
     match entry.get(field)? {
+        Value::Array(items) if !items.is_empty() && items.iter().all(|v| v.is_string() || v.is_array()) => {
+            value(items.last()?)
+        }
+        other => value(other),
+    }
+}
+
+/// One value of a field: a string, a number, or an array of bytes.
+fn value(v: &Value) -> Option<String> {
+    match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
-        Value::Array(items) if items.iter().all(Value::is_u64) => {
+        Value::Array(items) => {
             let bytes: Option<Vec<u8>> = items.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect();
             Some(String::from_utf8_lossy(&bytes?).into_owned())
         }
-        Value::Array(items) => items.iter().rev().find_map(|v| v.as_str().map(str::to_string)),
         _ => None,
     }
 }
@@ -193,10 +204,12 @@ fn one_line(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-/// Reads the unit's entries with `journalctl -o json`.
+/// Reads the unit's entries with `journalctl --all -o json`.
 pub fn query(unit: &str, since: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("journalctl");
-    cmd.args(["--no-pager", "-o", "json", "-u", unit]);
+    // --all: without it, journalctl prints a field of 4096 bytes or more as null (a long
+    // failure's MESSAGE, its reason, would be lost).
+    cmd.args(["--no-pager", "--all", "-o", "json", "-u", unit]);
     if let Some(since) = since {
         cmd.arg(format!("--since={since}"));
     }
@@ -254,6 +267,38 @@ not json at all
         let json: Value = serde_json::from_str(&to_json(&reloads)).unwrap();
         assert_eq!(json[1]["outcome"], "failed");
         assert_eq!(json[0]["queue_peak"], 3);
+    }
+
+    /// journalctl prints a value that is not printable UTF-8 as an array of its bytes, and a
+    /// field an entry has more than once as an array of its values, each a string or bytes.
+    #[test]
+    fn binary_and_repeated_fields_are_read_as_journalctl_prints_them() {
+        let bytes = |s: &[u8]| format!("[{}]", s.iter().map(u8::to_string).collect::<Vec<_>>().join(","));
+        let lines = [
+            // The event name and the message as bytes, the latter with a byte that is not UTF-8.
+            format!(
+                r#"{{"__REALTIME_TIMESTAMP":"1800000000000000","SOCKHERD_EVENT":{},"SOCKHERD_GENERATION":"2","MESSAGE":{}}}"#,
+                bytes(b"reload_failed"),
+                bytes(b"reload failed: generation 2 \x1b[31m\xff\n")
+            ),
+            // Repeated: the last value counts, bytes or string.
+            format!(
+                r#"{{"__REALTIME_TIMESTAMP":"1800000001000000","SOCKHERD_EVENT":"reload_done","SOCKHERD_GENERATION":["2",{}],"SOCKHERD_HANDOFF_MS":[{},"70"]}}"#,
+                bytes(b"3"),
+                bytes(b"60")
+            ),
+            // Neither bytes nor strings: no value; a number is taken as it is.
+            r#"{"__REALTIME_TIMESTAMP":"1800000002000000","SOCKHERD_EVENT":"reload_done","SOCKHERD_GENERATION":[[300],{"a":1}],"SOCKHERD_HANDOFF_MS":80}"#
+                .to_string(),
+        ];
+        let reloads = parse(&lines.join("\n"));
+        assert_eq!(reloads.len(), 3, "{reloads:?}");
+        assert_eq!(reloads[0].generation, Some(2));
+        assert_eq!(reloads[0].reason.as_deref(), Some("generation 2 \x1b[31m\u{fffd}\n"));
+        assert_eq!((reloads[1].generation, reloads[1].handoff_ms), (Some(3), Some(70)));
+        assert_eq!((reloads[2].generation, reloads[2].handoff_ms), (None, Some(80)));
+        let table = render(&reloads);
+        assert!(table.contains("  reason: generation 2  [31m\u{fffd} \n"), "{table}");
     }
 
     #[test]

@@ -8,8 +8,21 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::handoff::Phase;
 use crate::log;
 use crate::queue::Peak;
+
+/// The states `sockherd_generations` counts. Unlike `status`, which calls both "starting", a
+/// generation that reported ready but has not settled yet is `settling`.
+pub const STATES: [&str; 5] = ["starting", "settling", "serving", "draining", "failed"];
+
+/// A generation's state in the metrics, one of [`STATES`].
+pub fn state(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Settling { .. } => "settling",
+        other => other.name(),
+    }
+}
 
 /// A generation as the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,8 @@ pub struct Metrics {
     last: Option<LastReload>,
     /// The highest queue peak of any handoff since start.
     queue_peak_max: Option<u32>,
+    /// False once sockherd is about to exit: the last write says it is down.
+    up: bool,
     failed_write: bool,
 }
 
@@ -53,6 +68,7 @@ impl Metrics {
             ready: Vec::new(),
             last: None,
             queue_peak_max: None,
+            up: true,
             failed_write: false,
         }
     }
@@ -98,13 +114,23 @@ impl Metrics {
         }
     }
 
+    /// The last write, as sockherd exits: `sockherd_up 0` and no generation left (whatever
+    /// still ran is gone with it), the counters and the last reload as they were. A file that
+    /// kept the last gauges would tell a scraper a dead service still serves.
+    pub fn write_stopped(&mut self) {
+        self.up = false;
+        self.write(&[]);
+    }
+
     pub fn render(&self, generations: &[GenerationInfo]) -> String {
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        head(&mut out, "sockherd_up", "gauge", "1 while sockherd runs, 0 once it exited.");
+        let _ = writeln!(out, "sockherd_up {}", u8::from(self.up));
         head(&mut out, "sockherd_generations", "gauge", "Generations of the server, by state.");
-        for state in ["starting", "settling", "serving", "draining", "failed"] {
+        for state in STATES {
             let n = generations.iter().filter(|g| g.state == state).count();
             let _ = writeln!(out, "sockherd_generations{{state=\"{state}\"}} {n}");
         }
@@ -187,25 +213,208 @@ pub fn check_path(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `PATH.tmp.PID` beside PATH, then renames it over PATH.
+/// Temporary names tried before giving up: each one taken means another file sits at a name
+/// that, unpredictable as it is, only a hostile or broken writer of the directory would create.
+const TEMP_ATTEMPTS: usize = 16;
+
+/// Writes a new file beside PATH, then renames it over PATH.
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    write_atomically_with(path, data, temp_names(path))
+}
+
+/// `PATH.tmp.PID.RANDOM`, a new random part each time: in the target's directory (a rename
+/// cannot cross file systems) and not guessable by other users who can write that directory.
+fn temp_names(path: &Path) -> impl Iterator<Item = PathBuf> {
+    use std::hash::BuildHasher as _;
+    let keys = std::collections::hash_map::RandomState::new();
+    let pid = std::process::id();
+    let path = path.to_path_buf();
+    (0u64..).map(move |n| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".tmp.{pid}.{:016x}", keys.hash_one(n)));
+        PathBuf::from(name)
+    })
+}
+
+/// Creates the temporary file under the first of `names` that is free — exclusively, so a file
+/// or symlink someone else put at that name is never opened, followed or removed — writes
+/// `data`, makes it readable by the scraper (0644 whatever the umask) and renames it over PATH.
+fn write_atomically_with(path: &Path, data: &[u8], names: impl IntoIterator<Item = PathBuf>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut taken = None;
+    for tmp in names.into_iter().take(TEMP_ATTEMPTS) {
+        // O_CREAT|O_EXCL fails on any existing entry, a symlink included; O_NOFOLLOW says so twice.
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                taken = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let result = file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| file.write_all(data))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            // Ours: created by this call.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return result;
     }
-    result
+    Err(taken.unwrap_or_else(|| std::io::Error::other("no temporary name to try")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    /// An empty directory of its own under the system's temporary directory.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sockherd-metrics-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Every phase has its own state, a settling generation included, and the file counts it.
+    #[test]
+    fn each_phase_is_counted_under_its_own_state() {
+        let at = std::time::Instant::now();
+        let phases = [
+            (Phase::Starting { deadline: at }, "starting"),
+            (Phase::Settling { ready_after: Duration::ZERO, until: at }, "settling"),
+            (Phase::Serving, "serving"),
+            (Phase::Draining { since: at, kill_at: at }, "draining"),
+            (Phase::Failed { kill_at: at }, "failed"),
+        ];
+        let m = Metrics::new(PathBuf::from("/nonexistent/metrics.prom"));
+        for (number, (phase, name)) in (1..).zip(phases) {
+            assert_eq!(state(&phase), name, "{phase:?}");
+            let text = m.render(&[GenerationInfo { number, state: state(&phase), processes: None }]);
+            for other in STATES {
+                let line = format!("sockherd_generations{{state=\"{other}\"}} {}\n", u8::from(other == name));
+                assert!(text.contains(&line), "{line:?} missing in:\n{text}");
+            }
+        }
+    }
+
+    /// Once stopped: down, no generation, no processes; the counters kept.
+    #[test]
+    fn the_stopped_file_says_down_and_keeps_the_counters() {
+        let dir = scratch("stopped");
+        let path = dir.join("metrics.prom");
+        let mut m = Metrics::new(path.clone());
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        m.observe(&log::info("done").kind("reload_done").field("GENERATION", 2).field("HANDOFF_MS", 100), at, None);
+        m.write(&[GenerationInfo { number: 2, state: "serving", processes: Some(3) }]);
+        let running = std::fs::read_to_string(&path).unwrap();
+        assert!(running.contains("\nsockherd_up 1\n") && running.contains("state=\"serving\"} 1\n"), "{running}");
+        m.write_stopped();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in ["\nsockherd_up 0\n", "state=\"serving\"} 0\n", "sockherd_reloads_total{outcome=\"ok\"} 1\n"] {
+            assert!(text.contains(line), "{line:?} missing in:\n{text}");
+        }
+        assert!(!text.contains("sockherd_generation_processes{"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Another user who can write the file's directory plants a symlink at the name the temporary
+    /// file would get from sockherd's pid: the file it points to is neither written nor moved in
+    /// place of the metrics file.
+    #[test]
+    fn a_symlink_at_the_pid_qualified_temporary_name_is_not_followed() {
+        let dir = scratch("symlink");
+        let path = dir.join("metrics.prom");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.join(format!("metrics.prom.tmp.{}", std::process::id()));
+        symlink(&victim, &planted).unwrap();
+        write_atomically(&path, b"sockherd_up 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "sockherd_up 1\n");
+        assert_eq!(std::fs::read_link(&planted).unwrap(), victim);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whatever sits at a temporary name (a symlink to a file of someone else's, a file) is
+    /// skipped: neither written through, nor replaced, nor removed; the next free name is used,
+    /// and the file is 0644 whatever the umask, for a scraper running as another user.
+    #[test]
+    fn a_taken_temporary_name_is_skipped_untouched() {
+        let dir = scratch("taken");
+        let path = dir.join("metrics.prom");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let names: Vec<PathBuf> = ["t1", "t2", "t3"].iter().map(|n| dir.join(n)).collect();
+        symlink(&victim, &names[0]).unwrap();
+        std::fs::write(&names[1], "someone's").unwrap();
+        write_atomically_with(&path, b"one\n", names.clone()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_link(&names[0]).unwrap(), victim);
+        assert_eq!(std::fs::read_to_string(&names[1]).unwrap(), "someone's");
+        assert!(!names[2].exists(), "the file written was renamed over the target");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o644);
+
+        // Every name taken: an error, and still nothing touched.
+        let err = write_atomically_with(&path, b"two\n", names[..2].to_vec()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&names[1]).unwrap(), "someone's");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A failure other than a taken name (here: no such directory) is the write's error at
+    /// once: another name would fail the same way, or hide the cause.
+    #[test]
+    fn a_failure_other_than_a_taken_name_is_not_tried_around() {
+        let dir = scratch("enoent");
+        let path = dir.join("metrics.prom");
+        let names = vec![dir.join("missing/t1"), dir.join("t2")];
+        let err = write_atomically_with(&path, b"x\n", names).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(!dir.join("t2").exists() && !path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rename that fails (the target is a non-empty directory, made after the start-up check)
+    /// removes the temporary file it created, and only it.
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = scratch("rename");
+        let path = dir.join("metrics.prom");
+        std::fs::create_dir_all(path.join("full")).unwrap();
+        assert!(write_atomically(&path, b"x\n").is_err());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["metrics.prom"], "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Temporary names are beside the target, carry the pid, and differ each time.
+    #[test]
+    fn temporary_names_are_beside_the_target_and_differ() {
+        let path = Path::new("/var/lib/node_exporter/sockherd.prom");
+        let names: Vec<PathBuf> = temp_names(path).take(3).chain(temp_names(path).take(1)).collect();
+        let prefix = format!("sockherd.prom.tmp.{}.", std::process::id());
+        for name in &names {
+            assert_eq!(name.parent(), path.parent());
+            let file = name.file_name().unwrap().to_str().unwrap();
+            assert!(file.starts_with(&prefix) && file.len() == prefix.len() + 16, "{file}");
+        }
+        for (i, a) in names.iter().enumerate() {
+            assert!(names[i + 1..].iter().all(|b| a != b), "{names:?}");
+        }
+    }
 
     #[test]
     fn counts_reloads_and_keeps_the_last_ones_times() {

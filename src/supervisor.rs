@@ -31,7 +31,7 @@ use crate::flavor::Flavor;
 use crate::generation;
 use crate::handoff::{self, Action, Core, Event, Life, Notice, Outcome, Phase, WatchdogMode};
 use crate::log;
-use crate::metrics::{GenerationInfo, Metrics};
+use crate::metrics::{self, GenerationInfo, Metrics};
 use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
 use crate::queue::Queues;
@@ -503,6 +503,10 @@ impl Supervisor {
                     Ok((pid, release)) => {
                         let cgroup = self.cgroup(number).map(|c| c.path().to_path_buf());
                         self.core.handle(Instant::now(), Event::Spawned { number, pid, release, cgroup });
+                        // Its `spawn` event went out before the core knew it: the file shows it now.
+                        if self.metrics.is_some() {
+                            self.write_metrics();
+                        }
                         // `--ready exec`: ready as soon as the command was executed.
                         if self.check_mut(number).is_some_and(|c| matches!(c, Check::Exec)) {
                             self.core.handle(Instant::now(), Event::Ready { number });
@@ -620,7 +624,7 @@ impl Supervisor {
             .iter()
             .map(|g| GenerationInfo {
                 number: g.number,
-                state: g.phase.name(),
+                state: metrics::state(&g.phase),
                 processes: Some(self.members(g.number, g.pid).len()).filter(|n| *n > 0),
             })
             .collect();
@@ -953,6 +957,9 @@ impl Supervisor {
 
     /// Removes the runtime directory (socket files we bound go with the sockets, on drop).
     fn cleanup(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write_stopped();
+        }
         // Drop the notify sockets (their Drop removes the files) before the directory.
         self.checks.clear();
         self.inboxes.clear();

@@ -247,3 +247,174 @@ fn bad_metrics_file_and_unit_names_are_refused() {
         panic!("history of a bad unit name: {status:?}\n{stderr}");
     }
 }
+
+/// The metrics file's generation gauges for `state`, or None while the file is missing.
+fn generations_in(metrics: &std::path::Path, state: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(metrics).ok()?;
+    let prefix = format!("sockherd_generations{{state=\"{state}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+}
+
+/// Generation 1 boots (held by its hold file), reports ready, settles 3 s and serves: the
+/// metrics file tells each state while the generation is in it, from the spawn on (a scraper
+/// sees a boot that hangs as `starting`, not as an absent file).
+#[test]
+fn the_metrics_file_shows_a_generation_starting_settling_and_serving() {
+    let dir = TempDir::new("observe-states");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = dir.join("metrics.prom");
+    let hold = dir.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let app = contrib("app").display().to_string();
+    let metrics_arg = metrics.display().to_string();
+    let args = ["run", "--listen", &addr, "--metrics-file", &metrics_arg, "--ready-settle", "3s"];
+    let mut cmd = sockherd_cmd(&[&args[..], &["--chdir", &app, "--", "python3", "serve.py"]].concat());
+    cmd.env("APP_BOOT_HOLD", &hold);
+    let proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    let shows = |state: &str| {
+        let mut last = None;
+        let seen = wait_until(Duration::from_secs(20), || {
+            last = std::fs::read_to_string(&metrics).ok();
+            generations_in(&metrics, state) == Some(1)
+        });
+        if !seen {
+            proc.fail(&format!("the metrics file never showed one generation {state}; last:\n{last:?}"));
+        }
+    };
+    shows("starting");
+    std::fs::remove_file(&hold).unwrap();
+    shows("settling");
+    if generations_in(&metrics, "starting") != Some(0) {
+        proc.fail("a settling generation is counted as starting too");
+    }
+    shows("serving");
+}
+
+/// `cmd` run by `sh` under `umask 077`, environment and all.
+fn under_umask_077(cmd: Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "umask 077 && exec \"$@\"", "sh"]).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    sh
+}
+
+/// Once sockherd exited, its metrics file says so (`sockherd_up 0`, no generation in any
+/// state, no processes) instead of keeping the last gauges, which a scraper would read as a
+/// service still serving; the counters stay. The file is readable by a scraper of another
+/// user (0644) even under a umask of 077.
+#[test]
+fn the_metrics_file_says_sockherd_is_down_once_it_exited() {
+    let dir = TempDir::new("observe-exit");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = dir.join("metrics.prom");
+    let app = contrib("app").display().to_string();
+    let metrics_arg = metrics.display().to_string();
+    let cmd = sockherd_cmd(&[
+        "run",
+        "--listen",
+        &addr,
+        "--metrics-file",
+        &metrics_arg,
+        "--ready-settle",
+        "0",
+        "--chdir",
+        &app,
+        "--",
+        "python3",
+        "serve.py",
+    ]);
+    let mut proc = Proc::spawn(under_umask_077(cmd), dir.path(), "sockherd");
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(30));
+    if !wait_until(Duration::from_secs(10), || generations_in(&metrics, "serving") == Some(1)) {
+        proc.fail("the metrics file never showed generation 1 serving");
+    }
+    let running = std::fs::read_to_string(&metrics).unwrap();
+    if !running.contains("\nsockherd_up 1\n") {
+        proc.fail(&format!("a running sockherd's metrics should say sockherd_up 1:\n{running}"));
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&metrics).unwrap().permissions());
+    if mode & 0o777 != 0o644 {
+        proc.fail(&format!("the metrics file's mode is {:o}, not 644 (umask 077)", mode & 0o777));
+    }
+    proc.signal(15);
+    let status = proc.wait_exit(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+    eprintln!("{} after exit ({status:?}):\n{text}", metrics.display());
+    for line in [
+        "\nsockherd_up 0\n",
+        "sockherd_generations{state=\"serving\"} 0\n",
+        "sockherd_generations{state=\"starting\"} 0\n",
+        "sockherd_reloads_total{outcome=\"ok\"} 0\n",
+    ] {
+        if !text.contains(line) {
+            proc.fail(&format!("after exit the metrics file lacks {line:?}:\n{text}"));
+        }
+    }
+    if text.contains("sockherd_generation_processes{") {
+        proc.fail(&format!("after exit the metrics file still counts processes:\n{text}"));
+    }
+}
+
+/// `sockherd history` against a stand-in `journalctl` that prints what the real one does: a
+/// field of 4096 bytes or more is `null` unless `--all` was given, and a value that is not
+/// printable UTF-8 is an array of its bytes. A failed reload whose reason is long (a server's
+/// whole error, say) keeps its reason, and one whose reason has a stray byte keeps the rest.
+#[test]
+fn history_keeps_long_and_binary_journal_fields() {
+    require!("sh");
+    let dir = TempDir::new("observe-journal");
+    let long = format!("generation 2 (pid 9) exited with exit status 1 before it was ready: {}", "x".repeat(5000));
+    let long_message = format!("\"reload failed: {long}\"");
+    // "reload failed: generation 3 \xff\n" as bytes, as journalctl prints a non-UTF-8 value.
+    let binary: Vec<String> = b"reload failed: generation 3 \xff exited\n".iter().map(|b| b.to_string()).collect();
+    let entry = |at: u64, generation: u64, message: &str| {
+        format!(
+            "{{\"__REALTIME_TIMESTAMP\":\"{at}\",\"_SYSTEMD_INVOCATION_ID\":\"i\",\"SOCKHERD_EVENT\":\"reload_failed\",\"SOCKHERD_GENERATION\":\"{generation}\",\"MESSAGE\":{message}}}"
+        )
+    };
+    std::fs::write(dir.join("long.json"), entry(1_800_000_000_000_000, 2, &long_message) + "\n").unwrap();
+    std::fs::write(dir.join("null.json"), entry(1_800_000_000_000_000, 2, "null") + "\n").unwrap();
+    std::fs::write(dir.join("binary.json"), entry(1_800_000_001_000_000, 3, &format!("[{}]", binary.join(","))) + "\n")
+        .unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("journalctl");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" > '{args}'\ncase \" $* \" in *' --all '*) cat '{long}';; *) cat '{null}';; esac\ncat '{binary}'\n",
+        args = dir.join("args").display(),
+        long = dir.join("long.json").display(),
+        null = dir.join("null.json").display(),
+        binary = dir.join("binary.json").display(),
+    );
+    std::fs::write(&fake, script).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = sockherd_cmd(&["history", "app", "--json"]);
+    cmd.env("PATH", &path);
+    let mut proc = Proc::spawn(cmd, dir.path(), "history");
+    let status = proc.wait_exit(Duration::from_secs(20));
+    let args = std::fs::read_to_string(dir.join("args")).unwrap_or_default();
+    let out = proc.stdout();
+    eprintln!("journalctl {args}\nsockherd history app --json: {status:?}\n{out}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| proc.fail(&format!("--json is not JSON ({e})")));
+    let reasons: Vec<&str> =
+        parsed.as_array().into_iter().flatten().map(|r| r["reason"].as_str().unwrap_or("")).collect();
+    if !status.success() || reasons.len() != 2 {
+        proc.fail(&format!("history should list two failed reloads: {reasons:?}"));
+    }
+    if reasons[0] != long {
+        proc.fail(&format!(
+            "the long reason was lost (journalctl {args}): {:?}",
+            &reasons[0][..reasons[0].len().min(80)]
+        ));
+    }
+    if reasons[1] != "generation 3 \u{fffd} exited\n" {
+        proc.fail(&format!("the reason with a stray byte: {:?}", reasons[1]));
+    }
+}
