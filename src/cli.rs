@@ -174,6 +174,12 @@ struct UnitArgs {
     #[arg(long, value_name = "N")]
     systemd_version: Option<u32>,
 
+    /// No socket units: the service alone, whose `sockherd run --listen` binds the sockets itself
+    /// and keeps them in systemd's fd store (FileDescriptorStoreMax=; FileDescriptorStorePreserve=
+    /// from systemd 254), so that connections queue, not fail, while it restarts.
+    #[arg(long)]
+    no_socket_units: bool,
+
     /// Write the files into DIR (e.g. /etc/systemd/system) instead of printing them.
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -729,6 +735,7 @@ fn unit(args: UnitArgs) -> Result<u8> {
         sockherd,
         systemd_version,
         command,
+        no_socket_units: args.no_socket_units,
     };
     let files = unitgen::generate(&spec)?;
     for warning in unitgen::warnings(&spec) {
@@ -743,7 +750,8 @@ fn unit(args: UnitArgs) -> Result<u8> {
         println!("wrote {}", path.display());
     }
     let sockets: Vec<&str> = files.iter().map(|f| f.name.as_str()).filter(|n| n.ends_with(".socket")).collect();
-    println!("next: systemctl daemon-reload && systemctl enable --now {}", sockets.join(" "));
+    let start = if sockets.is_empty() { format!("{}.service", spec.name) } else { sockets.join(" ") };
+    println!("next: systemctl daemon-reload && systemctl enable --now {start}");
     Ok(0)
 }
 
