@@ -485,6 +485,7 @@ fn forget_stored(stored: Vec<Socket>) {
     }
     let store = fdstore::Store::detect(true).unwrap_or(None);
     let mut names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     for socket in &stored {
         log::warn(format!("closing {socket} from systemd's fd store: no --listen socket uses it now")).emit();
@@ -498,6 +499,10 @@ fn forget_stored(stored: Vec<Socket>) {
 
 /// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
 fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
+    let store = fdstore::Store::detect(!stored.is_empty())?;
+    if store.is_none() && stored.is_empty() {
+        return bind_all(specs);
+    }
     let names: Vec<String> = specs.iter().map(fdstore::store_name).collect::<Result<_>>()?;
     let held: Vec<fdstore::Held> = stored
         .iter()
@@ -508,7 +513,6 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
         })
         .collect();
     let plan = fdstore::plan(&names, specs, &held);
-    let store = fdstore::Store::detect(!stored.is_empty())?;
     if store.is_none() && !stored.is_empty() {
         log::warn("systemd passed sockets of its fd store but cannot be reached to keep them there").emit();
     }

@@ -145,3 +145,32 @@ fn fallback_under_socket_units_closes_the_stored_sockets() {
         proc.fail(&format!("the server should get the socket unit's socket alone\n--- report:\n{report}"));
     }
 }
+
+/// A `name=` too long to be stored under `sockherd/` (246 characters at most) is refused when
+/// the fd store is in play, with the limit; without a store (no systemd here) it is bound as
+/// before.
+#[test]
+fn a_name_too_long_for_the_store_is_refused_only_with_a_store() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-long");
+    let sock = dir.join("long.sock");
+    let spec = format!("{},name={}", sock.display(), "n".repeat(247));
+    let mut proc =
+        activated(&dir, &[&format!("unix:{}", dir.join("stored.sock").display())], "sockherd/x", &["--listen", &spec]);
+    let status = proc.wait_exit(PATIENCE);
+    if status.code() != Some(1)
+        || !proc.stderr().contains("name= is 247 characters long")
+        || !proc.stderr().contains("at most 246")
+    {
+        proc.fail("a stored socket and a name too long to store: sockherd should exit 1 saying the limit");
+    }
+    let plain = TempDir::new("fdstore-long-plain");
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &spec, "--"]);
+    cmd.arg("python3").arg(python_script("probe_env.py")).arg(plain.join("report")).arg("serve");
+    cmd.env_remove("NOTIFY_SOCKET");
+    let mut proc = Proc::spawn(cmd, plain.path(), "sockherd");
+    let report = report(&mut proc, &plain.join("report"));
+    if value(&report, "fd.3.address") != sock.to_str() {
+        proc.fail(&format!("without a store the long name should not matter\n--- report:\n{report}"));
+    }
+}
