@@ -77,7 +77,9 @@ chown -R app:app /srv/app
     }
     // 20 restarts in a row are more than systemd's default start limit (5 in 10 s) allows.
     b.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Unit]\\nStartLimitIntervalSec=0\\n' >/etc/systemd/system/app.service.d/no-start-limit.conf");
-    b.ok("systemctl daemon-reload && systemctl start app");
+    // Enabled, as the README says: a unit nothing references is unloaded once stopped, and its
+    // fd store with it on 254 even with FileDescriptorStorePreserve=yes.
+    b.ok("systemctl daemon-reload && systemctl enable --now app");
     let first =
         b.ok("curl -sS -m 30 http://127.0.0.1:8080/; echo; curl -sS -m 30 --unix-socket /run/app/app.sock http://app/");
     if first.lines().filter(|l| l.starts_with("release=r1")).count() != 2 {
@@ -114,11 +116,16 @@ chown -R app:app /srv/app
  curl -sS -m 30 -o /dev/null -w 'unix=%{http_code}\n' --unix-socket /run/app/app.sock http://app/ 2>&1) >/tmp/stopped &
 sleep 1
 echo \"state=$(systemctl show -P ActiveState app)\"
+echo \"stored=$(systemctl show -P NFileDescriptorStore app)\"
 systemctl start app; wait; cat /tmp/stopped");
     eprintln!("{systemd} stopped: {}", stopped.replace('\n', " "));
     let preserved = systemd.version() >= 254;
     let answered = value(&stopped, "tcp") == Some("200") && value(&stopped, "unix") == Some("200");
-    if value(&stopped, "state") != Some("inactive") || answered != preserved {
+    let in_store = if preserved { "2" } else { "0" };
+    if value(&stopped, "state") != Some("inactive")
+        || value(&stopped, "stored") != Some(in_store)
+        || answered != preserved
+    {
         b.fail(&format!(
             "a connection made while the service was stopped should {} on {systemd}:\n{stopped}",
             if preserved { "be answered after the start (FileDescriptorStorePreserve=yes)" } else { "be refused" }
