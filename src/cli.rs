@@ -1,6 +1,7 @@
 //! The command line: parse, refuse bad combinations in one place, then dispatch.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::activation;
 use crate::command::{self, Launch};
 use crate::control::{self, Answer, Request, Unreachable};
+use crate::fdstore;
 use crate::flavor::Flavor;
 use crate::handoff::WatchdogMode;
 use crate::history;
@@ -20,7 +22,7 @@ use crate::native::NativeReload;
 use crate::protocol::{MAINPID, MAINPIDFDID};
 use crate::readiness::Readiness;
 use crate::signal::Signal;
-use crate::socket::Socket;
+use crate::socket::{Origin, Socket};
 use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
 use crate::sys;
@@ -173,6 +175,12 @@ struct UnitArgs {
     /// later get Type=notify-reload.
     #[arg(long, value_name = "N")]
     systemd_version: Option<u32>,
+
+    /// No socket units: the service alone, whose `sockherd run --listen` binds the sockets itself
+    /// and keeps them in systemd's fd store (FileDescriptorStoreMax=; FileDescriptorStorePreserve=
+    /// from systemd 254), so that connections queue, not fail, while it restarts.
+    #[arg(long)]
+    no_socket_units: bool,
 
     /// Write the files into DIR (e.g. /etc/systemd/system) instead of printing them.
     #[arg(short, long, value_name = "DIR")]
@@ -391,9 +399,19 @@ impl FromStr for Seconds {
     }
 }
 
-/// Sockets from systemd if it passed any, else the `--listen` ones, bound now.
-fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
+/// Sockets from systemd if it passed any, else the `--listen` ones, bound now. With
+/// `fd_store` (`run`), the `--listen` sockets go through systemd's fd store when the unit has one
+/// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound.
+fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
     let activated = activation::receive()?;
+    let (stored, activated): (Vec<Socket>, std::result::Result<Vec<Socket>, String>) = match activated {
+        Ok(sockets) if fd_store => {
+            let (stored, units): (Vec<Socket>, Vec<Socket>) =
+                sockets.into_iter().partition(|s| fdstore::is_stored_name(&s.name));
+            (stored, Ok(units))
+        }
+        other => (Vec::new(), other),
+    };
     let sockets = match activated {
         Ok(sockets) if !sockets.is_empty() => {
             if !args.listen.is_empty() && !args.fallback {
@@ -402,6 +420,24 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
                      or add --fallback to use --listen only when not socket-activated",
                     sockets.len()
                 );
+            }
+            if let Some(first) = stored.first() {
+                if !args.fallback {
+                    let units: Vec<&str> = sockets.iter().map(|s| s.name.as_str()).collect();
+                    bail!(
+                        "systemd passed socket-unit sockets ({}) and a socket named '{}' ({}), a name sockherd \
+                         keeps for the --listen sockets it puts in the fd store: either a socket unit's \
+                         FileDescriptorName= begins with '{}' (rename it), or the fd store still holds the \
+                         sockets of a start with --listen (clear it: systemctl stop, and on systemd 254 and \
+                         later with FileDescriptorStorePreserve=yes, systemctl clean --what=fdstore)",
+                        units.join(", "),
+                        first.name,
+                        first.address(),
+                        fdstore::PREFIX
+                    );
+                }
+                // --fallback and socket-activated: the --listen sockets are not used this time.
+                forget_stored(stored);
             }
             for (i, socket) in sockets.iter().enumerate() {
                 log::info(format!("received socket fd {}: {socket}", 3 + i))
@@ -414,24 +450,148 @@ fn acquire_sockets(args: &SocketArgs) -> Result<Vec<Socket>> {
         not_activated => {
             let reason = match not_activated {
                 Err(reason) => reason,
-                Ok(_) => "LISTEN_FDS=0".to_string(),
+                Ok(_) if stored.is_empty() => "LISTEN_FDS=0".to_string(),
+                Ok(_) => "only sockets of the fd store were passed".to_string(),
             };
             if args.listen.is_empty() {
+                forget_stored(stored);
                 bail!(
                     "no sockets to hand over: not socket-activated ({reason}) and no --listen given; give \
                      --listen (e.g. --listen 127.0.0.1:8080), or start it from a socket unit (`sockherd unit` \
                      writes one)"
                 );
             }
-            let mut sockets = Vec::with_capacity(args.listen.len());
-            for spec in &args.listen {
-                let socket = spec.bind()?;
-                log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
-                sockets.push(socket);
-            }
-            sockets
+            if fd_store { listen_through_the_store(&args.listen, stored)? } else { bind_all(&args.listen)? }
         }
     };
+    Ok(sockets)
+}
+
+fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Socket>> {
+    let mut sockets = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let socket = spec.bind()?;
+        log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Stored sockets nothing uses this time: removed from the store (which closes systemd's copies)
+/// and closed.
+fn forget_stored(stored: Vec<Socket>) {
+    if stored.is_empty() {
+        return;
+    }
+    let store = fdstore::Store::detect(true).unwrap_or(None);
+    let mut names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for socket in &stored {
+        log::warn(format!("closing {socket} from systemd's fd store: no --listen socket uses it now")).emit();
+    }
+    if let Some(store) = &store {
+        for name in names {
+            store.remove(name);
+        }
+    }
+}
+
+/// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
+fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
+    let store = fdstore::Store::detect(!stored.is_empty())?;
+    if store.is_none() && stored.is_empty() {
+        return bind_all(specs);
+    }
+    let names: Vec<String> = specs.iter().map(fdstore::store_name).collect::<Result<_>>()?;
+    let held: Vec<fdstore::Held> = stored
+        .iter()
+        .map(|s| fdstore::Held {
+            name: s.name.clone(),
+            addr: s.addr.clone(),
+            listening_stream: s.kind == libc::SOCK_STREAM && sys::socket_is_listening(s.as_fd()).unwrap_or(false),
+        })
+        .collect();
+    let plan = fdstore::plan(&names, specs, &held);
+    if store.is_none() && !stored.is_empty() {
+        log::warn("systemd passed sockets of its fd store but cannot be reached to keep them there").emit();
+    }
+    if let Some(store) = &store {
+        for name in &plan.remove {
+            store.remove(name);
+        }
+    }
+    let mut stored: Vec<Option<Socket>> = stored.into_iter().map(Some).collect();
+    for &i in &plan.stale {
+        if let Some(socket) = stored[i].take() {
+            log::info(format!(
+                "closing {socket} from systemd's fd store: no --listen socket is at that name and address"
+            ))
+            .kind("socket")
+            .field("SOCKET", socket.address())
+            .emit();
+        }
+    }
+    let mut sockets = Vec::with_capacity(specs.len());
+    for (spec, take) in specs.iter().zip(&plan.take) {
+        let socket = match take.and_then(|i| stored[i].take()) {
+            Some(mut socket) => {
+                // The spec's backlog and mode now, which may have changed since it was bound.
+                sys::listen(socket.as_fd(), spec.backlog)
+                    .with_context(|| format!("failed to listen on {} (from the fd store)", spec.addr))?;
+                if let (Some(mode), crate::listen::ListenAddr::Unix(path)) = (spec.mode, &spec.addr) {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("failed to set mode {mode:04o} on {}", path.display()))?;
+                }
+                socket.name = spec.name.clone().unwrap_or_else(|| crate::protocol::UNKNOWN_FDNAME.to_string());
+                socket.origin = Origin::Stored;
+                log::info(format!("listening on {socket}, taken back from systemd's fd store"))
+                    .kind("socket")
+                    .field("SOCKET", socket.address())
+                    .emit();
+                socket
+            }
+            None => {
+                let socket = spec.bind()?;
+                log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
+                socket
+            }
+        };
+        sockets.push(socket);
+    }
+    let Some(store) = store else { return Ok(sockets) };
+    // The sockets the store keeps: those taken back and not removed, then the ones stored now.
+    let kept = (0..specs.len()).filter(|s| plan.take[*s].is_some() && !plan.store.contains(s)).count();
+    let mut room = store.capacity.map(|n| n.saturating_sub(kept));
+    for &s in &plan.store {
+        let socket = &mut sockets[s];
+        if room == Some(0) {
+            log::warn(format!(
+                "not storing {socket}: FileDescriptorStoreMax={} is full (raise it to the number of --listen \
+                 sockets, {})",
+                store.capacity.unwrap_or(0),
+                specs.len()
+            ))
+            .emit();
+            // Bound anew at each start: its file (if any) goes with it.
+            continue;
+        }
+        match store.add(&names[s], socket.as_fd()) {
+            Ok(()) => {
+                socket.origin = Origin::Stored;
+                room = room.map(|n| n - 1);
+                log::info(format!("stored {socket} in systemd's fd store as {}", names[s]))
+                    .kind("socket")
+                    .field("SOCKET", socket.address())
+                    .emit();
+            }
+            Err(e) => log::warn(format!("failed to store {socket} in systemd's fd store: {e}")).emit(),
+        }
+    }
+    if let Err(e) = store.sync() {
+        log::warn(format!("systemd did not confirm the fd store's changes: {e}")).emit();
+    }
     Ok(sockets)
 }
 
@@ -480,11 +640,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 crate::metrics::check_path(path)
                     .map_err(|e| anyhow!("invalid --metrics-file {}: {e}", path.display()))?;
             }
-            let sockets = acquire_sockets(&args.sockets)?;
+            let sockets = acquire_sockets(&args.sockets, true)?;
             Supervisor::start(config, sockets)?.run()
         }
         Command::Exec(args) => {
-            let sockets = acquire_sockets(&args.sockets)?;
+            let sockets = acquire_sockets(&args.sockets, false)?;
             let dir = args.launch.chdir.as_deref().map(command::resolve_dir).transpose()?;
             let launch = Launch {
                 flavor: args.launch.flavor,
@@ -729,6 +889,7 @@ fn unit(args: UnitArgs) -> Result<u8> {
         sockherd,
         systemd_version,
         command,
+        no_socket_units: args.no_socket_units,
     };
     let files = unitgen::generate(&spec)?;
     for warning in unitgen::warnings(&spec) {
@@ -743,7 +904,8 @@ fn unit(args: UnitArgs) -> Result<u8> {
         println!("wrote {}", path.display());
     }
     let sockets: Vec<&str> = files.iter().map(|f| f.name.as_str()).filter(|n| n.ends_with(".socket")).collect();
-    println!("next: systemctl daemon-reload && systemctl enable --now {}", sockets.join(" "));
+    let start = if sockets.is_empty() { format!("{}.service", spec.name) } else { sockets.join(" ") };
+    println!("next: systemctl daemon-reload && systemctl enable --now {start}");
     Ok(0)
 }
 

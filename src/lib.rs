@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod command;
 pub mod control;
+pub mod fdstore;
 pub mod flavor;
 pub mod generation;
 pub mod handoff;

@@ -49,6 +49,23 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// The spec as `--listen` takes it: the address, then each option that is not the default.
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if let Some(name) = &self.name {
+            write!(f, ",name={name}")?;
+        }
+        if let Some(mode) = self.mode {
+            write!(f, ",mode={mode:04o}")?;
+        }
+        if self.backlog != DEFAULT_BACKLOG {
+            write!(f, ",backlog={}", self.backlog)?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks a name the way systemd checks FileDescriptorName=: 1-255 printable ASCII
 /// characters, no colon (the LISTEN_FDNAMES separator).
 pub fn validate_fd_name(name: &str) -> Result<(), String> {
@@ -264,6 +281,18 @@ mod tests {
         assert_eq!(ok("unix:/run/a.sock").addr, ListenAddr::Unix("/run/a.sock".into()));
         assert_eq!(ok("/run/a.sock").addr, ListenAddr::Unix("/run/a.sock".into()));
         assert_eq!(ok("@app").addr, ListenAddr::Abstract("app".into()));
+    }
+
+    #[test]
+    fn specs_print_as_they_parse() {
+        for text in
+            ["127.0.0.1:8080", "[::1]:8080,name=v6,backlog=64", "/run/a.sock,name=unix,mode=0660", "@abs,backlog=1"]
+        {
+            assert_eq!(ok(text).to_string(), text);
+            assert_eq!(ok(&ok(text).to_string()), ok(text));
+        }
+        assert_eq!(ok("unix:/run/a.sock,backlog=1024").to_string(), "/run/a.sock");
+        assert_eq!(ok("/a,mode=0600").to_string(), "/a,mode=0600");
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub const MAINPIDFD: &str = "MAINPIDFD=1";
 pub const MAINPIDFDID: &str = "MAINPIDFDID";
 /// The number of fd store slots (FileDescriptorStoreMax=) for the service's main process.
 pub const FDSTORE: &str = "FDSTORE";
+/// Puts the attached descriptors into the service's fd store, under `FDNAME=`.
+pub const FDSTORE_ADD: &str = "FDSTORE=1";
+/// Removes (and closes) every descriptor of the fd store named `FDNAME=`.
+pub const FDSTORE_REMOVE: &str = "FDSTOREREMOVE=1";
+pub const FDNAME: &str = "FDNAME";
+/// systemd does not watch the stored descriptor for POLLHUP/POLLERR.
+pub const FDPOLL_OFF: &str = "FDPOLL=0";
 pub const MONOTONIC_USEC: &str = "MONOTONIC_USEC";
 pub const EXTEND_TIMEOUT_USEC: &str = "EXTEND_TIMEOUT_USEC";
 

@@ -14,6 +14,9 @@ pub enum Origin {
     /// Bound by us from a `--listen` spec. `created` is the unix socket file we made, with its
     /// device and inode, so we remove exactly that file and never one somebody replaced.
     Bound { created: Option<(PathBuf, u64, u64)> },
+    /// A `--listen` socket that systemd's fd store holds beyond our life (taken back from it,
+    /// or bound and stored): its unix socket file, if any, stays for the next start.
+    Stored,
 }
 
 #[derive(Debug)]

@@ -24,6 +24,7 @@ struct Input {
     sockherd: String,
     systemd_version: u16,
     command: Vec<String>,
+    no_socket_units: bool,
 }
 
 /// ExecStart= split into words as systemd does: blanks separate words, '…' and "…" quote, C
@@ -125,6 +126,7 @@ fuzz_target!(|input: Input| {
         sockherd: PathBuf::from(input.sockherd),
         systemd_version: u32::from(input.systemd_version),
         command: input.command,
+        no_socket_units: input.no_socket_units,
     };
     let Ok(files) = generate(&spec) else { return };
     for file in &files {
@@ -151,6 +153,14 @@ fuzz_target!(|input: Input| {
     }
     if let Some(dir) = &spec.chdir {
         expected.extend([b"--chdir".to_vec(), dir.to_str().unwrap().as_bytes().to_vec()]);
+    }
+    if spec.no_socket_units {
+        for listen in &spec.listen {
+            // Each spec as `run --listen` will parse it again: the same socket.
+            let word = listen.to_string();
+            assert_eq!(word.parse::<ListenSpec>().as_ref(), Ok(listen), "--listen {word}");
+            expected.extend([b"--listen".to_vec(), word.into_bytes()]);
+        }
     }
     expected.push(b"--".to_vec());
     expected.extend(spec.command.iter().map(|w| w.as_bytes().to_vec()));

@@ -1,0 +1,176 @@
+//! What `sockherd run --listen` does with sockets systemd passes back from its fd store (names
+//! `sockherd/<name>`), outside systemd: tests/support/fake_activate.py passes them as systemd
+//! would. Taken back when name and address match a spec, closed when no spec is theirs, and a
+//! socket-unit socket beside them is refused unless --fallback says the --listen ones are spare.
+//! (Storing itself needs systemd: tests/systemd_fdstore.rs.)
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn python_script(name: &str) -> PathBuf {
+    repo().join("tests/support").join(name)
+}
+
+/// `fake_activate.py FDS... --set LISTEN_FDNAMES=NAMES -- sockherd run ARGS -- probe_env.py
+/// REPORT serve`, without a NOTIFY_SOCKET (no store to reach: only what it is passed).
+fn activated(dir: &TempDir, fds: &[&str], names: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_script("fake_activate.py"));
+    for fd in fds {
+        cmd.args(["--fd", fd]);
+    }
+    cmd.args(["--set", &format!("LISTEN_FDNAMES={names}"), "--"]).arg(sockherd()).arg("run");
+    cmd.args(["--ready", "exec"]).args(args).arg("--");
+    cmd.arg("python3").arg(python_script("probe_env.py")).arg(dir.join("report")).arg("serve");
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "FDSTORE"] {
+        cmd.env_remove(var);
+    }
+    Proc::spawn(cmd, dir.path(), "sockherd")
+}
+
+/// The probe's `key=value` report, once written.
+fn report(proc: &mut Proc, path: &Path) -> String {
+    wait_until(PATIENCE, || path.exists() || proc.try_status().is_some());
+    std::fs::read_to_string(path).unwrap_or_else(|_| proc.fail("the server wrote no report"))
+}
+
+fn value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
+    report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
+}
+
+/// The inode of the listening unix socket bound to `path` (from /proc/net/unix).
+fn unix_inode(path: &Path) -> Option<String> {
+    let path = path.to_str()?;
+    std::fs::read_to_string("/proc/net/unix").ok()?.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() > 7 && cols[3] == "00010000" && cols[7] == path).then(|| cols[6].to_string())
+    })
+}
+
+/// A stored socket whose name and address are a spec's is that spec's socket: the server gets
+/// that very socket (same inode), under the spec's name, and nothing is bound anew.
+#[test]
+fn a_stored_socket_is_taken_back_under_its_specs_name() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-take");
+    let sock = dir.join("web.sock");
+    let spec = format!("{},name=web", sock.display());
+    let mut proc = activated(&dir, &[&format!("unix:{}", sock.display())], "sockherd/web", &["--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    // The only listening socket at that path: the one fake_activate.py made and passed.
+    let inode = unix_inode(&sock);
+    let stderr = proc.stderr();
+    let problems: Vec<String> = [
+        (value(&report, "env.LISTEN_FDNAMES") == Some("web"), "the server's LISTEN_FDNAMES should be web"),
+        (value(&report, "fds") == Some("3"), "the server should get exactly fd 3"),
+        (inode.is_some() && value(&report, "fd.3.inode") == inode.as_deref(), "fd 3 should be the passed socket"),
+        (stderr.contains("taken back from systemd's fd store"), "sockherd should say it took it back"),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, what)| what.to_string())
+    .collect();
+    if !problems.is_empty() {
+        proc.fail(&format!("{} (inode {inode:?})\n--- report:\n{report}", problems.join("; ")));
+    }
+}
+
+/// A stored socket at an address no spec has any more is closed, and the spec's own address is
+/// bound: the server gets only the new socket.
+#[test]
+fn a_stored_socket_whose_spec_is_gone_is_closed_and_the_spec_bound() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-stale");
+    let old = dir.join("old.sock");
+    let new = dir.join("new.sock");
+    let spec = format!("{},name=web", new.display());
+    let mut proc = activated(&dir, &[&format!("unix:{}", old.display())], "sockherd/web", &["--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    let stderr = proc.stderr();
+    let ok = value(&report, "fds") == Some("3")
+        && value(&report, "fd.3.address") == new.to_str()
+        && stderr.contains(&format!("closing {} (stream, name sockherd/web) from systemd's fd store", old.display()))
+        && stderr.contains(&format!("listening on {} (stream, name web)\n", new.display()))
+        && unix_inode(&old).is_none();
+    if !ok {
+        proc.fail(&format!(
+            "the stale {} should be closed and {} bound\n--- report:\n{report}",
+            old.display(),
+            new.display()
+        ));
+    }
+}
+
+/// A socket unit's socket and a stored one at once, without --fallback: refused with a message
+/// that says what the reserved name is and both ways out; nothing is started.
+#[test]
+fn a_socket_unit_beside_stored_sockets_is_refused() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-collide");
+    let unit = dir.join("unit.sock");
+    let mut proc = activated(&dir, &[&format!("unix:{}", unit.display()), "tcp"], "http:sockherd/web", &[]);
+    let status = proc.wait_exit(PATIENCE);
+    let stderr = proc.stderr();
+    if status.code() != Some(1)
+        || !stderr.contains("systemd passed socket-unit sockets (http) and a socket named 'sockherd/web'")
+        || !stderr.contains("FileDescriptorName= begins with 'sockherd/' (rename it)")
+        || !stderr.contains("systemctl clean --what=fdstore")
+        || dir.join("report").exists()
+    {
+        proc.fail("sockherd should exit 1 naming the reserved name, and start nothing");
+    }
+}
+
+/// With --fallback the socket units win as before; the stored --listen socket is closed.
+#[test]
+fn fallback_under_socket_units_closes_the_stored_sockets() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-fallback");
+    let unit = dir.join("unit.sock");
+    let stored = dir.join("stored.sock");
+    let spec = format!("{},name=web", stored.display());
+    let fds = [format!("unix:{}", unit.display()), format!("unix:{}", stored.display())];
+    let mut proc = activated(&dir, &[&fds[0], &fds[1]], "http:sockherd/web", &["--fallback", "--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    let ok = value(&report, "fds") == Some("3")
+        && value(&report, "fd.3.address") == unit.to_str()
+        && value(&report, "env.LISTEN_FDNAMES") == Some("http")
+        && unix_inode(&stored).is_none();
+    if !ok {
+        proc.fail(&format!("the server should get the socket unit's socket alone\n--- report:\n{report}"));
+    }
+}
+
+/// A `name=` too long to be stored under `sockherd/` (246 characters at most) is refused when
+/// the fd store is in play, with the limit; without a store (no systemd here) it is bound as
+/// before.
+#[test]
+fn a_name_too_long_for_the_store_is_refused_only_with_a_store() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-long");
+    let sock = dir.join("long.sock");
+    let spec = format!("{},name={}", sock.display(), "n".repeat(247));
+    let mut proc =
+        activated(&dir, &[&format!("unix:{}", dir.join("stored.sock").display())], "sockherd/x", &["--listen", &spec]);
+    let status = proc.wait_exit(PATIENCE);
+    if status.code() != Some(1)
+        || !proc.stderr().contains("name= is 247 characters long")
+        || !proc.stderr().contains("at most 246")
+    {
+        proc.fail("a stored socket and a name too long to store: sockherd should exit 1 saying the limit");
+    }
+    let plain = TempDir::new("fdstore-long-plain");
+    let mut cmd = sockherd_cmd(&["run", "--ready", "exec", "--listen", &spec, "--"]);
+    cmd.arg("python3").arg(python_script("probe_env.py")).arg(plain.join("report")).arg("serve");
+    cmd.env_remove("NOTIFY_SOCKET");
+    let mut proc = Proc::spawn(cmd, plain.path(), "sockherd");
+    let report = report(&mut proc, &plain.join("report"));
+    if value(&report, "fd.3.address") != sock.to_str() {
+        proc.fail(&format!("without a store the long name should not matter\n--- report:\n{report}"));
+    }
+}
