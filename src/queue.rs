@@ -95,13 +95,16 @@ impl Queues {
     /// unix listener's queue and the `active` count of `status` need a sock_diag dump. Where
     /// netlink cannot be had (a unit without `AF_NETLINK`), TCP queues are still read.
     pub fn read(&mut self, sockets: &[Socket], with_active: bool) -> Vec<Option<Queue>> {
-        let needs_diag = self.targets.iter().flatten().any(|t| matches!(t, Target::Unix { .. }) || with_active);
         let mut found: Vec<Option<Queue>> = vec![None; self.targets.len()];
-        let wanted: Vec<Target> = self.targets.iter().flatten().cloned().collect();
-        if needs_diag && let Some(diag) = self.diag() {
+        let asked = netlink_asked(&self.targets, with_active);
+        let wanted: Vec<Target> =
+            self.targets.iter().zip(&asked).filter(|(_, a)| **a).filter_map(|(t, _)| t.clone()).collect();
+        if !wanted.is_empty()
+            && let Some(diag) = self.diag()
+        {
             let mut answers = diag.queues(&wanted, with_active).into_iter();
-            for (slot, target) in found.iter_mut().zip(&self.targets) {
-                if target.is_some() {
+            for (slot, asked) in found.iter_mut().zip(&asked) {
+                if *asked {
                     *slot = answers.next().flatten();
                 }
             }
@@ -217,6 +220,19 @@ impl Queues {
     }
 }
 
+/// Which targets sock_diag must be asked about: unix listeners (no other way to their queue),
+/// and TCP ones only for `status`'s ACTIVE count (their queue is a `TCP_INFO` away).
+fn netlink_asked(targets: &[Option<Target>], with_active: bool) -> Vec<bool> {
+    targets
+        .iter()
+        .map(|t| match t {
+            Some(Target::Unix { .. }) => true,
+            Some(Target::Tcp { .. }) => with_active,
+            None => false,
+        })
+        .collect()
+}
+
 /// The interval to the next sample after one that found `waiting` connections: the shortest
 /// while any wait, doubling up to [`SAMPLE_EMPTY_MAX`] while none do.
 fn next_interval(last: Duration, waiting: u32) -> Duration {
@@ -276,6 +292,15 @@ mod tests {
         }
         assert_eq!(seen, [10, 20, 40, 80, 80, 80, 10, 10, 20, 40]);
         assert_eq!(next_interval(ms(80), 0), SAMPLE_EMPTY_MAX);
+    }
+
+    #[test]
+    fn a_sample_asks_netlink_only_for_unix_listeners() {
+        let tcp = Some(Target::Tcp { addr: "127.0.0.1:80".parse().unwrap(), inode: 1 });
+        let unix = Some(Target::Unix { inode: 2 });
+        let targets = [tcp, unix, None];
+        assert_eq!(netlink_asked(&targets, false), [false, true, false]);
+        assert_eq!(netlink_asked(&targets, true), [true, true, false]);
     }
 
     static OPENS: AtomicUsize = AtomicUsize::new(0);
