@@ -754,9 +754,10 @@ impl Supervisor {
             self.cgroup(serving.number).map(GenCgroup::path),
         );
         let need = usage.expected_need();
+        let cache = if usage.memory_unreclaimable.is_some() { " without page cache" } else { "" };
         let what = match (usage.memory_source, usage.memory_peak) {
-            (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak", serving.number),
-            (resources::MemorySource::Cgroup, None) => format!("generation {}'s memory.current", serving.number),
+            (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak{cache}", serving.number),
+            (resources::MemorySource::Cgroup, None) => format!("generation {}'s memory.current{cache}", serving.number),
             (resources::MemorySource::Pss, _) => {
                 format!("generation {}'s PSS over {} processes", serving.number, usage.processes)
             }
