@@ -16,6 +16,7 @@
 //! `cgroup.kill`, and it is gone when its `cgroup.events` says so, which the loop waits for
 //! (POLLPRI) instead of polling: nothing wakes the loop but events.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -101,6 +102,9 @@ pub struct Supervisor {
     /// The public sockets' listen queues, sampled during handoffs.
     queues: Queues,
     metrics: Option<Metrics>,
+    /// What could not be read of which generation, each said once: such a generation counts
+    /// as still holding the sockets and still there.
+    unreadable: RefCell<Vec<(u64, &'static str)>>,
 }
 
 impl Supervisor {
@@ -148,6 +152,7 @@ impl Supervisor {
             cgroups: Vec::new(),
             queues,
             metrics,
+            unreadable: RefCell::new(Vec::new()),
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -275,7 +280,7 @@ impl Supervisor {
             if let Source::Cgroup(number) = *source
                 && let Some(cgroup) = self.cgroup(number)
             {
-                cgroup.populated();
+                let _ = cgroup.populated();
             }
         }
         self.observe_processes();
@@ -419,7 +424,7 @@ impl Supervisor {
             .core
             .awaiting_release()
             .iter()
-            .filter(|g| !generation::holds_sockets(&self.members(g.number, g.pid), &self.socket_inodes))
+            .filter(|g| !self.holds_sockets(g.number, g.pid))
             .map(|g| g.number)
             .collect();
         for number in released {
@@ -431,8 +436,17 @@ impl Supervisor {
             .iter()
             .filter(|g| {
                 !g.master_alive()
-                    && match self.cgroup(g.number) {
-                        Some(cgroup) => !cgroup.populated(),
+                    && match self.cgroup(g.number).map(GenCgroup::populated) {
+                        Some(Ok(populated)) => !populated,
+                        Some(Err(e)) => {
+                            self.unreadable(g.number, "populated", || {
+                                format!(
+                                    "cannot tell whether generation {} is gone, so it counts as still there: {e}",
+                                    g.number
+                                )
+                            });
+                            false
+                        }
                         None => !sys::group_alive(g.pid),
                     }
             })
@@ -446,10 +460,45 @@ impl Supervisor {
 
     /// The processes of generation `number` (master `pid`): its cgroup's, else its process
     /// group's.
-    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+    fn try_members(&self, number: u64, pid: Pid) -> std::io::Result<Vec<Pid>> {
         match self.cgroup(number) {
             Some(cgroup) => cgroup.pids(),
             None => generation::members(pid),
+        }
+    }
+
+    /// [`Self::try_members`] for what only shows them (status, metrics, resources): none
+    /// where they cannot be read, which is said once.
+    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+        self.try_members(number, pid).unwrap_or_else(|e| {
+            self.unreadable(number, "members", || format!("cannot list generation {number}'s processes: {e}"));
+            Vec::new()
+        })
+    }
+
+    /// Whether a process of generation `number` (master `pid`) may still accept on a public
+    /// socket. Where that cannot be read, it may: a handoff is not over on a guess.
+    fn holds_sockets(&self, number: u64, pid: Pid) -> bool {
+        match self.try_members(number, pid).and_then(|pids| generation::holds_sockets(&pids, &self.socket_inodes)) {
+            Ok(holds) => holds,
+            Err(e) => {
+                self.unreadable(number, "sockets", || {
+                    format!(
+                        "cannot tell whether generation {number} still holds the public sockets, so it counts as \
+                         holding them: {e}"
+                    )
+                });
+                true
+            }
+        }
+    }
+
+    /// Warns of what cannot be read of generation `number`, once per generation and `what`.
+    fn unreadable(&self, number: u64, what: &'static str, message: impl FnOnce() -> String) {
+        let mut said = self.unreadable.borrow_mut();
+        if !said.contains(&(number, what)) {
+            said.push((number, what));
+            log::warn(message()).field("GENERATION", number).emit();
         }
     }
 
@@ -457,9 +506,8 @@ impl Supervisor {
     /// its cgroup that hold the public sockets: a server that daemonized (`gunicorn --daemon`).
     /// Process groups cannot tell (the daemon left the group).
     fn daemonized(&self, number: u64) -> bool {
-        let starting = self.core.generation(number).is_some_and(|g| g.phase.is_starting());
-        starting
-            && self.cgroup(number).is_some_and(|cgroup| generation::holds_sockets(&cgroup.pids(), &self.socket_inodes))
+        let Some(g) = self.core.generation(number).filter(|g| g.phase.is_starting()) else { return false };
+        self.cgroup(number).is_some() && self.holds_sockets(number, g.pid)
     }
 
     fn cgroup(&self, number: u64) -> Option<&GenCgroup> {
@@ -533,6 +581,7 @@ impl Supervisor {
                     self.kill_check_command(number);
                 }
                 Action::Forget { number } => {
+                    self.unreadable.borrow_mut().retain(|(n, _)| *n != number);
                     self.checks.retain(|(n, _)| *n != number);
                     self.inboxes.retain(|(n, _)| *n != number);
                     self.remove_cgroup(number);
@@ -1017,7 +1066,7 @@ impl Resources {
         {
             log::warn(format!("failed to set generation {number}'s cpu.weight back: {e}")).emit();
         }
-        let members = || cgroup.map(GenCgroup::pids).unwrap_or_else(|| generation::members(pid));
+        let members = || cgroup.map(GenCgroup::pids).unwrap_or_else(|| generation::members(pid)).unwrap_or_default();
         let restore_nice = self.boot.is_some_and(|b| b.nice.is_some());
         let mut done = resources::restore_priority(&[pid], self.own_nice, restore_nice);
         for _ in 0..2 {

@@ -217,6 +217,35 @@ fn gunicorn_daemon_is_refused_and_leaves_nothing() {
     assert!(generations.is_empty(), "the generation's cgroup should be removed: {generations:?}");
 }
 
+/// Without `cgroup.kill` (kernels before 5.14), a generation is killed by freezing its cgroup
+/// and killing what its `cgroup.procs` lists until nothing is left: a real cgroup whose process
+/// forks a new child every 5 ms, in a cgroup of its own under it, ends up empty.
+#[test]
+fn a_forking_generation_is_killed_without_cgroup_kill() {
+    if !prerequisite(is_root(), "root (to create a cgroup)") {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("kill-each") else { return };
+    let inner = cgroup.0.join("sub");
+    std::fs::create_dir(&inner).expect("create a cgroup under it");
+    let mut forker = std::process::Command::new("sh")
+        .args(["-c", r#"echo $$ >"$0/cgroup.procs" && while :; do sleep 30 & sleep 0.005; done"#])
+        .arg(&inner)
+        .spawn()
+        .expect("sh");
+    assert!(wait_until(Duration::from_secs(5), || cgroup.processes().len() > 10), "{:?}", cgroup.processes());
+    let started = Instant::now();
+    let killed = sockherd::cgroup::kill_each(&cgroup.0);
+    let took = started.elapsed();
+    let _ = forker.wait();
+    let left = cgroup.processes();
+    let frozen = std::fs::read_to_string(cgroup.0.join("cgroup.freeze")).unwrap_or_default();
+    eprintln!("killed in {took:?}: {killed:?}, left {left:?}, cgroup.freeze {}", frozen.trim());
+    killed.expect("kill_each");
+    assert!(left.is_empty(), "left: {left:?}");
+    assert_eq!(frozen.trim(), "0", "the cgroup must be thawed again");
+}
+
 /// A cgroup of the test's own on the host's cgroup2 tree, marked delegated; killed and removed
 /// (with what sockherd created in it) on drop.
 struct DelegatedCgroup(std::path::PathBuf);
