@@ -562,6 +562,9 @@ impl Supervisor {
                     let result = match (group, self.cgroup(number)) {
                         (false, _) => sys::kill(pid, signal.0),
                         (true, Some(cgroup)) => cgroup.signal_all(signal.0),
+                        // Its master reaped, the group's id is another generation's master's
+                        // now (see kill_plan): the group this was meant for is empty.
+                        (true, None) if self.core.generation_of(pid).is_some() => Ok(()),
                         (true, None) => sys::kill_group(pid, signal.0).map(drop),
                     };
                     if let Err(e) = result {
@@ -569,13 +572,17 @@ impl Supervisor {
                     }
                 }
                 Action::Kill { number, pid } => {
-                    if let Some(cgroup) = self.cgroup(number)
+                    let reaped = self.core.generation(number).is_none_or(|g| !g.master_alive());
+                    let plan = kill_plan(self.cgroup(number).is_some(), reaped, self.core.generation_of(pid).is_some());
+                    if let Some(cgroup) = self.cgroup(number).filter(|_| plan.cgroup)
                         && let Err(e) = cgroup.kill()
                     {
                         log::warn(format!("failed to kill cgroup {}: {e}", cgroup.path().display())).emit();
                     }
-                    let _ = sys::kill_group(pid, libc::SIGKILL);
-                    if self.core.generation(number).is_some_and(|g| g.master_alive()) {
+                    if plan.group {
+                        let _ = sys::kill_group(pid, libc::SIGKILL);
+                    }
+                    if plan.master {
                         let _ = sys::kill(pid, libc::SIGKILL);
                     }
                     self.kill_check_command(number);
@@ -1083,6 +1090,35 @@ impl Resources {
     }
 }
 
+/// What of a generation gets SIGKILL ([`kill_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KillPlan {
+    /// Its cgroup, as a whole.
+    cgroup: bool,
+    /// Its process group (the master's pid).
+    group: bool,
+    /// Its master, by pid.
+    master: bool,
+}
+
+/// How a generation is killed. A pid, and the process group of that id, is safe to signal only
+/// while the master is not reaped: until then the kernel cannot give the number out again.
+/// Once reaped, a cgroup is killed as a whole and nothing by pid (a reused pid's process group
+/// would get the SIGKILL). Without a cgroup the group's id is all there is: the kernel keeps it
+/// reserved while a member is left (a zombie too, until sockherd reaps it), so it can only be
+/// another group's once the group is empty, when the kill is no longer needed, and before the
+/// next look at it tells the generation gone. That window cannot be closed without cgroups; the
+/// one case sockherd can tell, the id now being another generation's master (a group leader),
+/// is spared.
+fn kill_plan(in_cgroup: bool, master_reaped: bool, pid_is_another_master: bool) -> KillPlan {
+    match (in_cgroup, master_reaped) {
+        (true, false) => KillPlan { cgroup: true, group: true, master: true },
+        (true, true) => KillPlan { cgroup: true, group: false, master: false },
+        (false, false) => KillPlan { cgroup: false, group: true, master: true },
+        (false, true) => KillPlan { cgroup: false, group: !pid_is_another_master, master: false },
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Signals,
@@ -1118,6 +1154,19 @@ pub fn utc(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reaped master's pid may be another process's: in a cgroup, nothing is killed by it;
+    /// in a process group, not when it is another generation's master now.
+    #[test]
+    fn a_reaped_masters_pid_is_not_killed() {
+        let all = KillPlan { cgroup: true, group: true, master: true };
+        assert_eq!(kill_plan(true, false, false), all);
+        assert_eq!(kill_plan(true, true, false), KillPlan { group: false, master: false, ..all });
+        assert_eq!(kill_plan(true, true, true), KillPlan { group: false, master: false, ..all });
+        assert_eq!(kill_plan(false, false, false), KillPlan { cgroup: false, ..all });
+        assert_eq!(kill_plan(false, true, false), KillPlan { cgroup: false, group: true, master: false });
+        assert_eq!(kill_plan(false, true, true), KillPlan { cgroup: false, group: false, master: false });
+    }
 
     #[test]
     fn formats_utc() {
