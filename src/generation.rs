@@ -22,6 +22,29 @@ pub fn members(pgid: Pid) -> io::Result<Vec<Pid>> {
         .collect())
 }
 
+/// Every descendant of `pid` right now (children, their children, ...), whatever their group
+/// or session, from the parent pids in /proc.
+pub fn descendants(pid: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let parents: Vec<(Pid, Pid)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<Pid>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // Field 4 (ppid), counted after the command name's last ')'.
+            Some((p, stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = found.get(next) {
+        next += 1;
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(p, _)| *p));
+    }
+    found.remove(0);
+    found
+}
+
 /// Whether one of these processes (a generation's) still holds one of the sockets with these
 /// inodes, i.e. may still accept a connection on them.
 ///

@@ -376,17 +376,31 @@ pub struct Restored {
     pub error: Option<String>,
 }
 
-/// Gives every thread of every process in `pids` the nice value `nice` and the normal policy
-/// (SCHED_OTHER), undoing a boot priority (nice and policy are per thread on Linux, and a
-/// thread inherits them from the one that created it).
-pub fn restore_priority(pids: &[Pid], nice: i32, restore_nice: bool) -> Restored {
+/// Sets every thread of every process in `pids` back from the boot priority `boot` to the nice
+/// value `nice` and the normal policy (SCHED_OTHER), undoing a boot priority (nice and policy
+/// are per thread on Linux, and a thread inherits them from the one that created it). Only what
+/// is still at its boot value is set back: a nice value or policy the app chose itself since
+/// (a worker that lowered its own priority) is its own. With `boot.nice` None, the nice value
+/// was never changed and is not touched.
+pub fn restore_priority(pids: &[Pid], nice: i32, boot: sys::BootPriority) -> Restored {
     let mut restored = Restored::default();
     for &pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for task in tasks.flatten() {
             let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<Pid>().ok()) else { continue };
-            let result = (if restore_nice { sys::set_thread_nice(tid, nice) } else { Ok(()) })
-                .and_then(|()| sys::set_thread_normal_policy(tid));
+            // A thread that exited meanwhile has no stat any more, and nothing to set back.
+            let Some((now_nice, policy)) =
+                std::fs::read_to_string(task.path().join("stat")).ok().and_then(|stat| stat_priority(&stat))
+            else {
+                continue;
+            };
+            let set_nice = boot.nice == Some(now_nice) && now_nice != nice;
+            let set_policy = boot.batch && policy == libc::SCHED_BATCH as u32;
+            if !set_nice && !set_policy {
+                continue;
+            }
+            let result = (if set_nice { sys::set_thread_nice(tid, nice) } else { Ok(()) })
+                .and_then(|()| if set_policy { sys::set_thread_normal_policy(tid) } else { Ok(()) });
             match result {
                 Ok(()) => restored.threads += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}

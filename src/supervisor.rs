@@ -1065,19 +1065,31 @@ impl Resources {
     }
 
     /// Sets generation `number` (master `pid`) back to sockherd's priority: the master first,
-    /// so that what it forks from now on is born normal, then every process of its group with
-    /// all their threads. A second pass catches a process forked during the first.
+    /// so that what it forks from now on is born normal, then every process of its cgroup, or
+    /// of its process group and every descendant of its master (a worker that called setsid()
+    /// left the group, not the master's tree), with all their threads. A second pass catches a
+    /// process forked during the first. Without a cgroup, a worker whose parent exited (it was
+    /// reparented to sockherd) is out of reach.
     fn restore(&self, number: u64, pid: Pid, cgroup: Option<&GenCgroup>) {
+        let Some(boot) = self.boot else { return };
         if let Some(cgroup) = cgroup.filter(|c| c.path().join("cpu.weight").exists())
             && let Err(e) = resources::set_cpu_weight(cgroup.path(), resources::NORMAL_CPU_WEIGHT)
         {
             log::warn(format!("failed to set generation {number}'s cpu.weight back: {e}")).emit();
         }
-        let members = || cgroup.map(GenCgroup::pids).unwrap_or_else(|| generation::members(pid)).unwrap_or_default();
-        let restore_nice = self.boot.is_some_and(|b| b.nice.is_some());
-        let mut done = resources::restore_priority(&[pid], self.own_nice, restore_nice);
+        let members = || match cgroup {
+            Some(cgroup) => cgroup.pids().unwrap_or_default(),
+            None => {
+                let mut pids = generation::members(pid).unwrap_or_default();
+                pids.extend(generation::descendants(pid));
+                pids.sort_unstable();
+                pids.dedup();
+                pids
+            }
+        };
+        let mut done = resources::restore_priority(&[pid], self.own_nice, boot);
         for _ in 0..2 {
-            let pass = resources::restore_priority(&members(), self.own_nice, restore_nice);
+            let pass = resources::restore_priority(&members(), self.own_nice, boot);
             done.threads += pass.threads;
             done.error = done.error.or(pass.error);
         }
@@ -1166,6 +1178,83 @@ mod tests {
         assert_eq!(kill_plan(false, false, false), KillPlan { cgroup: false, ..all });
         assert_eq!(kill_plan(false, true, false), KillPlan { cgroup: false, group: true, master: false });
         assert_eq!(kill_plan(false, true, true), KillPlan { cgroup: false, group: false, master: false });
+    }
+
+    /// The (nice value, policy) of each thread of `pid`.
+    fn priorities(pid: Pid) -> Vec<(i32, u32)> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .filter_map(|stat| resources::stat_priority(&stat))
+            .collect()
+    }
+
+    /// A generation booted at nice 10 and SCHED_BATCH in process-group mode, whose master
+    /// started a worker that left the group (setsid) and one that set its own nice value (15):
+    /// at ready, the master and the escaped worker are set back, and of the other only the
+    /// policy, its own nice value left alone.
+    #[test]
+    fn a_ready_generation_gets_its_escaped_workers_back_and_keeps_its_own_nice_values() {
+        use std::os::unix::process::CommandExt;
+        if !resources::can_restore_nice(sys::own_nice()) {
+            eprintln!("skipped: lowering a nice value needs CAP_SYS_NICE or LimitNICE=");
+            return;
+        }
+        const OTHER: u32 = libc::SCHED_OTHER as u32;
+        const BATCH: u32 = libc::SCHED_BATCH as u32;
+        let own = sys::own_nice();
+        let boot = resources::boot_nice(own);
+        if !std::path::Path::new("/usr/bin/chrt").exists() {
+            eprintln!("skipped: no chrt to boot at SCHED_BATCH");
+            return;
+        }
+        let mut master = std::process::Command::new("chrt")
+            .args(["-b", "0", "nice", "-n", &(boot - own).to_string(), "sh", "-c"])
+            .arg("setsid sleep 31 & nice -n 5 sleep 32 & wait")
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pid = master.id() as Pid;
+        let child = |args: &str| {
+            procfs_children(pid).into_iter().find(|&c| {
+                std::fs::read(format!("/proc/{c}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(args))
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        let (escaped, own_choice) = loop {
+            if let (Some(a), Some(b)) = (child("31"), child("32"))
+                && priorities(b) == [((boot + 5).min(19), BATCH)]
+            {
+                break (a, b);
+            }
+            assert!(Instant::now() < until, "the workers did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let resources = Resources {
+            boot: Some(sys::BootPriority { nice: Some(boot), batch: true }),
+            own_nice: own,
+            booting: Vec::new(),
+        };
+        resources.restore(2, pid, None);
+        let after = (priorities(pid), priorities(escaped), priorities(own_choice));
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+        let _ = sys::kill(escaped, libc::SIGKILL);
+        let _ = master.wait();
+        assert_eq!(after, (vec![(own, OTHER)], vec![(own, OTHER)], vec![((boot + 5).min(19), OTHER)]));
+    }
+
+    /// The children of `pid`, from /proc.
+    fn procfs_children(pid: Pid) -> Vec<Pid> {
+        let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        entries
+            .filter_map(|e| e.file_name().to_str()?.parse::<Pid>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<Pid>().ok())
+                    == Some(pid)
+            })
+            .collect()
     }
 
     #[test]
