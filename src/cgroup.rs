@@ -135,8 +135,10 @@ impl Cgroups {
         &self.root
     }
 
-    /// Creates `gen-N` for generation `number`, ready for its first process to enter.
-    pub fn create(&self, number: u64) -> io::Result<GenCgroup> {
+    /// Creates `gen-N` for generation `number`, ready for its first process to enter, with
+    /// `cpu_weight` where given and the cpu controller is delegated. On any failure nothing is
+    /// left behind.
+    pub fn create(&self, number: u64, cpu_weight: Option<u32>) -> io::Result<GenCgroup> {
         let path = self.root.join(format!("gen-{number}"));
         let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("failed to {what}: {e}"));
         match std::fs::create_dir(&path) {
@@ -152,6 +154,11 @@ impl Cgroups {
             .and_then(|procs| {
                 let events = File::open(path.join("cgroup.events"))
                     .map_err(|e| context(e, &format!("open {}/cgroup.events", path.display())))?;
+                let weight = path.join("cpu.weight");
+                if let Some(value) = cpu_weight.filter(|_| weight.exists()) {
+                    std::fs::write(&weight, format!("{value}\n"))
+                        .map_err(|e| context(e, &format!("set {} to {value}", weight.display())))?;
+                }
                 Ok((procs, events))
             });
         match opened {
@@ -469,7 +476,7 @@ mod tests {
         // An empty leftover gen-1, taken over; then a process enters it.
         let dir = tree(&[("gen-1/cgroup.procs", ""), ("gen-1/cgroup.events", "populated 0\n")]);
         let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
-        let gen1 = cgroups.create(1).unwrap();
+        let gen1 = cgroups.create(1, None).unwrap();
         std::fs::write(dir.join("gen-1/cgroup.procs"), "10\n").unwrap();
         std::fs::write(dir.join("gen-1/cgroup.events"), "populated 1\n").unwrap();
         assert_eq!((gen1.pids().unwrap(), gen1.populated().unwrap()), (vec![10], true));
@@ -491,10 +498,35 @@ mod tests {
     fn a_generation_cgroup_that_cannot_be_used_is_removed() {
         let dir = tree(&[]);
         let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
-        let created = cgroups.create(7);
+        let created = cgroups.create(7, None);
         let left = dir.join("gen-7").exists();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(created.is_err());
         assert!(!left, "gen-7 was left behind");
+    }
+
+    /// A booting generation's cgroup gets the lower cpu.weight where it has the file; a write
+    /// that fails fails the creation, with the file named.
+    #[test]
+    fn the_boot_cpu_weight_is_set_as_the_cgroup_is_created() {
+        let leftover = [("cgroup.procs", ""), ("cgroup.events", "populated 0\n")];
+        let files: Vec<(String, &str)> = ["gen-1", "gen-2", "gen-3"]
+            .iter()
+            .flat_map(|g| leftover.iter().map(move |(f, t)| (format!("{g}/{f}"), *t)))
+            .chain([("gen-1/cpu.weight".to_string(), "100\n"), ("gen-3/cpu.weight/x".to_string(), "")])
+            .collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(f, t)| (f.as_str(), *t)).collect();
+        let dir = tree(&files);
+        let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
+        let lowered = cgroups.create(1, Some(1)).map(drop);
+        let weight = std::fs::read_to_string(dir.join("gen-1/cpu.weight")).unwrap();
+        // No cpu controller: nothing to set.
+        let without = cgroups.create(2, Some(1)).map(drop);
+        // cpu.weight cannot be written (a directory here).
+        let failed = cgroups.create(3, Some(1)).map(drop);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((lowered.ok(), weight.as_str(), without.ok()), (Some(()), "1\n", Some(())));
+        let error = failed.unwrap_err().to_string();
+        assert!(error.contains("gen-3/cpu.weight to 1"), "{error}");
     }
 }

@@ -123,10 +123,8 @@ impl Usage {
 /// The usage of a generation: from its cgroup's files where `cgroup` is given and they can be
 /// read, else from /proc for `pids` (its processes).
 pub fn usage(pids: &[Pid], cgroup: Option<&Path>) -> Usage {
-    let cgroup_pids: Option<Vec<Pid>> = cgroup.and_then(|dir| {
-        let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-        Some(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
-    });
+    // Its processes in the cgroups it made under its own included.
+    let cgroup_pids: Option<Vec<Pid>> = cgroup.and_then(|dir| crate::cgroup::subtree_pids(dir).ok());
     let pids: &[Pid] = cgroup_pids.as_deref().unwrap_or(pids);
     let cpu = cgroup
         .and_then(|dir| cpu_stat_usage(&std::fs::read_to_string(dir.join("cpu.stat")).ok()?))
@@ -254,9 +252,12 @@ pub fn memory_cgroups(proc_self_cgroup: &str, mountinfo: &str) -> Vec<(PathBuf, 
             matches.then_some((root, mountpoint))
         });
         let Some((root, mountpoint)) = mount else { continue };
-        let relative = path.strip_prefix(root).unwrap_or(path).trim_start_matches('/');
+        // Path components, not characters: /box is no part of /boxes. A cgroup outside the
+        // mount's root has no directory under it.
+        let Ok(relative) = Path::new(path).strip_prefix(root) else { continue };
         let top = PathBuf::from(mountpoint);
-        out.push((if relative.is_empty() { top.clone() } else { top.join(relative) }, top));
+        let dir = if relative.as_os_str().is_empty() { top.clone() } else { top.join(relative) };
+        out.push((dir, top));
     }
     out
 }
@@ -439,7 +440,8 @@ mod tests {
     #[test]
     fn a_generation_cgroup_is_read_from_its_files() {
         let root = tree(&[
-            ("gen-2/cgroup.procs", "101\n102\n103\n"),
+            ("gen-2/cgroup.procs", "101\n102\n"),
+            ("gen-2/workers/cgroup.procs", "103\n"),
             ("gen-2/cpu.stat", "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
             ("gen-2/memory.current", "73400320\n"),
             ("gen-2/memory.peak", "104857600\n"),
@@ -607,6 +609,12 @@ mod tests {
             memory_cgroups("0::/box/app.service\n", mountinfo),
             vec![(PathBuf::from("/sys/fs/cgroup/app.service"), PathBuf::from("/sys/fs/cgroup"))]
         );
+        assert_eq!(
+            memory_cgroups("0::/box\n", mountinfo),
+            vec![(PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup"))]
+        );
+        // /box is no part of /boxes: a cgroup outside the mount's root cannot be seen through it.
+        assert_eq!(memory_cgroups("0::/boxes/app.service\n", mountinfo), vec![]);
     }
 
     #[test]

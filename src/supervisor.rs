@@ -732,18 +732,13 @@ impl Supervisor {
         if let Some(interval) = self.watchdog.filter(|_| prepared.inbox.is_some()) {
             extra_env.push((crate::protocol::WATCHDOG_USEC.to_string(), interval.as_micros().to_string().into()));
         }
-        let cgroup = match self.membership.cgroups() {
-            Some(cgroups) => Some(cgroups.create(number)?),
-            None => None,
-        };
         // With the cpu controller delegated, the booting generation's whole cgroup gets the
         // lower weight too (set back with its threads' priority at ready).
-        if let Some(cgroup) = cgroup.as_ref().filter(|c| c.path().join("cpu.weight").exists())
-            && self.resources.boot_priority_for(number).is_some()
-        {
-            resources::set_cpu_weight(cgroup.path(), resources::BOOT_CPU_WEIGHT)
-                .with_context(|| format!("failed to lower {}'s cpu.weight", cgroup.path().display()))?;
-        }
+        let weight = self.resources.boot_priority_for(number).map(|_| resources::BOOT_CPU_WEIGHT);
+        let cgroup = match self.membership.cgroups() {
+            Some(cgroups) => Some(cgroups.create(number, weight)?),
+            None => None,
+        };
         let launch = Launch {
             flavor: self.config.flavor,
             sockets,
