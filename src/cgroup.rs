@@ -407,6 +407,27 @@ mod tests {
         std::fs::rename(staged, dir.join("cgroup.procs")).unwrap();
     }
 
+    /// A GenCgroup whose directory is `dir` (no `cgroup.kill` in it, no events to read).
+    fn stand_in_cgroup(dir: &Path) -> GenCgroup {
+        GenCgroup { path: dir.to_path_buf(), procs: File::open(dir).unwrap().into(), events: File::open(dir).unwrap() }
+    }
+
+    /// A signal to a generation reaches the processes of the cgroups under it too.
+    #[test]
+    fn a_signal_reaches_every_process_of_the_generation() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tree(&[]);
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let (top, below) = (sleeper(), sleeper());
+        std::fs::write(dir.join("cgroup.procs"), format!("{}\n", top.id())).unwrap();
+        std::fs::write(dir.join("sub/cgroup.procs"), format!("{}\n", below.id())).unwrap();
+        let sent = stand_in_cgroup(&dir).signal_all(libc::SIGTERM);
+        let (top, below) = (ended(top), ended(below));
+        std::fs::remove_dir_all(&dir).unwrap();
+        sent.unwrap();
+        assert_eq!((top.and_then(|s| s.signal()), below.and_then(|s| s.signal())), (Some(15), Some(15)));
+    }
+
     fn sleeper() -> Child {
         Command::new("sleep").arg("30").spawn().expect("sleep")
     }
@@ -444,7 +465,7 @@ mod tests {
                 (first, forked)
             })
         };
-        let killed = kill_each(&dir);
+        let killed = stand_in_cgroup(&dir).kill();
         let (first, forked) = stand_in.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         killed.unwrap();
@@ -491,6 +512,33 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(pids.is_err(), "{pids:?}");
         assert!(populated.is_err(), "{populated:?}");
+    }
+
+    /// A cgroup removed under the descriptor of its `cgroup.events` (ENODEV) was empty: the
+    /// kernel removes no populated cgroup. On the host's cgroup2 tree, where it can be written.
+    #[test]
+    fn a_removed_cgroup_is_not_populated() {
+        let Some(top) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists())
+        else {
+            eprintln!("skipped: no cgroup2 hierarchy");
+            return;
+        };
+        let root = top.join(format!("sockherd-unit-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&root) {
+            eprintln!("skipped: cannot create a cgroup in {}: {e}", top.display());
+            return;
+        }
+        let cgroups = Cgroups { root: root.clone(), controllers: Vec::new() };
+        let gen1 = cgroups.create(1, None);
+        let before = gen1.as_ref().map(|g| g.populated().ok());
+        let removed = gen1.as_ref().map(|g| g.remove().is_ok());
+        let after = gen1.as_ref().map(|g| g.populated().ok());
+        let _ = std::fs::remove_dir(root.join("gen-1"));
+        std::fs::remove_dir(&root).unwrap();
+        assert_eq!((before.ok(), removed.ok(), after.ok()), (Some(Some(false)), Some(true), Some(Some(false))));
     }
 
     /// A gen-N whose files cannot be opened is not left behind.
