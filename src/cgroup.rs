@@ -282,15 +282,13 @@ pub fn kill_each(dir: &Path) -> io::Result<()> {
     outcome
 }
 
-/// `signal` to each of `pids`; see [`GenCgroup::signal_all`].
+/// `signal` to each of `pids`; see [`GenCgroup::signal_all`] ([`sys::kill`] takes a process
+/// that is gone for no failure).
 fn signal_each(pids: &[Pid], signal: i32) -> io::Result<()> {
     let mut first_error = None;
     for &pid in pids {
-        match sys::kill(pid, signal) {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                first_error.get_or_insert(e);
-            }
-            _ => {}
+        if let Err(e) = sys::kill(pid, signal) {
+            first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(()), Err)
@@ -482,6 +480,8 @@ mod tests {
             ("gen-4/workers/cgroup.procs", "12\n"),
             ("gen-4/workers/w1/cgroup.procs", "13\n14\n"),
             ("gen-4/empty/cgroup.procs", ""),
+            // Removed between the listing of gen-4 and the read of its cgroup.procs.
+            ("gen-4/gone/cgroup.events", ""),
         ]);
         let mut pids = subtree_pids(&dir.join("gen-4")).unwrap();
         pids.sort_unstable();
@@ -514,10 +514,11 @@ mod tests {
         assert!(populated.is_err(), "{populated:?}");
     }
 
-    /// A cgroup removed under the descriptor of its `cgroup.events` (ENODEV) was empty: the
-    /// kernel removes no populated cgroup. On the host's cgroup2 tree, where it can be written.
+    /// A generation's cgroup is removed with the cgroups under it; read through the descriptor
+    /// of its `cgroup.events` (ENODEV), it is empty: the kernel removes no populated cgroup. On
+    /// the host's cgroup2 tree, where it can be written.
     #[test]
-    fn a_removed_cgroup_is_not_populated() {
+    fn a_removed_cgroup_is_gone_with_its_children_and_not_populated() {
         let Some(top) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
             .into_iter()
             .map(PathBuf::from)
@@ -533,12 +534,18 @@ mod tests {
         }
         let cgroups = Cgroups { root: root.clone(), controllers: Vec::new() };
         let gen1 = cgroups.create(1, None);
+        // A cgroup the generation made under its own goes with it.
+        let _ = std::fs::create_dir_all(root.join("gen-1/workers/w1"));
         let before = gen1.as_ref().map(|g| g.populated().ok());
         let removed = gen1.as_ref().map(|g| g.remove().is_ok());
+        let gone = !root.join("gen-1").exists();
         let after = gen1.as_ref().map(|g| g.populated().ok());
-        let _ = std::fs::remove_dir(root.join("gen-1"));
+        for dir in ["gen-1/workers/w1", "gen-1/workers", "gen-1"] {
+            let _ = std::fs::remove_dir(root.join(dir));
+        }
         std::fs::remove_dir(&root).unwrap();
-        assert_eq!((before.ok(), removed.ok(), after.ok()), (Some(Some(false)), Some(true), Some(Some(false))));
+        assert_eq!((before.ok(), removed.ok(), gone), (Some(Some(false)), Some(true), true));
+        assert_eq!(after.ok(), Some(Some(false)));
     }
 
     /// A gen-N whose files cannot be opened is not left behind.
