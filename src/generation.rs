@@ -122,6 +122,9 @@ mod tests {
         std::fs::create_dir_all(proc.join("11")).unwrap();
         // A file where the directory should be: listing it fails (ENOTDIR), as EACCES would.
         std::fs::write(proc.join("11/fd"), "").unwrap();
+        // A descriptor that cannot be read as a link (EINVAL here, EACCES in life).
+        std::fs::create_dir_all(proc.join("13/fd")).unwrap();
+        std::fs::write(proc.join("13/fd/4"), "").unwrap();
         let holds = |pids: &[Pid], inodes: &[u64]| holds_sockets_in(&proc, pids, inodes);
         let results = [
             holds(&[10], &[77]).ok(),
@@ -129,8 +132,9 @@ mod tests {
             holds(&[12], &[77]).ok(),
             holds(&[11], &[77]).ok(),
             holds(&[11, 10], &[77]).ok(),
+            holds(&[13], &[77]).ok(),
         ];
         std::fs::remove_dir_all(&proc).unwrap();
-        assert_eq!(results, [Some(true), Some(false), Some(false), None, Some(true)]);
+        assert_eq!(results, [Some(true), Some(false), Some(false), None, Some(true), None]);
     }
 }

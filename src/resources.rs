@@ -508,8 +508,11 @@ mod tests {
         let plain = Usage { memory_unreclaimable: None, ..with_peak.clone() };
         assert_eq!(plain.expected_need(), 250 * MIB);
         // Never more than the peak, whatever the stat says.
-        let odd = Usage { memory_unreclaimable: Some(400 * MIB), ..with_peak };
+        let odd = Usage { memory_unreclaimable: Some(400 * MIB), ..with_peak.clone() };
         assert_eq!(odd.expected_need(), 250 * MIB);
+        // Nothing in use now (no share to scale by): what cannot be reclaimed, within the peak.
+        let empty = Usage { memory: 0, memory_unreclaimable: Some(4 * MIB), ..with_peak };
+        assert_eq!(empty.expected_need(), 4 * MIB);
         assert_eq!(unreclaimable("anon 7\nshmem 3\nkernel 1\nfile 1000\n"), Some(11));
         assert_eq!(unreclaimable("file 1000\n"), None);
     }
