@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::sys::{self, Pid};
 
@@ -136,8 +137,10 @@ impl Cgroups {
         &self.root
     }
 
-    /// Creates `gen-N` for generation `number`, ready for its first process to enter.
-    pub fn create(&self, number: u64) -> io::Result<GenCgroup> {
+    /// Creates `gen-N` for generation `number`, ready for its first process to enter, with
+    /// `cpu_weight` where given and the cpu controller is delegated. On any failure nothing is
+    /// left behind.
+    pub fn create(&self, number: u64, cpu_weight: Option<u32>) -> io::Result<GenCgroup> {
         let path = self.root.join(format!("gen-{number}"));
         let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("failed to {what}: {e}"));
         match std::fs::create_dir(&path) {
@@ -146,13 +149,28 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !populated(&path).unwrap_or(true) => {}
             Err(e) => return Err(context(e, &format!("create cgroup {}", path.display()))),
         }
-        let procs = OpenOptions::new()
+        let opened = OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))
-            .map_err(|e| context(e, &format!("open {}/cgroup.procs", path.display())))?;
-        let events = File::open(path.join("cgroup.events"))
-            .map_err(|e| context(e, &format!("open {}/cgroup.events", path.display())))?;
-        Ok(GenCgroup { path, procs: procs.into(), events })
+            .map_err(|e| context(e, &format!("open {}/cgroup.procs", path.display())))
+            .and_then(|procs| {
+                let events = File::open(path.join("cgroup.events"))
+                    .map_err(|e| context(e, &format!("open {}/cgroup.events", path.display())))?;
+                let weight = path.join("cpu.weight");
+                if let Some(value) = cpu_weight.filter(|_| weight.exists()) {
+                    std::fs::write(&weight, format!("{value}\n"))
+                        .map_err(|e| context(e, &format!("set {} to {value}", weight.display())))?;
+                }
+                Ok((procs, events))
+            });
+        match opened {
+            Ok((procs, events)) => Ok(GenCgroup { path, procs: procs.into(), events }),
+            // No generation will enter it: it must not stay behind.
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -180,54 +198,52 @@ impl GenCgroup {
         self.events.as_fd()
     }
 
-    /// Whether any process is left in it. Reading `cgroup.events` through the descriptor
-    /// polled also acknowledges the change that woke the loop: the next POLLPRI is a new one.
-    pub fn populated(&self) -> bool {
+    /// Whether any process is left in it (or in a cgroup under it). Reading `cgroup.events`
+    /// through the descriptor polled also acknowledges the change that woke the loop: the next
+    /// POLLPRI is a new one. An error is no answer: the caller counts the generation as still
+    /// there, except where the cgroup was removed (ENODEV), which the kernel allows only to an
+    /// empty one.
+    pub fn populated(&self) -> io::Result<bool> {
         let mut buf = [0u8; 128];
         match self.events.read_at(&mut buf, 0) {
-            Ok(n) => String::from_utf8_lossy(&buf[..n]).lines().any(|l| l.trim() == "populated 1"),
-            // Unreadable (removed under us): nothing can be left in it.
-            Err(_) => false,
+            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l.trim() == "populated 1")),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => {
+                Err(io::Error::new(e.kind(), format!("failed to read {}/cgroup.events: {e}", self.path.display())))
+            }
         }
     }
 
-    /// Every process in the generation right now (only these are read, never all of /proc).
-    pub fn pids(&self) -> Vec<Pid> {
-        read_file(&self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+    /// Every process in the generation right now, those in cgroups it made under its own
+    /// included (only these are read, never all of /proc). An error is no empty list: a caller
+    /// that took it for one would believe the generation gone or done with the sockets.
+    pub fn pids(&self) -> io::Result<Vec<Pid>> {
+        subtree_pids(&self.path)
     }
 
     /// Sends `signal` to every process of the generation. A process that exited since the
     /// list was read is no failure, and no failure keeps the others from their signal: the
     /// first real error is returned once every process was tried.
     pub fn signal_all(&self, signal: i32) -> io::Result<()> {
-        let mut first_error = None;
-        for pid in self.pids() {
-            match sys::kill(pid, signal) {
-                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                    first_error.get_or_insert(e);
-                }
-                _ => {}
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        signal_each(&self.pids()?, signal)
     }
 
     /// SIGKILL to every process of the generation, at once and including those it forks
-    /// meanwhile (`cgroup.kill`, Linux 5.14), else one by one.
+    /// meanwhile (`cgroup.kill`, Linux 5.14), else round after round until none is left
+    /// ([`kill_each`]).
     pub fn kill(&self) -> io::Result<()> {
         match write_file(&self.path.join("cgroup.kill"), "1") {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.signal_all(libc::SIGKILL),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => kill_each(&self.path),
             other => other,
         }
     }
 
-    /// Removes the (empty) cgroup.
+    /// Removes the (empty) cgroup, with the cgroups the generation made under it.
     pub fn remove(&self) -> io::Result<()> {
-        std::fs::remove_dir(&self.path)
+        for dir in subtree(&self.path)?.into_iter().rev() {
+            std::fs::remove_dir(&dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        }
+        Ok(())
     }
 }
 
@@ -237,6 +253,93 @@ fn read_only(root: &Path) -> String {
         "its delegated cgroup {} is read-only here (ProtectControlGroups=yes): give the unit ReadWritePaths={0}",
         root.display()
     )
+}
+
+/// How long [`kill_each`] goes on sending SIGKILL while processes are left.
+const KILL_ROUNDS_FOR: Duration = Duration::from_secs(1);
+
+/// SIGKILL to every process in cgroup `dir` and under it, without `cgroup.kill` (kernels before
+/// 5.14): one read of the list and one pass would miss a process forked meanwhile, which could
+/// then hold the public sockets forever. The cgroup is frozen first (`cgroup.freeze`, 5.2; a
+/// SIGKILL still ends a frozen process), so that none can fork, and the list is read and
+/// killed again until it is empty (which also catches a fork that came before the freeze took
+/// hold, and works without a freezer), for [`KILL_ROUNDS_FOR`] at most; then thawed.
+pub fn kill_each(dir: &Path) -> io::Result<()> {
+    let frozen = write_file(&dir.join("cgroup.freeze"), "1").is_ok();
+    let until = Instant::now() + KILL_ROUNDS_FOR;
+    let mut first_error = None;
+    let outcome = loop {
+        let pids = match subtree_pids(dir) {
+            Ok(pids) => pids,
+            Err(e) => break Err(e),
+        };
+        if pids.is_empty() {
+            break first_error.map_or(Ok(()), Err);
+        }
+        if Instant::now() >= until {
+            break Err(first_error.unwrap_or_else(|| {
+                io::Error::other(format!("{} processes left after {KILL_ROUNDS_FOR:?} of SIGKILL", pids.len()))
+            }));
+        }
+        if let Err(e) = signal_each(&pids, libc::SIGKILL) {
+            first_error.get_or_insert(e);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    if frozen {
+        let _ = write_file(&dir.join("cgroup.freeze"), "0");
+    }
+    outcome
+}
+
+/// `signal` to each of `pids`; see [`GenCgroup::signal_all`] ([`sys::kill`] takes a process
+/// that is gone for no failure).
+fn signal_each(pids: &[Pid], signal: i32) -> io::Result<()> {
+    let mut first_error = None;
+    for &pid in pids {
+        if let Err(e) = sys::kill(pid, signal) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The processes of cgroup `dir` and of every cgroup under it (a process of a cgroup with
+/// children of its own is only in its child's `cgroup.procs`, not in its parent's).
+pub fn subtree_pids(dir: &Path) -> io::Result<Vec<Pid>> {
+    let mut pids = Vec::new();
+    for (i, cgroup) in subtree(dir)?.iter().enumerate() {
+        match read_file(&cgroup.join("cgroup.procs")) {
+            Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<Pid>().ok())),
+            // A cgroup under it that was removed since its parent was listed held nothing.
+            Err(e) if i > 0 && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(e.kind(), format!("failed to read {}/cgroup.procs: {e}", cgroup.display())));
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// Cgroup `dir` and every cgroup under it, each before its children.
+fn subtree(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut next = 0;
+    while let Some(parent) = dirs.get(next).cloned() {
+        next += 1;
+        let entries = match std::fs::read_dir(&parent) {
+            Ok(entries) => entries,
+            Err(e) if next > 1 && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("failed to list {}: {e}", parent.display()))),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(dirs)
 }
 
 /// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
@@ -284,4 +387,211 @@ fn read_file(path: &Path) -> io::Result<String> {
 /// cgroupfs takes one write per value.
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command};
+
+    fn tree(files: &[(&str, &str)]) -> PathBuf {
+        let mut bytes = [0u8; 8];
+        sys::random_bytes(&mut bytes).unwrap();
+        let root = std::env::temp_dir().join(format!("sockherd-cgroup-{}", u64::from_ne_bytes(bytes)));
+        std::fs::create_dir_all(&root).unwrap();
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        root
+    }
+
+    /// Replaces a stand-in `cgroup.procs` in one step (a reader never sees it empty between).
+    fn set_procs(dir: &Path, pids: &[u32]) {
+        let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+        let staged = dir.join("cgroup.procs.new");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(staged, dir.join("cgroup.procs")).unwrap();
+    }
+
+    /// A GenCgroup whose directory is `dir` (no `cgroup.kill` in it, no events to read).
+    fn stand_in_cgroup(dir: &Path) -> GenCgroup {
+        GenCgroup { path: dir.to_path_buf(), procs: File::open(dir).unwrap().into(), events: File::open(dir).unwrap() }
+    }
+
+    /// A signal to a generation reaches the processes of the cgroups under it too.
+    #[test]
+    fn a_signal_reaches_every_process_of_the_generation() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tree(&[]);
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let (top, below) = (sleeper(), sleeper());
+        std::fs::write(dir.join("cgroup.procs"), format!("{}\n", top.id())).unwrap();
+        std::fs::write(dir.join("sub/cgroup.procs"), format!("{}\n", below.id())).unwrap();
+        let sent = stand_in_cgroup(&dir).signal_all(libc::SIGTERM);
+        let (top, below) = (ended(top), ended(below));
+        std::fs::remove_dir_all(&dir).unwrap();
+        sent.unwrap();
+        assert_eq!((top.and_then(|s| s.signal()), below.and_then(|s| s.signal())), (Some(15), Some(15)));
+    }
+
+    fn sleeper() -> Child {
+        Command::new("sleep").arg("30").spawn().expect("sleep")
+    }
+
+    /// Waits (up to 5 s) for a child to end; None if it did not, and it is then killed here.
+    fn ended(mut child: Child) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// A cgroup without `cgroup.kill` (a directory standing in, whose `cgroup.procs` this test
+    /// rewrites as the kernel would): a process forked while the first was killed joins the
+    /// list once the first is dead, and must be killed too.
+    #[test]
+    fn without_cgroup_kill_a_process_forked_meanwhile_is_killed_too() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tree(&[]);
+        let (first, forked) = (sleeper(), sleeper());
+        set_procs(&dir, &[first.id()]);
+        let stand_in = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let first = ended(first);
+                set_procs(&dir, &[forked.id()]);
+                let forked = ended(forked);
+                set_procs(&dir, &[]);
+                (first, forked)
+            })
+        };
+        let killed = stand_in_cgroup(&dir).kill();
+        let (first, forked) = stand_in.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        killed.unwrap();
+        assert_eq!(first.and_then(|s| s.signal()), Some(libc::SIGKILL), "the first process: {first:?}");
+        assert_eq!(forked.and_then(|s| s.signal()), Some(libc::SIGKILL), "the process forked meanwhile: {forked:?}");
+    }
+
+    /// A generation that made cgroups of its own under gen-N: their processes are its
+    /// processes, though gen-N's own cgroup.procs does not list them.
+    #[test]
+    fn the_processes_of_cgroups_under_a_generation_are_its_own() {
+        let dir = tree(&[
+            ("gen-4/cgroup.procs", "10\n11\n"),
+            ("gen-4/workers/cgroup.procs", "12\n"),
+            ("gen-4/workers/w1/cgroup.procs", "13\n14\n"),
+            ("gen-4/empty/cgroup.procs", ""),
+            // Removed between the listing of gen-4 and the read of its cgroup.procs.
+            ("gen-4/gone/cgroup.events", ""),
+        ]);
+        let mut pids = subtree_pids(&dir.join("gen-4")).unwrap();
+        pids.sort_unstable();
+        let missing = subtree_pids(&dir.join("gen-5"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(pids, [10, 11, 12, 13, 14]);
+        assert!(missing.is_err(), "an unreadable cgroup is no empty one: {missing:?}");
+    }
+
+    /// What cannot be read is no answer: not "no process left", not "empty".
+    #[test]
+    fn errors_are_not_read_as_empty() {
+        // An empty leftover gen-1, taken over; then a process enters it.
+        let dir = tree(&[("gen-1/cgroup.procs", ""), ("gen-1/cgroup.events", "populated 0\n")]);
+        let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
+        let gen1 = cgroups.create(1, None).unwrap();
+        std::fs::write(dir.join("gen-1/cgroup.procs"), "10\n").unwrap();
+        std::fs::write(dir.join("gen-1/cgroup.events"), "populated 1\n").unwrap();
+        assert_eq!((gen1.pids().unwrap(), gen1.populated().unwrap()), (vec![10], true));
+        // cgroup.procs gone unreadable, cgroup.events unreadable (a directory now).
+        std::fs::remove_file(dir.join("gen-1/cgroup.procs")).unwrap();
+        let broken = GenCgroup {
+            path: dir.join("gen-1"),
+            procs: File::open(&dir).unwrap().into(),
+            events: File::open(&dir).unwrap(),
+        };
+        let (pids, populated) = (broken.pids(), broken.populated());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(pids.is_err(), "{pids:?}");
+        assert!(populated.is_err(), "{populated:?}");
+    }
+
+    /// A generation's cgroup is removed with the cgroups under it; read through the descriptor
+    /// of its `cgroup.events` (ENODEV), it is empty: the kernel removes no populated cgroup. On
+    /// the host's cgroup2 tree, where it can be written.
+    #[test]
+    fn a_removed_cgroup_is_gone_with_its_children_and_not_populated() {
+        let Some(top) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists())
+        else {
+            eprintln!("skipped: no cgroup2 hierarchy");
+            return;
+        };
+        let root = top.join(format!("sockherd-unit-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&root) {
+            eprintln!("skipped: cannot create a cgroup in {}: {e}", top.display());
+            return;
+        }
+        let cgroups = Cgroups { root: root.clone(), controllers: Vec::new() };
+        let gen1 = cgroups.create(1, None);
+        // A cgroup the generation made under its own goes with it.
+        let _ = std::fs::create_dir_all(root.join("gen-1/workers/w1"));
+        let before = gen1.as_ref().map(|g| g.populated().ok());
+        let removed = gen1.as_ref().map(|g| g.remove().is_ok());
+        let gone = !root.join("gen-1").exists();
+        let after = gen1.as_ref().map(|g| g.populated().ok());
+        for dir in ["gen-1/workers/w1", "gen-1/workers", "gen-1"] {
+            let _ = std::fs::remove_dir(root.join(dir));
+        }
+        std::fs::remove_dir(&root).unwrap();
+        assert_eq!((before.ok(), removed.ok(), gone), (Some(Some(false)), Some(true), true));
+        assert_eq!(after.ok(), Some(Some(false)));
+    }
+
+    /// A gen-N whose files cannot be opened is not left behind.
+    #[test]
+    fn a_generation_cgroup_that_cannot_be_used_is_removed() {
+        let dir = tree(&[]);
+        let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
+        let created = cgroups.create(7, None);
+        let left = dir.join("gen-7").exists();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(created.is_err());
+        assert!(!left, "gen-7 was left behind");
+    }
+
+    /// A booting generation's cgroup gets the lower cpu.weight where it has the file; a write
+    /// that fails fails the creation, with the file named.
+    #[test]
+    fn the_boot_cpu_weight_is_set_as_the_cgroup_is_created() {
+        let leftover = [("cgroup.procs", ""), ("cgroup.events", "populated 0\n")];
+        let files: Vec<(String, &str)> = ["gen-1", "gen-2", "gen-3"]
+            .iter()
+            .flat_map(|g| leftover.iter().map(move |(f, t)| (format!("{g}/{f}"), *t)))
+            .chain([("gen-1/cpu.weight".to_string(), "100\n"), ("gen-3/cpu.weight/x".to_string(), "")])
+            .collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(f, t)| (f.as_str(), *t)).collect();
+        let dir = tree(&files);
+        let cgroups = Cgroups { root: dir.clone(), controllers: Vec::new() };
+        let lowered = cgroups.create(1, Some(1)).map(drop);
+        let weight = std::fs::read_to_string(dir.join("gen-1/cpu.weight")).unwrap();
+        // No cpu controller: nothing to set.
+        let without = cgroups.create(2, Some(1)).map(drop);
+        // cpu.weight cannot be written (a directory here).
+        let failed = cgroups.create(3, Some(1)).map(drop);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((lowered.ok(), weight.as_str(), without.ok()), (Some(()), "1\n", Some(())));
+        let error = failed.unwrap_err().to_string();
+        assert!(error.contains("gen-3/cpu.weight to 1"), "{error}");
+    }
 }

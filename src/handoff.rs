@@ -454,9 +454,11 @@ impl Core {
         self.generations.iter().find(|g| g.number == number)
     }
 
-    /// The generation whose master is `pid`.
+    /// The generation whose master is `pid` and not reaped yet. Once reaped, the pid is the
+    /// kernel's to give out again (an older generation lingers while a worker that left its
+    /// group lives): it must not name that generation any more.
     pub fn generation_of(&self, pid: Pid) -> Option<&Generation> {
-        self.generations.iter().find(|g| g.pid == pid)
+        self.generations.iter().find(|g| g.pid == pid && g.master_alive())
     }
 
     pub fn serving(&self) -> Option<&Generation> {

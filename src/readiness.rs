@@ -340,7 +340,7 @@ impl Check {
                     return Verdict::Pending;
                 }
                 // The master's group, but the master.
-                *seen = crate::generation::members(pid).into_iter().filter(|&p| p != pid).count();
+                *seen = crate::generation::members(pid).unwrap_or_default().into_iter().filter(|&p| p != pid).count();
                 *next_at = now + WORKERS_POLL;
                 if *seen >= *min { Verdict::Ready } else { Verdict::Pending }
             }

@@ -12,7 +12,7 @@
 //!
 //! The memory budget ([`room`], [`check_budget`]): a new generation runs beside the serving one
 //! until the handoff ends, so before it starts, the service must have room for the serving
-//! generation's memory once more. Room is the smallest of the host's `MemAvailable` and, for
+//! generation's memory once more, its page cache left out ([`Usage::expected_need`]). Room is the smallest of the host's `MemAvailable` and, for
 //! every cgroup from sockherd's own up to the root of its hierarchy, the limit (`memory.max`,
 //! `memory.high` on cgroup v2; `memory.limit_in_bytes` on v1) minus what that cgroup uses, its
 //! inactive page cache (reclaimable) left out. A unit's `MemoryMax=` and `MemoryHigh=` are those
@@ -64,12 +64,13 @@ pub struct Usage {
     pub memory: u64,
     /// The most it ever used, where the kernel keeps that (`memory.peak`).
     pub memory_peak: Option<u64>,
+    /// What of `memory` the kernel cannot reclaim, where its cgroup's `memory.stat` says
+    /// ([`unreclaimable`]): the page cache it holds is not in it.
+    pub memory_unreclaimable: Option<u64>,
     pub memory_source: MemorySource,
 }
 
 impl Usage {
-    /// What another generation of the same release will likely need: its peak where known,
-    /// else what it uses now.
     /// `3 processes, CPU 1.2 s, memory 45 MiB (PSS)`.
     pub fn describe(&self) -> String {
         let peak = self.memory_peak.map(|p| format!(", peak {} MiB", mib(p))).unwrap_or_default();
@@ -86,8 +87,25 @@ impl Usage {
         )
     }
 
+    /// What another generation of the same release will likely need: its peak where known,
+    /// else what it uses now, without the page cache in either.
+    ///
+    /// A cgroup's `memory.current` and `memory.peak` count the file pages its processes read
+    /// (a service that reads big files fills its `MemoryMax=` with them), which the kernel
+    /// reclaims as a second generation needs room: a need made of them would refuse every
+    /// reload. So the peak is scaled to the share of the memory now in use that cannot be
+    /// reclaimed (anon, shmem, kernel of `memory.stat`): the kernel keeps no peak of that share
+    /// alone, and this counts a boot's transient peak in the proportion the generation holds
+    /// now. With PSS (no cgroup), there is no page cache in the figure to begin with.
     pub fn expected_need(&self) -> u64 {
-        self.memory_peak.unwrap_or(self.memory).max(self.memory)
+        let peak = self.memory_peak.unwrap_or(self.memory).max(self.memory);
+        match self.memory_unreclaimable {
+            Some(kept) if self.memory > 0 => {
+                (u128::from(peak) * u128::from(kept.min(self.memory)) / u128::from(self.memory)) as u64
+            }
+            Some(kept) => kept.min(peak),
+            None => peak,
+        }
     }
 
     /// `"cpu_ms":120,"memory_bytes":...` for a JSON object (the process count is the caller's).
@@ -105,20 +123,38 @@ impl Usage {
 /// The usage of a generation: from its cgroup's files where `cgroup` is given and they can be
 /// read, else from /proc for `pids` (its processes).
 pub fn usage(pids: &[Pid], cgroup: Option<&Path>) -> Usage {
-    let cgroup_pids: Option<Vec<Pid>> = cgroup.and_then(|dir| {
-        let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-        Some(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
-    });
+    // Its processes in the cgroups it made under its own included.
+    let cgroup_pids: Option<Vec<Pid>> = cgroup.and_then(|dir| crate::cgroup::subtree_pids(dir).ok());
     let pids: &[Pid] = cgroup_pids.as_deref().unwrap_or(pids);
     let cpu = cgroup
         .and_then(|dir| cpu_stat_usage(&std::fs::read_to_string(dir.join("cpu.stat")).ok()?))
         .unwrap_or_else(|| pids.iter().filter_map(|&pid| process_cpu(pid)).sum());
     let current = cgroup.and_then(|dir| read_u64(&dir.join("memory.current")));
-    let (memory, memory_peak, memory_source) = match current {
-        Some(current) => (current, cgroup.and_then(|dir| read_u64(&dir.join("memory.peak"))), MemorySource::Cgroup),
-        None => (pids.iter().filter_map(|&pid| process_pss(pid)).sum(), None, MemorySource::Pss),
+    let (memory, memory_peak, memory_unreclaimable, memory_source) = match (current, cgroup) {
+        (Some(current), Some(dir)) => (
+            current,
+            read_u64(&dir.join("memory.peak")),
+            std::fs::read_to_string(dir.join("memory.stat")).ok().and_then(|stat| unreclaimable(&stat)),
+            MemorySource::Cgroup,
+        ),
+        _ => (pids.iter().filter_map(|&pid| process_pss(pid)).sum(), None, None, MemorySource::Pss),
     };
-    Usage { processes: pids.len(), cpu, memory, memory_peak, memory_source }
+    Usage { processes: pids.len(), cpu, memory, memory_peak, memory_unreclaimable, memory_source }
+}
+
+/// The memory of a cgroup v2 `memory.stat` that the kernel cannot reclaim: `anon` (swap
+/// aside), `shmem` (counted in `file`, but no cache) and `kernel` (stacks, page tables,
+/// slab...; the sum of its parts on kernels before 5.18, which have no `kernel` line). None
+/// without an `anon` line.
+pub fn unreclaimable(stat: &str) -> Option<u64> {
+    let value = |key| stat_value(stat, key).unwrap_or(0);
+    let kernel = stat_value(stat, "kernel").unwrap_or_else(|| {
+        ["kernel_stack", "pagetables", "percpu", "sock", "vmalloc", "slab_reclaimable", "slab_unreclaimable"]
+            .into_iter()
+            .map(value)
+            .sum()
+    });
+    Some(stat_value(stat, "anon")? + value("shmem") + kernel)
 }
 
 /// `usage_usec` of a `cpu.stat`.
@@ -216,9 +252,12 @@ pub fn memory_cgroups(proc_self_cgroup: &str, mountinfo: &str) -> Vec<(PathBuf, 
             matches.then_some((root, mountpoint))
         });
         let Some((root, mountpoint)) = mount else { continue };
-        let relative = path.strip_prefix(root).unwrap_or(path).trim_start_matches('/');
+        // Path components, not characters: /box is no part of /boxes. A cgroup outside the
+        // mount's root has no directory under it.
+        let Ok(relative) = Path::new(path).strip_prefix(root) else { continue };
         let top = PathBuf::from(mountpoint);
-        out.push((if relative.is_empty() { top.clone() } else { top.join(relative) }, top));
+        let dir = if relative.as_os_str().is_empty() { top.clone() } else { top.join(relative) };
+        out.push((dir, top));
     }
     out
 }
@@ -338,17 +377,31 @@ pub struct Restored {
     pub error: Option<String>,
 }
 
-/// Gives every thread of every process in `pids` the nice value `nice` and the normal policy
-/// (SCHED_OTHER), undoing a boot priority (nice and policy are per thread on Linux, and a
-/// thread inherits them from the one that created it).
-pub fn restore_priority(pids: &[Pid], nice: i32, restore_nice: bool) -> Restored {
+/// Sets every thread of every process in `pids` back from the boot priority `boot` to the nice
+/// value `nice` and the normal policy (SCHED_OTHER), undoing a boot priority (nice and policy
+/// are per thread on Linux, and a thread inherits them from the one that created it). Only what
+/// is still at its boot value is set back: a nice value or policy the app chose itself since
+/// (a worker that lowered its own priority) is its own. With `boot.nice` None, the nice value
+/// was never changed and is not touched.
+pub fn restore_priority(pids: &[Pid], nice: i32, boot: sys::BootPriority) -> Restored {
     let mut restored = Restored::default();
     for &pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for task in tasks.flatten() {
             let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<Pid>().ok()) else { continue };
-            let result = (if restore_nice { sys::set_thread_nice(tid, nice) } else { Ok(()) })
-                .and_then(|()| sys::set_thread_normal_policy(tid));
+            // A thread that exited meanwhile has no stat any more, and nothing to set back.
+            let Some((now_nice, policy)) =
+                std::fs::read_to_string(task.path().join("stat")).ok().and_then(|stat| stat_priority(&stat))
+            else {
+                continue;
+            };
+            let set_nice = boot.nice == Some(now_nice) && now_nice != nice;
+            let set_policy = boot.batch && policy == libc::SCHED_BATCH as u32;
+            if !set_nice && !set_policy {
+                continue;
+            }
+            let result = (if set_nice { sys::set_thread_nice(tid, nice) } else { Ok(()) })
+                .and_then(|()| if set_policy { sys::set_thread_normal_policy(tid) } else { Ok(()) });
             match result {
                 Ok(()) => restored.threads += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -387,7 +440,8 @@ mod tests {
     #[test]
     fn a_generation_cgroup_is_read_from_its_files() {
         let root = tree(&[
-            ("gen-2/cgroup.procs", "101\n102\n103\n"),
+            ("gen-2/cgroup.procs", "101\n102\n"),
+            ("gen-2/workers/cgroup.procs", "103\n"),
             ("gen-2/cpu.stat", "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
             ("gen-2/memory.current", "73400320\n"),
             ("gen-2/memory.peak", "104857600\n"),
@@ -401,10 +455,66 @@ mod tests {
                 cpu: Duration::from_millis(1500),
                 memory: 73_400_320,
                 memory_peak: Some(104_857_600),
+                memory_unreclaimable: None,
                 memory_source: MemorySource::Cgroup
             }
         );
         assert_eq!(usage.expected_need(), 104_857_600);
+    }
+
+    /// A generation whose page cache filled its cgroup (it read a big file): memory.current and
+    /// memory.peak are mostly cache the kernel would reclaim for a second copy, which needs only
+    /// what cannot be reclaimed (anon, shmem, kernel), at the peak's scale.
+    #[test]
+    fn page_cache_is_no_need() {
+        let root = tree(&[
+            ("gen-2/cgroup.procs", "101\n"),
+            ("gen-2/memory.current", "209715200\n"),
+            ("gen-2/memory.peak", "262144000\n"),
+            (
+                "gen-2/memory.stat",
+                "anon 31457280\nfile 173015040\nkernel 5242880\nkernel_stack 65536\nshmem 5242880\n\
+                 active_file 20971520\ninactive_file 146800640\nslab 2097152\n",
+            ),
+            // A kernel before 5.18: no `kernel` line, its parts instead.
+            ("gen-3/memory.current", "104857600\n"),
+            (
+                "gen-3/memory.stat",
+                "anon 10485760\nfile 89128960\nkernel_stack 1048576\npagetables 1048576\npercpu 0\nsock 0\n\
+                 shmem 0\nslab_reclaimable 2097152\nslab_unreclaimable 1048576\n",
+            ),
+        ]);
+        let with_peak = usage(&[1], Some(&root.join("gen-2")));
+        let without_peak = usage(&[1], Some(&root.join("gen-3")));
+        std::fs::remove_dir_all(&root).unwrap();
+        // (30 + 5 + 5) MiB of 200 MiB now: a fifth of the 250 MiB peak.
+        assert_eq!(with_peak.expected_need(), 50 * MIB);
+        // 10 MiB anon + 5 MiB kernel memory, no peak known.
+        assert_eq!(without_peak.expected_need(), 15 * MIB);
+    }
+
+    #[test]
+    fn what_cannot_be_reclaimed_is_read_from_memory_stat() {
+        let with_peak = Usage {
+            processes: 1,
+            cpu: Duration::ZERO,
+            memory: 200 * MIB,
+            memory_peak: Some(250 * MIB),
+            memory_unreclaimable: Some(40 * MIB),
+            memory_source: MemorySource::Cgroup,
+        };
+        assert_eq!(with_peak.expected_need(), 50 * MIB);
+        // Without memory.stat, the peak as it is (nothing known to be reclaimable).
+        let plain = Usage { memory_unreclaimable: None, ..with_peak.clone() };
+        assert_eq!(plain.expected_need(), 250 * MIB);
+        // Never more than the peak, whatever the stat says.
+        let odd = Usage { memory_unreclaimable: Some(400 * MIB), ..with_peak.clone() };
+        assert_eq!(odd.expected_need(), 250 * MIB);
+        // Nothing in use now (no share to scale by): what cannot be reclaimed, within the peak.
+        let empty = Usage { memory: 0, memory_unreclaimable: Some(4 * MIB), ..with_peak };
+        assert_eq!(empty.expected_need(), 4 * MIB);
+        assert_eq!(unreclaimable("anon 7\nshmem 3\nkernel 1\nfile 1000\n"), Some(11));
+        assert_eq!(unreclaimable("file 1000\n"), None);
     }
 
     #[test]
@@ -502,6 +612,12 @@ mod tests {
             memory_cgroups("0::/box/app.service\n", mountinfo),
             vec![(PathBuf::from("/sys/fs/cgroup/app.service"), PathBuf::from("/sys/fs/cgroup"))]
         );
+        assert_eq!(
+            memory_cgroups("0::/box\n", mountinfo),
+            vec![(PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup"))]
+        );
+        // /box is no part of /boxes: a cgroup outside the mount's root cannot be seen through it.
+        assert_eq!(memory_cgroups("0::/boxes/app.service\n", mountinfo), vec![]);
     }
 
     #[test]

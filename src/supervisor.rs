@@ -16,6 +16,7 @@
 //! `cgroup.kill`, and it is gone when its `cgroup.events` says so, which the loop waits for
 //! (POLLPRI) instead of polling: nothing wakes the loop but events.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -101,6 +102,9 @@ pub struct Supervisor {
     /// The public sockets' listen queues, sampled during handoffs.
     queues: Queues,
     metrics: Option<Metrics>,
+    /// What could not be read of which generation, each said once: such a generation counts
+    /// as still holding the sockets and still there.
+    unreadable: RefCell<Vec<(u64, &'static str)>>,
 }
 
 impl Supervisor {
@@ -148,6 +152,7 @@ impl Supervisor {
             cgroups: Vec::new(),
             queues,
             metrics,
+            unreadable: RefCell::new(Vec::new()),
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -275,7 +280,7 @@ impl Supervisor {
             if let Source::Cgroup(number) = *source
                 && let Some(cgroup) = self.cgroup(number)
             {
-                cgroup.populated();
+                let _ = cgroup.populated();
             }
         }
         self.observe_processes();
@@ -423,7 +428,7 @@ impl Supervisor {
             .core
             .awaiting_release()
             .iter()
-            .filter(|g| !generation::holds_sockets(&self.members(g.number, g.pid), &self.socket_inodes))
+            .filter(|g| !self.holds_sockets(g.number, g.pid))
             .map(|g| g.number)
             .collect();
         for number in released {
@@ -435,8 +440,17 @@ impl Supervisor {
             .iter()
             .filter(|g| {
                 !g.master_alive()
-                    && match self.cgroup(g.number) {
-                        Some(cgroup) => !cgroup.populated(),
+                    && match self.cgroup(g.number).map(GenCgroup::populated) {
+                        Some(Ok(populated)) => !populated,
+                        Some(Err(e)) => {
+                            self.unreadable(g.number, "populated", || {
+                                format!(
+                                    "cannot tell whether generation {} is gone, so it counts as still there: {e}",
+                                    g.number
+                                )
+                            });
+                            false
+                        }
                         None => !sys::group_alive(g.pid),
                     }
             })
@@ -450,10 +464,45 @@ impl Supervisor {
 
     /// The processes of generation `number` (master `pid`): its cgroup's, else its process
     /// group's.
-    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+    fn try_members(&self, number: u64, pid: Pid) -> std::io::Result<Vec<Pid>> {
         match self.cgroup(number) {
             Some(cgroup) => cgroup.pids(),
             None => generation::members(pid),
+        }
+    }
+
+    /// [`Self::try_members`] for what only shows them (status, metrics, resources): none
+    /// where they cannot be read, which is said once.
+    fn members(&self, number: u64, pid: Pid) -> Vec<Pid> {
+        self.try_members(number, pid).unwrap_or_else(|e| {
+            self.unreadable(number, "members", || format!("cannot list generation {number}'s processes: {e}"));
+            Vec::new()
+        })
+    }
+
+    /// Whether a process of generation `number` (master `pid`) may still accept on a public
+    /// socket. Where that cannot be read, it may: a handoff is not over on a guess.
+    fn holds_sockets(&self, number: u64, pid: Pid) -> bool {
+        match self.try_members(number, pid).and_then(|pids| generation::holds_sockets(&pids, &self.socket_inodes)) {
+            Ok(holds) => holds,
+            Err(e) => {
+                self.unreadable(number, "sockets", || {
+                    format!(
+                        "cannot tell whether generation {number} still holds the public sockets, so it counts as \
+                         holding them: {e}"
+                    )
+                });
+                true
+            }
+        }
+    }
+
+    /// Warns of what cannot be read of generation `number`, once per generation and `what`.
+    fn unreadable(&self, number: u64, what: &'static str, message: impl FnOnce() -> String) {
+        let mut said = self.unreadable.borrow_mut();
+        if !said.contains(&(number, what)) {
+            said.push((number, what));
+            log::warn(message()).field("GENERATION", number).emit();
         }
     }
 
@@ -461,9 +510,8 @@ impl Supervisor {
     /// its cgroup that hold the public sockets: a server that daemonized (`gunicorn --daemon`).
     /// Process groups cannot tell (the daemon left the group).
     fn daemonized(&self, number: u64) -> bool {
-        let starting = self.core.generation(number).is_some_and(|g| g.phase.is_starting());
-        starting
-            && self.cgroup(number).is_some_and(|cgroup| generation::holds_sockets(&cgroup.pids(), &self.socket_inodes))
+        let Some(g) = self.core.generation(number).filter(|g| g.phase.is_starting()) else { return false };
+        self.cgroup(number).is_some() && self.holds_sockets(number, g.pid)
     }
 
     fn cgroup(&self, number: u64) -> Option<&GenCgroup> {
@@ -522,6 +570,9 @@ impl Supervisor {
                     let result = match (group, self.cgroup(number)) {
                         (false, _) => sys::kill(pid, signal.0),
                         (true, Some(cgroup)) => cgroup.signal_all(signal.0),
+                        // Its master reaped, the group's id is another generation's master's
+                        // now (see kill_plan): the group this was meant for is empty.
+                        (true, None) if self.core.generation_of(pid).is_some() => Ok(()),
                         (true, None) => sys::kill_group(pid, signal.0).map(drop),
                     };
                     if let Err(e) = result {
@@ -529,18 +580,23 @@ impl Supervisor {
                     }
                 }
                 Action::Kill { number, pid } => {
-                    if let Some(cgroup) = self.cgroup(number)
+                    let reaped = self.core.generation(number).is_none_or(|g| !g.master_alive());
+                    let plan = kill_plan(self.cgroup(number).is_some(), reaped, self.core.generation_of(pid).is_some());
+                    if let Some(cgroup) = self.cgroup(number).filter(|_| plan.cgroup)
                         && let Err(e) = cgroup.kill()
                     {
                         log::warn(format!("failed to kill cgroup {}: {e}", cgroup.path().display())).emit();
                     }
-                    let _ = sys::kill_group(pid, libc::SIGKILL);
-                    if self.core.generation(number).is_some_and(|g| g.master_alive()) {
+                    if plan.group {
+                        let _ = sys::kill_group(pid, libc::SIGKILL);
+                    }
+                    if plan.master {
                         let _ = sys::kill(pid, libc::SIGKILL);
                     }
                     self.kill_check_command(number);
                 }
                 Action::Forget { number } => {
+                    self.unreadable.borrow_mut().retain(|(n, _)| *n != number);
                     self.checks.retain(|(n, _)| *n != number);
                     self.inboxes.retain(|(n, _)| *n != number);
                     self.remove_cgroup(number);
@@ -684,18 +740,13 @@ impl Supervisor {
         if let Some(interval) = self.watchdog.filter(|_| prepared.inbox.is_some()) {
             extra_env.push((crate::protocol::WATCHDOG_USEC.to_string(), interval.as_micros().to_string().into()));
         }
-        let cgroup = match self.membership.cgroups() {
-            Some(cgroups) => Some(cgroups.create(number)?),
-            None => None,
-        };
         // With the cpu controller delegated, the booting generation's whole cgroup gets the
         // lower weight too (set back with its threads' priority at ready).
-        if let Some(cgroup) = cgroup.as_ref().filter(|c| c.path().join("cpu.weight").exists())
-            && self.resources.boot_priority_for(number).is_some()
-        {
-            resources::set_cpu_weight(cgroup.path(), resources::BOOT_CPU_WEIGHT)
-                .with_context(|| format!("failed to lower {}'s cpu.weight", cgroup.path().display()))?;
-        }
+        let weight = self.resources.boot_priority_for(number).map(|_| resources::BOOT_CPU_WEIGHT);
+        let cgroup = match self.membership.cgroups() {
+            Some(cgroups) => Some(cgroups.create(number, weight)?),
+            None => None,
+        };
         let launch = Launch {
             flavor: self.config.flavor,
             sockets,
@@ -762,9 +813,10 @@ impl Supervisor {
             self.cgroup(serving.number).map(GenCgroup::path),
         );
         let need = usage.expected_need();
+        let cache = if usage.memory_unreclaimable.is_some() { " without page cache" } else { "" };
         let what = match (usage.memory_source, usage.memory_peak) {
-            (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak", serving.number),
-            (resources::MemorySource::Cgroup, None) => format!("generation {}'s memory.current", serving.number),
+            (resources::MemorySource::Cgroup, Some(_)) => format!("generation {}'s memory.peak{cache}", serving.number),
+            (resources::MemorySource::Cgroup, None) => format!("generation {}'s memory.current{cache}", serving.number),
             (resources::MemorySource::Pss, _) => {
                 format!("generation {}'s PSS over {} processes", serving.number, usage.processes)
             }
@@ -1019,19 +1071,31 @@ impl Resources {
     }
 
     /// Sets generation `number` (master `pid`) back to sockherd's priority: the master first,
-    /// so that what it forks from now on is born normal, then every process of its group with
-    /// all their threads. A second pass catches a process forked during the first.
+    /// so that what it forks from now on is born normal, then every process of its cgroup, or
+    /// of its process group and every descendant of its master (a worker that called setsid()
+    /// left the group, not the master's tree), with all their threads. A second pass catches a
+    /// process forked during the first. Without a cgroup, a worker whose parent exited (it was
+    /// reparented to sockherd) is out of reach.
     fn restore(&self, number: u64, pid: Pid, cgroup: Option<&GenCgroup>) {
+        let Some(boot) = self.boot else { return };
         if let Some(cgroup) = cgroup.filter(|c| c.path().join("cpu.weight").exists())
             && let Err(e) = resources::set_cpu_weight(cgroup.path(), resources::NORMAL_CPU_WEIGHT)
         {
             log::warn(format!("failed to set generation {number}'s cpu.weight back: {e}")).emit();
         }
-        let members = || cgroup.map(GenCgroup::pids).unwrap_or_else(|| generation::members(pid));
-        let restore_nice = self.boot.is_some_and(|b| b.nice.is_some());
-        let mut done = resources::restore_priority(&[pid], self.own_nice, restore_nice);
+        let members = || match cgroup {
+            Some(cgroup) => cgroup.pids().unwrap_or_default(),
+            None => {
+                let mut pids = generation::members(pid).unwrap_or_default();
+                pids.extend(generation::descendants(pid));
+                pids.sort_unstable();
+                pids.dedup();
+                pids
+            }
+        };
+        let mut done = resources::restore_priority(&[pid], self.own_nice, boot);
         for _ in 0..2 {
-            let pass = resources::restore_priority(&members(), self.own_nice, restore_nice);
+            let pass = resources::restore_priority(&members(), self.own_nice, boot);
             done.threads += pass.threads;
             done.error = done.error.or(pass.error);
         }
@@ -1041,6 +1105,35 @@ impl Resources {
             }
             None => log::debug(format!("generation {number} back to normal CPU priority")).emit(),
         }
+    }
+}
+
+/// What of a generation gets SIGKILL ([`kill_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KillPlan {
+    /// Its cgroup, as a whole.
+    cgroup: bool,
+    /// Its process group (the master's pid).
+    group: bool,
+    /// Its master, by pid.
+    master: bool,
+}
+
+/// How a generation is killed. A pid, and the process group of that id, is safe to signal only
+/// while the master is not reaped: until then the kernel cannot give the number out again.
+/// Once reaped, a cgroup is killed as a whole and nothing by pid (a reused pid's process group
+/// would get the SIGKILL). Without a cgroup the group's id is all there is: the kernel keeps it
+/// reserved while a member is left (a zombie too, until sockherd reaps it), so it can only be
+/// another group's once the group is empty, when the kill is no longer needed, and before the
+/// next look at it tells the generation gone. That window cannot be closed without cgroups; the
+/// one case sockherd can tell, the id now being another generation's master (a group leader),
+/// is spared.
+fn kill_plan(in_cgroup: bool, master_reaped: bool, pid_is_another_master: bool) -> KillPlan {
+    match (in_cgroup, master_reaped) {
+        (true, false) => KillPlan { cgroup: true, group: true, master: true },
+        (true, true) => KillPlan { cgroup: true, group: false, master: false },
+        (false, false) => KillPlan { cgroup: false, group: true, master: true },
+        (false, true) => KillPlan { cgroup: false, group: !pid_is_another_master, master: false },
     }
 }
 
@@ -1079,6 +1172,96 @@ pub fn utc(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reaped master's pid may be another process's: in a cgroup, nothing is killed by it;
+    /// in a process group, not when it is another generation's master now.
+    #[test]
+    fn a_reaped_masters_pid_is_not_killed() {
+        let all = KillPlan { cgroup: true, group: true, master: true };
+        assert_eq!(kill_plan(true, false, false), all);
+        assert_eq!(kill_plan(true, true, false), KillPlan { group: false, master: false, ..all });
+        assert_eq!(kill_plan(true, true, true), KillPlan { group: false, master: false, ..all });
+        assert_eq!(kill_plan(false, false, false), KillPlan { cgroup: false, ..all });
+        assert_eq!(kill_plan(false, true, false), KillPlan { cgroup: false, group: true, master: false });
+        assert_eq!(kill_plan(false, true, true), KillPlan { cgroup: false, group: false, master: false });
+    }
+
+    /// The (nice value, policy) of each thread of `pid`.
+    fn priorities(pid: Pid) -> Vec<(i32, u32)> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .filter_map(|stat| resources::stat_priority(&stat))
+            .collect()
+    }
+
+    /// A generation booted at nice 10 and SCHED_BATCH in process-group mode, whose master
+    /// started a worker that left the group (setsid) and one that set its own nice value (15):
+    /// at ready, the master and the escaped worker are set back, and of the other only the
+    /// policy, its own nice value left alone.
+    #[test]
+    fn a_ready_generation_gets_its_escaped_workers_back_and_keeps_its_own_nice_values() {
+        use std::os::unix::process::CommandExt;
+        if !resources::can_restore_nice(sys::own_nice()) {
+            eprintln!("skipped: lowering a nice value needs CAP_SYS_NICE or LimitNICE=");
+            return;
+        }
+        const OTHER: u32 = libc::SCHED_OTHER as u32;
+        const BATCH: u32 = libc::SCHED_BATCH as u32;
+        let own = sys::own_nice();
+        let boot = resources::boot_nice(own);
+        if !std::path::Path::new("/usr/bin/chrt").exists() {
+            eprintln!("skipped: no chrt to boot at SCHED_BATCH");
+            return;
+        }
+        let mut master = std::process::Command::new("chrt")
+            .args(["-b", "0", "nice", "-n", &(boot - own).to_string(), "sh", "-c"])
+            .arg("setsid sleep 31 & nice -n 5 sleep 32 & wait")
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let pid = master.id() as Pid;
+        let child = |args: &str| {
+            procfs_children(pid).into_iter().find(|&c| {
+                std::fs::read(format!("/proc/{c}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(args))
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(5);
+        let (escaped, own_choice) = loop {
+            if let (Some(a), Some(b)) = (child("31"), child("32"))
+                && priorities(b) == [((boot + 5).min(19), BATCH)]
+            {
+                break (a, b);
+            }
+            assert!(Instant::now() < until, "the workers did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let resources = Resources {
+            boot: Some(sys::BootPriority { nice: Some(boot), batch: true }),
+            own_nice: own,
+            booting: Vec::new(),
+        };
+        resources.restore(2, pid, None);
+        let after = (priorities(pid), priorities(escaped), priorities(own_choice));
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+        let _ = sys::kill(escaped, libc::SIGKILL);
+        let _ = master.wait();
+        assert_eq!(after, (vec![(own, OTHER)], vec![(own, OTHER)], vec![((boot + 5).min(19), OTHER)]));
+    }
+
+    /// The children of `pid`, from /proc.
+    fn procfs_children(pid: Pid) -> Vec<Pid> {
+        let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        entries
+            .filter_map(|e| e.file_name().to_str()?.parse::<Pid>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<Pid>().ok())
+                    == Some(pid)
+            })
+            .collect()
+    }
 
     #[test]
     fn formats_utc() {

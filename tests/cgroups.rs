@@ -4,8 +4,10 @@
 //! the sockets; a server that daemonizes gets a clear error and leaves nothing behind; each
 //! generation is a `gen-N` cgroup of the service; a unit whose cgroup is left read-only is told
 //! so and served with process groups. On systemd 252 (the host's) and 262 (the
-//! newest of the matrix). The server is tests/support/scenario_server.py. And `gunicorn
-//! --daemon` on the host, in a cgroup the test creates and marks delegated.
+//! newest of the matrix). The server is tests/support/scenario_server.py. And on the host, in a
+//! cgroup the test creates and marks delegated: `gunicorn --daemon`; a worker in a cgroup its
+//! generation made under gen-N; a forking generation killed without `cgroup.kill`; a drain that
+//! wakes sockherd on no timer.
 mod common;
 
 use common::sdbox::{SdBox, Systemd, report_number as number, report_value as value, scenario_box};
@@ -329,6 +331,111 @@ fn voluntary_switches(pid: i32) -> u64 {
         .unwrap_or_else(|| panic!("no voluntary_ctxt_switches for pid {pid}"))
 }
 
+/// A generation that makes a cgroup of its own under gen-N (its escaping worker moves into
+/// gen-1/worker, ignores SIGTERM and keeps accepting): the worker is the generation's, so the
+/// reload is not done before the drain timeout took it, and it is gone after. On the host, in a
+/// cgroup this test creates and marks delegated; the server is tests/support/scenario_server.py.
+#[test]
+fn a_worker_in_a_cgroup_under_its_generation_holds_the_handoff_until_killed() {
+    if !prerequisite(is_root(), "root (to create a cgroup and mark it delegated)")
+        || !prerequisite(have("python3"), "python3")
+    {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("subgroup") else { return };
+    let dir = TempDir::new("subgroup-worker");
+    for (release, behavior) in [("r1", "subgroup-worker"), ("r2", "serve")] {
+        std::fs::create_dir_all(dir.join(&format!("releases/{release}"))).unwrap();
+        std::fs::write(dir.join(&format!("releases/{release}/RELEASE")), release).unwrap();
+        std::fs::write(dir.join(&format!("releases/{release}/BEHAVIOR")), behavior).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/r1", dir.join("current")).unwrap();
+    let escapee_file = dir.join("escapee.pid");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", r#"echo $$ >"$0/cgroup.procs" && exec "$@""#])
+        .arg(&cgroup.0)
+        .arg(sockherd())
+        .args(["run", "--listen", &addr, "--ready-settle", "0"])
+        .args(["--drain-timeout", &format!("{DRAIN_TIMEOUT_S}s"), "--chdir"])
+        .arg(dir.join("current"))
+        .args(["--", "python3"])
+        .arg(repo().join("tests/support/scenario_server.py"))
+        .env("SCENARIO_ESCAPEE", &escapee_file);
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"] {
+        cmd.env_remove(var);
+    }
+    let mut herd = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_http_ok(&mut herd, &addr, Duration::from_secs(30));
+    if !wait_until(Duration::from_secs(10), || escapee_file.exists()) {
+        herd.fail("r1's worker never wrote its pid");
+    }
+    let escapee = std::fs::read_to_string(&escapee_file).unwrap().trim().to_string();
+    let in_worker = std::fs::read_to_string(cgroup.0.join("gen-1/worker/cgroup.procs")).unwrap_or_default();
+    if !in_worker.lines().any(|p| p == escapee) {
+        herd.fail(&format!("the worker {escapee} should be in gen-1/worker: {in_worker:?}"));
+    }
+    std::fs::remove_file(dir.join("current")).unwrap();
+    std::os::unix::fs::symlink("releases/r2", dir.join("current")).unwrap();
+    let pid = herd.pid().to_string();
+    let started = Instant::now();
+    let (status, _, stderr) =
+        run_sockherd(&["reload", "--pid", &pid, "--timeout", "30s"], dir.path(), Duration::from_secs(40));
+    let took = started.elapsed();
+    let alive = pid_alive(escapee.parse().unwrap());
+    let generations: Vec<String> = std::fs::read_dir(&cgroup.0)
+        .map(|d| {
+            d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("gen-")).collect()
+        })
+        .unwrap_or_default();
+    eprintln!("reload took {took:?}: {status:?} {stderr}; worker alive: {alive}; cgroups {generations:?}");
+    if !status.success() {
+        herd.fail(&format!("the reload should succeed: {stderr}"));
+    }
+    if took < Duration::from_secs(DRAIN_TIMEOUT_S) {
+        herd.fail(&format!(
+            "the reload ended after {took:?}, before the drain timeout ({DRAIN_TIMEOUT_S}s) took the worker holding the sockets"
+        ));
+    }
+    if !wait_until(Duration::from_secs(5), || !pid_alive(escapee.parse().unwrap())) {
+        herd.fail(&format!("r1's worker {escapee} in gen-1/worker is still running after the reload"));
+    }
+    if !wait_until(Duration::from_secs(5), || !cgroup.0.join("gen-1").exists()) {
+        herd.fail("gen-1 (with the worker's cgroup under it) should be removed");
+    }
+    herd.signal(15);
+    herd.wait_exit(Duration::from_secs(30));
+}
+
+/// Without `cgroup.kill` (kernels before 5.14), a generation is killed by freezing its cgroup
+/// and killing what its `cgroup.procs` lists until nothing is left: a real cgroup whose process
+/// forks a new child every 5 ms, in a cgroup of its own under it, ends up empty.
+#[test]
+fn a_forking_generation_is_killed_without_cgroup_kill() {
+    if !prerequisite(is_root(), "root (to create a cgroup)") {
+        return;
+    }
+    let Some(cgroup) = DelegatedCgroup::create("kill-each") else { return };
+    let inner = cgroup.0.join("sub");
+    std::fs::create_dir(&inner).expect("create a cgroup under it");
+    let mut forker = std::process::Command::new("sh")
+        .args(["-c", r#"echo $$ >"$0/cgroup.procs" && while :; do sleep 30 & sleep 0.005; done"#])
+        .arg(&inner)
+        .spawn()
+        .expect("sh");
+    assert!(wait_until(Duration::from_secs(5), || cgroup.processes().len() > 10), "{:?}", cgroup.processes());
+    let started = Instant::now();
+    let killed = sockherd::cgroup::kill_each(&cgroup.0);
+    let took = started.elapsed();
+    let _ = forker.wait();
+    let left = cgroup.processes();
+    let frozen = std::fs::read_to_string(cgroup.0.join("cgroup.freeze")).unwrap_or_default();
+    eprintln!("killed in {took:?}: {killed:?}, left {left:?}, cgroup.freeze {}", frozen.trim());
+    killed.expect("kill_each");
+    assert!(left.is_empty(), "left: {left:?}");
+    assert_eq!(frozen.trim(), "0", "the cgroup must be thawed again");
+}
+
 /// A cgroup of the test's own on the host's cgroup2 tree, marked delegated; killed and removed
 /// (with what sockherd created in it) on drop.
 struct DelegatedCgroup(std::path::PathBuf);
@@ -366,12 +473,16 @@ impl DelegatedCgroup {
         pids
     }
 
-    /// It and its children, deepest first.
+    /// It and every cgroup under it, deepest first.
     fn dirs(&self) -> Vec<std::path::PathBuf> {
-        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&self.0)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-            .unwrap_or_default();
-        dirs.push(self.0.clone());
+        let mut dirs = vec![self.0.clone()];
+        let mut next = 0;
+        while let Some(dir) = dirs.get(next).cloned() {
+            next += 1;
+            let children = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path());
+            dirs.extend(children.filter(|p| p.is_dir()));
+        }
+        dirs.reverse();
         dirs
     }
 }

@@ -53,6 +53,9 @@ enum Step {
     Reap,
     /// The k-th generation's workers are gone.
     WorkersGone(usize),
+    /// The next spawn gets the pid of a reaped master whose generation lingers (a worker that
+    /// left its group: the kernel may give the pid out again).
+    ReusePid,
     /// The k-th generation's processes closed the public sockets.
     StopsAccepting(usize),
     /// The loop reads /proc: released sockets, empty groups.
@@ -87,6 +90,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..4, prop_oneof![Just(0), Just(1), Just(-9), Just(-15)]).prop_map(|(k, s)| Step::MasterDies(k, s)),
         4 => Just(Step::Reap),
         2 => (0usize..4).prop_map(Step::WorkersGone),
+        1 => Just(Step::ReusePid),
         2 => (0usize..4).prop_map(Step::StopsAccepting),
         4 => Just(Step::Observe),
         3 => Just(Step::Reload),
@@ -132,6 +136,8 @@ struct World {
     now: Instant,
     gens: BTreeMap<u64, Procs>,
     next_pid: i32,
+    /// The pid the next spawn gets: one the kernel freed (a reaped master's) and gave out again.
+    reuse_pid: Option<i32>,
     next_conn: ConnId,
     answers: HashMap<ConnId, Vec<String>>,
     issued: Vec<ConnId>,
@@ -185,6 +191,7 @@ impl World {
             now,
             gens: BTreeMap::new(),
             next_pid: 100,
+            reuse_pid: None,
             next_conn: 1,
             answers: HashMap::new(),
             issued: Vec::new(),
@@ -284,8 +291,13 @@ impl World {
                             return Err(self.fail(format!("generation {number} failed to spawn, and sockherd stops")));
                         }
                     } else {
-                        let pid = self.next_pid;
-                        self.next_pid += 1;
+                        let pid = match self.reuse_pid.take() {
+                            Some(pid) => pid,
+                            None => {
+                                self.next_pid += 1;
+                                self.next_pid - 1
+                            }
+                        };
                         self.gens.insert(number, Procs { pid, workers: true, holds: true, ..Procs::default() });
                         self.core.handle(self.now, Event::Spawned { number, pid, release: None, cgroup: None });
                     }
@@ -480,8 +492,22 @@ impl World {
     /// What the driver asks the core, against what the world knows.
     fn check_queries(&self) -> Result<(), TestCaseError> {
         for g in self.core.generations() {
-            if self.core.generation_of(g.pid).map(|found| found.number) != Some(g.number) {
-                return Err(self.fail(format!("generation_of({}) does not find generation {}", g.pid, g.number)));
+            // A master's pid names its generation until the master is reaped; then it may be
+            // another process's (a later generation's master), never that generation's.
+            let found = self.core.generation_of(g.pid);
+            let expected = if self.gens[&g.number].reaped {
+                found.is_none_or(|f| f.number != g.number && f.master_alive())
+            } else {
+                found.map(|f| f.number) == Some(g.number)
+            };
+            if !expected {
+                return Err(self.fail(format!(
+                    "generation_of({}) finds {:?} for generation {}, reaped: {}",
+                    g.pid,
+                    found.map(|f| f.number),
+                    g.number,
+                    self.gens[&g.number].reaped
+                )));
             }
             let awaits = matches!(g.phase, Phase::Starting { .. }) && !self.gens[&g.number].reaped;
             if self.core.awaits_ready(g.number) != awaits {
@@ -623,6 +649,10 @@ impl World {
                 }
             }
             Step::Reap => self.reap()?,
+            Step::ReusePid => {
+                let reused = |p: &&Procs| p.reaped && !p.forgotten;
+                self.reuse_pid = self.gens.values().find(reused).map(|p| p.pid);
+            }
             Step::WorkersGone(k) => {
                 if let Some(n) = self.nth(k) {
                     let procs = self.gens.get_mut(&n).expect("listed");
@@ -1072,4 +1102,25 @@ fn a_daemonized_generation_fails_its_reload_with_the_fix() {
     assert!(world.gens[&2].told, "what the daemonized generation left must be told to stop");
     assert!(!world.gens[&1].told, "generation 1 must keep serving untouched");
     assert_eq!(world.core.serving().map(|g| g.number), Some(1));
+}
+
+/// Generation 1's master was reaped while a worker that left its group lingers, and the kernel
+/// gave its pid to generation 2's master: that pid names generation 2, whose exit (status 0)
+/// must be the one the driver looks at (the daemonize check, the reaper's log).
+#[test]
+fn a_reused_pid_names_the_generation_whose_master_is_not_reaped() {
+    let mut world = serving_world(SETTLE);
+    let old = world.gens[&1].pid;
+    run_steps(&mut world, &[Step::Signal(libc::SIGTERM), Step::MasterDies(0, 0), Step::Reap]);
+    assert!(!world.core.generations()[0].master_alive());
+    assert_eq!(world.core.generation_of(old).map(|g| g.number), None, "a reaped master's pid names nothing");
+    // A fresh world: generation 1 drains after a reload, its master reaped, its pid reused.
+    let mut world = serving_world(SETTLE);
+    run_steps(&mut world, &[Step::Reload, Step::Ready(1), Step::Wait(SETTLE.as_millis() as u64 + 1)]);
+    assert_eq!(world.core.serving().map(|g| g.number), Some(2));
+    run_steps(&mut world, &[Step::MasterDies(0, 0), Step::Reap, Step::StopsAccepting(0), Step::Observe]);
+    assert!(!world.core.reloading() && world.core.generation(1).is_some(), "generation 1 lingers");
+    run_steps(&mut world, &[Step::ReusePid, Step::Reload]);
+    assert_eq!(world.gens[&3].pid, old);
+    assert_eq!(world.core.generation_of(old).map(|g| g.number), Some(3));
 }

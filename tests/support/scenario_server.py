@@ -17,6 +17,8 @@ BEHAVIOR in its working directory (the release), so one release of a deploy can 
   escape-worker          also fork a worker that leaves the process group (setsid(), as an app
                          helper started with start_new_session does), ignores SIGTERM and keeps
                          accepting; its pid goes to the file named by $SCENARIO_ESCAPEE
+  subgroup-worker        escape-worker, whose worker also moves itself into a cgroup it makes
+                         under its own (`worker`, as an app that uses its delegated cgroup does)
   daemonize              daemonize as `gunicorn --daemon` does: fork, setsid, fork again; the
                          grandchild serves and the process sockherd started exits 0 at once
 
@@ -107,6 +109,17 @@ def accept_loop(listener):
         thread.start()
 
 
+def enter_own_subgroup(name):
+    """Moves this process into a new cgroup `name` under the cgroup2 cgroup it is in."""
+    own = [l[3:] for l in read("/proc/self/cgroup").splitlines() if l.startswith("0::")][0]
+    mount = [l.split(" - ")[0].split()[4] for l in read("/proc/self/mountinfo").splitlines()
+             if l.split(" - ")[1].split()[0] == "cgroup2"][0]
+    path = os.path.join(mount + own, name)
+    os.mkdir(path)
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write("%d\n" % os.getpid())
+
+
 def escapee(listeners):
     """A worker out of its master's process group that only SIGKILL ends."""
     global PID
@@ -115,6 +128,8 @@ def escapee(listeners):
     os.setsid()
     PID = os.getpid()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if MODE == "subgroup-worker":
+        enter_own_subgroup("worker")
     path = os.environ.get("SCENARIO_ESCAPEE")
     if path:
         with open(path + ".tmp", "w") as f:
@@ -163,7 +178,7 @@ def main():
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    if MODE == "escape-worker":
+    if MODE in ("escape-worker", "subgroup-worker"):
         escapee(listeners)
     threads = [threading.Thread(target=accept_loop, args=(l,), daemon=True) for l in listeners]
     for t in threads:
