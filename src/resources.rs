@@ -184,6 +184,27 @@ fn process_pss(pid: Pid) -> Option<u64> {
     smaps_rollup_pss(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
 }
 
+/// Whether the memory controller counts for the cgroup `dir` (it has a `memory.current`).
+pub fn has_memory_controller(dir: &Path) -> bool {
+    read_u64(&dir.join("memory.current")).is_some()
+}
+
+/// The sum of the resident memory of `pids` (`/proc/PID/statm`): an upper bound of the sum of
+/// their PSS (a page shared by n processes counts 1/n in each one's PSS and whole in each one's
+/// RSS), read without walking their page tables as `smaps_rollup` does.
+pub fn rss_bound(pids: &[Pid]) -> u64 {
+    let page = sys::page_size();
+    pids.iter()
+        .filter_map(|pid| statm_resident_pages(&std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?))
+        .map(|pages| pages.saturating_mul(page))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The resident pages of a `/proc/PID/statm` line (its second field).
+pub fn statm_resident_pages(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `Pss:` of a `smaps_rollup`, in bytes.
 pub fn smaps_rollup_pss(text: &str) -> Option<u64> {
     let line = text.lines().find_map(|l| l.strip_prefix("Pss:"))?;
@@ -424,6 +445,22 @@ pub fn stat_priority(stat: &str) -> Option<(i32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statm_gives_the_resident_pages() {
+        assert_eq!(statm_resident_pages("10711 2573 1904 222 0 1193 0\n"), Some(2573));
+        assert_eq!(statm_resident_pages("10711"), None);
+        assert_eq!(statm_resident_pages(""), None);
+    }
+
+    #[test]
+    fn the_rss_bound_holds_at_least_the_pss() {
+        let me = std::process::id() as Pid;
+        let pss = process_pss(me).expect("own smaps_rollup");
+        let bound = rss_bound(&[me, me]);
+        assert!(bound >= 2 * pss && pss > 0, "RSS bound {bound} against PSS {pss} twice");
+        assert_eq!(rss_bound(&[]), 0);
+    }
 
     fn tree(files: &[(&str, &str)]) -> PathBuf {
         let mut bytes = [0u8; 8];

@@ -939,6 +939,13 @@ impl Pidfd {
     }
 }
 
+/// The size of a memory page, the unit of `/proc/PID/statm`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf takes a constant name and returns a number.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
 /// USER_HZ: the unit of the clock tick counts /proc reports (process start times).
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf takes a constant name and returns a number.
