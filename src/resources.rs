@@ -669,6 +669,37 @@ mod tests {
         assert!(refusal.contains("--memory-check off"));
     }
 
+    /// A process at the boot nice value that chose SCHED_BATCH itself (the boot priority did
+    /// not set it): its nice value is set back, its policy stays.
+    #[test]
+    fn only_what_the_boot_priority_set_is_set_back() {
+        let own = sys::own_nice();
+        if !can_restore_nice(own) || !Path::new("/usr/bin/chrt").exists() {
+            eprintln!("skipped: needs CAP_SYS_NICE (or LimitNICE=) and chrt");
+            return;
+        }
+        let boot = boot_nice(own);
+        let mut child = std::process::Command::new("chrt")
+            .args(["-b", "0", "nice", "-n", &(boot - own).to_string(), "sleep", "30"])
+            .spawn()
+            .expect("chrt");
+        let pid = child.id() as Pid;
+        let read = || std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| stat_priority(&stat));
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while read() != Some((boot, libc::SCHED_BATCH as u32))
+            || !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        {
+            assert!(std::time::Instant::now() < until, "sleep did not start: {:?}", read());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let restored = restore_priority(&[pid], own, sys::BootPriority { nice: Some(boot), batch: false });
+        let after = read();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!((restored.threads, restored.error), (1, None));
+        assert_eq!(after, Some((own, libc::SCHED_BATCH as u32)));
+    }
+
     #[test]
     fn cpu_weight_is_written_into_the_cgroup() {
         let root = tree(&[("gen-3/cpu.weight", "100\n")]);
