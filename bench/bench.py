@@ -1475,23 +1475,45 @@ def membership_drain(cfg, outdir, mode):
             row["error"] = why
             return row
         argv = in_cgroup(cg, argv)
-    p = Proc(argv, outdir, "membership-drain-" + mode)
+    # The old generation's stop signal, as the server records it (nothing asks sockherd, which
+    # would wake it): where the drain begins.
+    signals = os.path.join(outdir, "drain-signals-" + mode)
+    if os.path.exists(signals):
+        os.unlink(signals)
+    p = Proc(argv, outdir, "membership-drain-" + mode, env=dict(os.environ, SCENARIO_LOG=signals))
     try:
         if not wait_until(lambda: any(g["state"] == "serving" for g in (sockherd_status(p.pid) or {}).get("generations", [])), 60, step=0.1):
             raise RuntimeError("did not start")
         time.sleep(0.5)
         v0 = ctxt(p.pid)[0]
         t0 = time.monotonic()
-        r = sh([SOCKHERD, "reload", "--pid", str(p.pid), "--timeout", "60s"], timeout=70)
-        row["seconds"] = time.monotonic() - t0
-        row["wakeups"] = ctxt(p.pid)[0] - v0
-        row["ok"] = r.returncode == 0
+        reload = subprocess.Popen([SOCKHERD, "reload", "--pid", str(p.pid), "--timeout", "60s"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def terminated():
+            try:
+                with open(signals) as f:
+                    return " SIGTERM" in f.read()
+            except OSError:
+                return False
+        drain0 = None
+        if wait_until(terminated, 60, step=0.002):
+            drain0 = (ctxt(p.pid)[0], time.monotonic())
+        rc = reload.wait(70)
+        v1, t1 = ctxt(p.pid)[0], time.monotonic()
+        row["seconds"] = t1 - t0
+        row["wakeups"] = v1 - v0
+        if drain0:
+            row["drain_wakeups"] = v1 - drain0[0]
+            row["drain_seconds"] = t1 - drain0[1]
+        row["ok"] = rc == 0
     except Exception as e:  # noqa: BLE001
         row["error"] = str(e)
     finally:
         p.stop(signal.SIGTERM)
         remove_cgroup(cg)
-    log("  %s wakeups during a %.1f s reload" % (row.get("wakeups"), row.get("seconds", 0)))
+    log("  %s wakeups during a %.1f s reload, %s of them in its %.1f s drain" % (
+        row.get("wakeups"), row.get("seconds", 0), row.get("drain_wakeups", "?"), row.get("drain_seconds", 0)))
     return row
 
 

@@ -624,9 +624,13 @@ def write_results(report, path, plot_rel):
             if d.get("error"):
                 L.append("- %s: drain ERROR %s" % (d["mode"], d["error"]))
             else:
+                drain = ""
+                if d.get("drain_wakeups") is not None:
+                    drain = ", %s of them in the %.1f s drain (from the old generation's stop signal on)" % (
+                        d["drain_wakeups"], d.get("drain_seconds", 0))
                 L.append("- generations as %s: %s wakeups of sockherd during a %.1f s reload whose old generation "
-                         "holds the sockets 2 s after its stop signal (`scenario_server.py`, hold-after-term:2)%s" % (
-                             d["mode"], d.get("wakeups"), d.get("seconds", 0), "" if d.get("ok") else " (reload FAILED)"))
+                         "holds the sockets 2 s after its stop signal (`scenario_server.py`, hold-after-term:2)%s%s" % (
+                             d["mode"], d.get("wakeups"), d.get("seconds", 0), drain, "" if d.get("ok") else " (reload FAILED)"))
         L.append("")
     elif mb:
         L.append("not run: %s" % (mb.get("skipped") or mb.get("error")))
