@@ -497,6 +497,21 @@ fn forget_stored(stored: Vec<Socket>) {
     }
 }
 
+/// A bind that found its address in use after sockets were removed from the fd store: systemd,
+/// which may not have let go of them, is the likely holder.
+fn held_by_the_store(err: anyhow::Error, removed: &[String]) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if removed.is_empty() || !text.contains("address in use") {
+        return err;
+    }
+    anyhow!(
+        "{text}; the likely holder is systemd's fd store, which was asked to remove {} and may still hold it \
+         (clear it: systemctl stop, and on systemd 254 and later with FileDescriptorStorePreserve=yes, systemctl \
+         clean --what=fdstore)",
+        removed.join(", ")
+    )
+}
+
 /// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
 fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
     let store = fdstore::Store::detect(!stored.is_empty())?;
@@ -532,6 +547,15 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
             .emit();
         }
     }
+    // systemd closes its copies of the removed sockets when it handles the removal, which may be
+    // after a bind of their address (a renamed spec, an address moved to another name) would
+    // find it taken: wait for that first.
+    if let Some(store) = &store
+        && !plan.remove.is_empty()
+        && let Err(e) = store.sync()
+    {
+        log::warn(format!("systemd did not confirm the removal from its fd store: {e}")).emit();
+    }
     let mut sockets = Vec::with_capacity(specs.len());
     for (spec, take) in specs.iter().zip(&plan.take) {
         let socket = match take.and_then(|i| stored[i].take()) {
@@ -553,7 +577,7 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
                 socket
             }
             None => {
-                let socket = spec.bind()?;
+                let socket = spec.bind().map_err(|e| held_by_the_store(e, &plan.remove))?;
                 log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
                 socket
             }

@@ -14,8 +14,9 @@
 //! it is a listening stream socket on the spec's address (any port for a spec of port 0). A
 //! stored socket that is no spec's (the operator changed `--listen`) is removed from the store
 //! (`FDSTOREREMOVE=1`, which removes every descriptor of that name, so the specs' sockets that
-//! share the name are stored again) and closed; a spec without a stored socket is bound and
-//! stored.
+//! share the name are stored again) and closed, and systemd's answer to a barrier awaited before
+//! any bind (its copy would hold the address a renamed spec binds); a spec without a stored
+//! socket is bound and stored.
 //!
 //! Whether the unit has a store: systemd 254 and later set `$FDSTORE` to FileDescriptorStoreMax=
 //! when it is above 0. systemd 252 does not tell, and closes a descriptor sent with `FDSTORE=1`

@@ -174,3 +174,70 @@ fn a_name_too_long_for_the_store_is_refused_only_with_a_store() {
         proc.fail(&format!("without a store the long name should not matter\n--- report:\n{report}"));
     }
 }
+
+/// `fake_fdstore.py --stored KIND=NAME... OPTIONS --log LOG -- sockherd run --ready exec ARGS --
+/// probe_env.py REPORT serve`: systemd's fd store and notify socket played by the script, which
+/// handles each message `DELAY` seconds late (systemd busy elsewhere), as systemd may.
+fn with_store(dir: &TempDir, stored: &[&str], options: &[&str], args: &[&str]) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_script("fake_fdstore.py"));
+    for s in stored {
+        cmd.args(["--stored", s]);
+    }
+    cmd.args(options).arg("--log").arg(dir.join("store.log")).arg("--").arg(sockherd()).arg("run");
+    cmd.args(["--ready", "exec"]).args(args).arg("--");
+    cmd.arg("python3").arg(python_script("probe_env.py")).arg(dir.join("report")).arg("serve");
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "FDSTORE"] {
+        cmd.env_remove(var);
+    }
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    proc.logs.push(dir.join("store.log"));
+    proc
+}
+
+fn store_log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.join("store.log")).unwrap_or_default()
+}
+
+/// A stored socket renamed (same address, another name=) is removed from the store, and the
+/// spec's address bound only once systemd has closed its copy: the start succeeds, and the new
+/// socket is stored under the new name. Systemd handles each message 0.3 s late here.
+#[test]
+fn a_renamed_socket_is_bound_once_the_store_has_let_go_of_the_old_one() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-rename");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let stored = format!("tcp:{addr}=sockherd/http");
+    let spec = format!("{addr},name=web");
+    let mut proc = with_store(&dir, &[&stored], &["--delay", "0.3"], &["--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    let log = store_log(&dir);
+    let ok = value(&report, "fd.3.address") == Some(addr.as_str())
+        && value(&report, "env.LISTEN_FDNAMES") == Some("web")
+        && log.find("remove sockherd/http").is_some_and(|r| log.find("add sockherd/web").is_some_and(|a| r < a));
+    if !ok {
+        proc.fail(&format!("{addr} should be bound anew under web and stored as sockherd/web\n--- report:\n{report}"));
+    }
+}
+
+/// When the address is still taken after the store was asked to let go (a store that keeps what
+/// it was told to remove), the error names the fd store as the likely holder and the way out.
+#[test]
+fn an_address_the_store_still_holds_is_named_in_the_error() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-held");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let stored = format!("tcp:{addr}=sockherd/http");
+    let spec = format!("{addr},name=web");
+    let mut proc = with_store(&dir, &[&stored], &["--keep-removed"], &["--listen", &spec]);
+    let status = proc.wait_exit(PATIENCE);
+    let stderr = proc.stderr();
+    if status.code() != Some(1)
+        || !stderr.contains(&format!("failed to bind {addr}: address in use"))
+        || !stderr.contains("systemd's fd store")
+        || !stderr.contains("sockherd/http")
+        || !stderr.contains("systemctl clean --what=fdstore")
+    {
+        proc.fail("sockherd should exit 1 naming the fd store as the likely holder of the address");
+    }
+}
