@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::native::NativeReload;
 use crate::protocol::{MAINPID, MAINPIDFDID};
 use crate::readiness::Readiness;
 use crate::signal::Signal;
+use crate::sockdiag;
 use crate::socket::{Origin, Socket};
 use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
@@ -512,6 +513,21 @@ fn held_by_the_store(err: anyhow::Error, removed: &[String]) -> anyhow::Error {
     )
 }
 
+/// Why the stored unix `socket` bound to `path` is no longer reached there (see
+/// [`fdstore::lost_file`]). `diag` is opened on first use.
+fn unix_file_lost(path: &Path, socket: &Socket, diag: &mut Option<sockdiag::Diag>) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let found = std::fs::symlink_metadata(path).map(|m| (m.file_type().is_socket(), m.ino()));
+    let bound = (|| {
+        let (_, _, inode) = sys::fstat(socket.as_fd()).ok()?;
+        if diag.is_none() {
+            *diag = sockdiag::Diag::open().ok();
+        }
+        diag.as_mut()?.unix_file_inode(inode).ok().flatten()
+    })();
+    fdstore::lost_file(&found, bound)
+}
+
 /// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
 fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
     let store = fdstore::Store::detect(!stored.is_empty())?;
@@ -519,12 +535,17 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
         return bind_all(specs);
     }
     let names: Vec<String> = specs.iter().map(fdstore::store_name).collect::<Result<_>>()?;
+    let mut diag = None;
     let held: Vec<fdstore::Held> = stored
         .iter()
         .map(|s| fdstore::Held {
             name: s.name.clone(),
             addr: s.addr.clone(),
             listening_stream: s.kind == libc::SOCK_STREAM && sys::socket_is_listening(s.as_fd()).unwrap_or(false),
+            lost: match &s.addr {
+                sys::LocalAddr::Unix(path) => unix_file_lost(path, s, &mut diag),
+                _ => None,
+            },
         })
         .collect();
     let plan = fdstore::plan(&names, specs, &held);
@@ -539,12 +560,11 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
     let mut stored: Vec<Option<Socket>> = stored.into_iter().map(Some).collect();
     for &i in &plan.stale {
         if let Some(socket) = stored[i].take() {
-            log::info(format!(
-                "closing {socket} from systemd's fd store: no --listen socket is at that name and address"
-            ))
-            .kind("socket")
-            .field("SOCKET", socket.address())
-            .emit();
+            let why = held[i].lost.as_deref().unwrap_or("no --listen socket is at that name and address");
+            log::info(format!("closing {socket} from systemd's fd store: {why}"))
+                .kind("socket")
+                .field("SOCKET", socket.address())
+                .emit();
         }
     }
     // systemd closes its copies of the removed sockets when it handles the removal, which may be
@@ -560,7 +580,9 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
     for (spec, take) in specs.iter().zip(&plan.take) {
         let socket = match take.and_then(|i| stored[i].take()) {
             Some(mut socket) => {
-                // The spec's backlog and mode now, which may have changed since it was bound.
+                // The spec's backlog and mode now, which may have changed since it was bound. A
+                // unix socket's path was found to be its own file just now (lstat, so never a
+                // symlink): the mode goes to that socket file, nothing else.
                 sys::listen(socket.as_fd(), spec.backlog)
                     .with_context(|| format!("failed to listen on {} (from the fd store)", spec.addr))?;
                 if let (Some(mode), crate::listen::ListenAddr::Unix(path)) = (spec.mode, &spec.addr) {

@@ -81,6 +81,24 @@ pub struct Held {
     pub addr: LocalAddr,
     /// A listening SOCK_STREAM socket, as `--listen` binds.
     pub listening_stream: bool,
+    /// Why clients no longer reach it at its path (a unix socket whose file is gone or another
+    /// one's, see [`lost_file`]): never taken back.
+    pub lost: Option<String>,
+}
+
+/// Why a stored unix socket's path no longer leads to it, from what lstat finds at the path now
+/// (`found`: whether it is a socket, and its inode) and the inode of the file the socket was
+/// bound to (`bound`, from sock_diag; None when the kernel did not say). None: it still does.
+pub fn lost_file(found: &io::Result<(bool, u64)>, bound: Option<u64>) -> Option<String> {
+    match found {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some("its file is gone".to_string()),
+        Err(e) => Some(format!("its file cannot be examined: {e}")),
+        Ok((false, _)) => Some("its path is no longer a socket".to_string()),
+        Ok((true, inode)) if bound.is_some_and(|b| b != *inode) => {
+            Some("its path is another socket's file now".to_string())
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Whether a socket at `addr` is one bound from `spec`.
@@ -115,10 +133,9 @@ pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held]) -> Plan {
     let mut taken = vec![false; held.len()];
     let mut plan = Plan::default();
     for (spec, name) in specs.iter().zip(names) {
-        let found = held
-            .iter()
-            .enumerate()
-            .position(|(i, h)| !taken[i] && h.name == *name && h.listening_stream && matches(&spec.addr, &h.addr));
+        let found = held.iter().enumerate().position(|(i, h)| {
+            !taken[i] && h.name == *name && h.listening_stream && h.lost.is_none() && matches(&spec.addr, &h.addr)
+        });
         if let Some(i) = found {
             taken[i] = true;
         }
@@ -226,11 +243,11 @@ mod tests {
     }
 
     fn tcp(name: &str, addr: &str) -> Held {
-        Held { name: name.into(), addr: LocalAddr::Inet(addr.parse().unwrap()), listening_stream: true }
+        Held { name: name.into(), addr: LocalAddr::Inet(addr.parse().unwrap()), listening_stream: true, lost: None }
     }
 
     fn unix(name: &str, path: &str) -> Held {
-        Held { name: name.into(), addr: LocalAddr::Unix(path.into()), listening_stream: true }
+        Held { name: name.into(), addr: LocalAddr::Unix(path.into()), listening_stream: true, lost: None }
     }
 
     #[test]
@@ -334,6 +351,31 @@ mod tests {
         dgram.listening_stream = false;
         let second = super::plan(&names, &specs, &[dgram]);
         assert_eq!((second.take, second.stale, second.store), (vec![None], vec![0], vec![0]));
+    }
+
+    #[test]
+    fn a_unix_socket_whose_file_is_lost_is_never_taken() {
+        let (specs, names) = specs(&["/run/a.sock,name=unix"]);
+        let mut held = unix("sockherd/unix", "/run/a.sock");
+        held.lost = Some("its file is gone".into());
+        let plan = plan(&names, &specs, &[held]);
+        assert_eq!(
+            plan,
+            Plan { take: vec![None], stale: vec![0], remove: vec!["sockherd/unix".into()], store: vec![0] }
+        );
+    }
+
+    #[test]
+    fn a_unix_sockets_file_must_be_the_socket_it_was_bound_to() {
+        let gone = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(lost_file(&Err(gone), Some(7)).as_deref(), Some("its file is gone"));
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(lost_file(&Err(denied), Some(7)).unwrap().starts_with("its file cannot be examined: "));
+        assert_eq!(lost_file(&Ok((false, 7)), Some(7)).as_deref(), Some("its path is no longer a socket"));
+        assert_eq!(lost_file(&Ok((true, 8)), Some(7)).as_deref(), Some("its path is another socket's file now"));
+        assert_eq!(lost_file(&Ok((true, 7)), Some(7)), None);
+        // The kernel did not say which file: a socket at the path is taken as its own.
+        assert_eq!(lost_file(&Ok((true, 8)), None), None);
     }
 
     #[test]

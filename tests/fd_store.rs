@@ -195,6 +195,12 @@ fn with_store(dir: &TempDir, stored: &[&str], options: &[&str], args: &[&str]) -
     proc
 }
 
+/// Whether `lines` are all lines of `log`, in that order (others may come between).
+fn in_order(log: &str, lines: &[&str]) -> bool {
+    let mut rest = log.lines();
+    lines.iter().all(|want| rest.any(|line| line == *want))
+}
+
 fn store_log(dir: &TempDir) -> String {
     std::fs::read_to_string(dir.join("store.log")).unwrap_or_default()
 }
@@ -214,7 +220,7 @@ fn a_renamed_socket_is_bound_once_the_store_has_let_go_of_the_old_one() {
     let log = store_log(&dir);
     let ok = value(&report, "fd.3.address") == Some(addr.as_str())
         && value(&report, "env.LISTEN_FDNAMES") == Some("web")
-        && log.find("remove sockherd/http").is_some_and(|r| log.find("add sockherd/web").is_some_and(|a| r < a));
+        && in_order(&log, &["remove sockherd/http", "add sockherd/web"]);
     if !ok {
         proc.fail(&format!("{addr} should be bound anew under web and stored as sockherd/web\n--- report:\n{report}"));
     }
@@ -239,5 +245,67 @@ fn an_address_the_store_still_holds_is_named_in_the_error() {
         || !stderr.contains("systemctl clean --what=fdstore")
     {
         proc.fail("sockherd should exit 1 naming the fd store as the likely holder of the address");
+    }
+}
+
+/// A stored unix socket whose file is gone (a RuntimeDirectory= emptied at the stop, the file
+/// deleted) or replaced no longer answers at its path: it is removed from the store and the spec
+/// bound anew, `mode=` applied to the new file, which the server listens on.
+#[test]
+fn a_stored_unix_socket_whose_file_is_gone_or_replaced_is_bound_anew() {
+    require!("python3");
+    for (tag, why, before) in [
+        ("gone", "its file is gone", "rm {}"),
+        (
+            "replaced",
+            "its path is another socket's file now",
+            "rm {0} && python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {0}",
+        ),
+    ] {
+        let dir = TempDir::new(&format!("fdstore-{tag}"));
+        let sock = dir.join("web.sock");
+        let stored = format!("unix:{}=sockherd/web", sock.display());
+        let spec = format!("{},name=web,mode=0666", sock.display());
+        let before = before.replace("{}", &sock.display().to_string()).replace("{0}", &sock.display().to_string());
+        let mut proc = with_store(&dir, &[&stored], &["--before", &before], &["--listen", &spec]);
+        let report = report(&mut proc, &dir.join("report"));
+        let log = store_log(&dir);
+        let mode = std::fs::metadata(&sock).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+        let inode = unix_inode(&sock);
+        let ok = value(&report, "fd.3.address") == sock.to_str()
+            && inode.is_some()
+            && value(&report, "fd.3.inode") == inode.as_deref()
+            && mode.as_ref().ok() == Some(&0o666)
+            && in_order(&log, &["remove sockherd/web", "add sockherd/web"])
+            && proc.stderr().contains(&format!("from systemd's fd store: {why}\n"));
+        if !ok {
+            proc.fail(&format!("{tag}: {} should be bound anew with mode 0666 (mode {mode:?}, inodes {inode:?})\n--- report:\n{report}", sock.display()));
+        }
+    }
+}
+
+/// `mode=` never reaches through a symlink put at a stored socket's path: the socket is not
+/// taken back (its path is no longer a socket), the file the link points to keeps its mode, and
+/// the start fails on the path that is not a socket, as a bind does.
+#[test]
+fn mode_never_follows_a_symlink_at_a_stored_sockets_path() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-symlink");
+    let sock = dir.join("web.sock");
+    let target = dir.join("secret");
+    std::fs::write(&target, "x").unwrap();
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let stored = format!("unix:{}=sockherd/web", sock.display());
+    let spec = format!("{},name=web,mode=0666", sock.display());
+    let before = format!("rm {0} && ln -s {1} {0}", sock.display(), target.display());
+    let mut proc = with_store(&dir, &[&stored], &["--before", &before], &["--listen", &spec]);
+    let status = proc.wait_exit(PATIENCE);
+    let mode = std::fs::metadata(&target).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    if mode.as_ref().ok() != Some(&0o600)
+        || status.code() != Some(1)
+        || !proc.stderr().contains("from systemd's fd store: its path is no longer a socket")
+        || !proc.stderr().contains("the path exists and is not a socket")
+    {
+        proc.fail(&format!("{} should keep mode 0600 (now {mode:?}) and sockherd exit 1", target.display()));
     }
 }

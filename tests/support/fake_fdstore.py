@@ -3,14 +3,15 @@
 passes them at the start (LISTEN_FDS, LISTEN_FDNAMES) and answers the service's notify socket.
 
 Usage: fake_fdstore.py [--stored KIND=NAME]... [--fdstore N|unset] [--delay SECONDS]
-                       [--keep-removed] --log PATH -- PROGRAM ARGS...
+                       [--keep-removed] [--before SHELL-COMMAND] --log PATH -- PROGRAM ARGS...
 
 Each --stored puts one descriptor in the store (and so at fds 3, 4, ... of PROGRAM, in order):
   tcp:HOST:PORT   a listening TCP socket on HOST:PORT
   unix:PATH       a listening unix stream socket bound to PATH
   pipe            the write end of a pipe (what a probe left behind)
 
-PROGRAM runs as our child (LISTEN_PID is its pid) with NOTIFY_SOCKET, and FDSTORE=N (default 4;
+--before runs a shell command once the stored descriptors exist, before PROGRAM starts (e.g. to
+delete a stored socket's file, as a stop may). PROGRAM runs as our child (LISTEN_PID is its pid) with NOTIFY_SOCKET, and FDSTORE=N (default 4;
 `unset` as systemd 252 leaves it). Like systemd, we keep our own copy of every stored descriptor
 until it is removed. Each datagram is handled --delay seconds after it is read (systemd busy with
 other work), in order:
@@ -21,7 +22,7 @@ other work), in order:
 Other datagrams are logged as `other <first line>`. We exit with PROGRAM's status; a TERM or INT
 we get is passed on to it. At the end the log gets `held NAME...` (what the store still holds).
 """
-import array, fcntl, os, select, signal, socket, sys, tempfile, time
+import array, fcntl, os, select, signal, socket, subprocess, sys, tempfile, time
 
 
 def make(kind):
@@ -46,7 +47,7 @@ def make(kind):
 
 def main():
     args = sys.argv[1:]
-    stored, fdstore, delay, log_path, keep_removed = [], "4", 0.0, None, False
+    stored, fdstore, delay, log_path, keep_removed, before = [], "4", 0.0, None, False, None
     while args and args[0] != "--":
         flag = args.pop(0)
         if flag == "--keep-removed":
@@ -62,6 +63,8 @@ def main():
             fdstore = value
         elif flag == "--delay":
             delay = float(value)
+        elif flag == "--before":
+            before = value
         elif flag == "--log":
             log_path = value
         else:
@@ -71,6 +74,8 @@ def main():
     program = args[1:]
     log = open(log_path, "a", buffering=1)
 
+    if before is not None and subprocess.call(["sh", "-c", before]) != 0:
+        sys.exit("fake_fdstore.py: --before %r failed" % before)
     notify_dir = tempfile.mkdtemp(prefix="fake-fdstore-")
     notify_path = os.path.join(notify_dir, "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
