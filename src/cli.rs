@@ -404,7 +404,15 @@ impl FromStr for Seconds {
 /// `fd_store` (`run`), the `--listen` sockets go through systemd's fd store when the unit has one
 /// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound.
 fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
-    let activated = activation::receive()?;
+    let received = activation::receive()?;
+    let mut unusable: Vec<String> = Vec::new();
+    for u in &received.unusable {
+        log::warn(format!("closing fd {} ({}) from systemd's fd store: {}", u.fd, u.name, u.what)).emit();
+        if !unusable.contains(&u.name) {
+            unusable.push(u.name.clone());
+        }
+    }
+    let activated = received.sockets;
     let (stored, activated): (Vec<Socket>, std::result::Result<Vec<Socket>, String>) = match activated {
         Ok(sockets) if fd_store => {
             let (stored, units): (Vec<Socket>, Vec<Socket>) =
@@ -438,7 +446,9 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
                     );
                 }
                 // --fallback and socket-activated: the --listen sockets are not used this time.
-                forget_stored(stored);
+                forget_stored(stored, &unusable);
+            } else {
+                forget_stored(Vec::new(), &unusable);
             }
             for (i, socket) in sockets.iter().enumerate() {
                 log::info(format!("received socket fd {}: {socket}", 3 + i))
@@ -455,14 +465,19 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
                 Ok(_) => "only sockets of the fd store were passed".to_string(),
             };
             if args.listen.is_empty() {
-                forget_stored(stored);
+                forget_stored(stored, &unusable);
                 bail!(
                     "no sockets to hand over: not socket-activated ({reason}) and no --listen given; give \
                      --listen (e.g. --listen 127.0.0.1:8080), or start it from a socket unit (`sockherd unit` \
                      writes one)"
                 );
             }
-            if fd_store { listen_through_the_store(&args.listen, stored)? } else { bind_all(&args.listen)? }
+            if fd_store {
+                listen_through_the_store(&args.listen, stored, &unusable)?
+            } else {
+                forget_stored(stored, &unusable);
+                bind_all(&args.listen)?
+            }
         }
     };
     Ok(sockets)
@@ -479,13 +494,14 @@ fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Socket>> {
 }
 
 /// Stored sockets nothing uses this time: removed from the store (which closes systemd's copies)
-/// and closed.
-fn forget_stored(stored: Vec<Socket>) {
-    if stored.is_empty() {
+/// and closed, with the names of the unusable descriptors already closed.
+fn forget_stored(stored: Vec<Socket>, unusable: &[String]) {
+    if stored.is_empty() && unusable.is_empty() {
         return;
     }
     let store = fdstore::Store::detect(true).unwrap_or(None);
-    let mut names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+    let mut names: Vec<&str> =
+        stored.iter().map(|s| s.name.as_str()).chain(unusable.iter().map(String::as_str)).collect();
     names.sort_unstable();
     names.dedup();
     for socket in &stored {
@@ -529,8 +545,8 @@ fn unix_file_lost(path: &Path, socket: &Socket, diag: &mut Option<sockdiag::Diag
 }
 
 /// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
-fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
-    let store = fdstore::Store::detect(!stored.is_empty())?;
+fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>, unusable: &[String]) -> Result<Vec<Socket>> {
+    let store = fdstore::Store::detect(!stored.is_empty() || !unusable.is_empty())?;
     if store.is_none() && stored.is_empty() {
         return bind_all(specs);
     }
@@ -548,7 +564,7 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
             },
         })
         .collect();
-    let plan = fdstore::plan(&names, specs, &held);
+    let plan = fdstore::plan(&names, specs, &held, unusable);
     if store.is_none() && !stored.is_empty() {
         log::warn("systemd passed sockets of its fd store but cannot be reached to keep them there").emit();
     }

@@ -129,7 +129,8 @@ pub struct Plan {
 
 /// Matches the stored sockets to the specs (whose store names are `names`), first come first
 /// served: a spec takes the first stored socket not taken yet with its name and address.
-pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held]) -> Plan {
+/// `unusable`: names of stored descriptors already closed as unusable, to be removed as well.
+pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held], unusable: &[String]) -> Plan {
     let mut taken = vec![false; held.len()];
     let mut plan = Plan::default();
     for (spec, name) in specs.iter().zip(names) {
@@ -142,9 +143,9 @@ pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held]) -> Plan {
         plan.take.push(found);
     }
     plan.stale = (0..held.len()).filter(|i| !taken[*i]).collect();
-    for &i in &plan.stale {
-        if !plan.remove.contains(&held[i].name) {
-            plan.remove.push(held[i].name.clone());
+    for name in plan.stale.iter().map(|&i| &held[i].name).chain(unusable) {
+        if !plan.remove.contains(name) {
+            plan.remove.push(name.clone());
         }
     }
     plan.store = (0..specs.len())
@@ -224,7 +225,13 @@ fn probe(notifier: &Notifier) -> io::Result<bool> {
     message.push(FDPOLL_OFF.to_string());
     notifier.send_with_fd(&message, write.as_fd())?;
     drop(write);
-    notifier.barrier(Duration::from_secs(10))?;
+    if let Err(e) = notifier.barrier(Duration::from_secs(10)) {
+        // systemd may still keep the probe when it gets to it: have it removed then too (a
+        // probe left behind all the same, by a kill during the wait, is recognised by its name
+        // at the next start and removed).
+        notifier.send(&remove_message(PROBE_NAME));
+        return Err(e);
+    }
     let refused = sys::poll_readable(&[read.as_fd()], Some(Duration::ZERO))?[0];
     if !refused {
         notifier.send(&remove_message(PROBE_NAME));
@@ -305,14 +312,14 @@ mod tests {
         let (specs, names) = specs(&["127.0.0.1:8080,name=http", "/run/a.sock,name=unix"]);
         // In another order than the specs: matched by name and address, not by position.
         let held = [unix("sockherd/unix", "/run/a.sock"), tcp("sockherd/http", "127.0.0.1:8080")];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(plan, Plan { take: vec![Some(1), Some(0)], stale: vec![], remove: vec![], store: vec![] });
     }
 
     #[test]
     fn nothing_stored_binds_and_stores_everything() {
         let (specs, names) = specs(&["127.0.0.1:8080", "/run/a.sock"]);
-        let plan = plan(&names, &specs, &[]);
+        let plan = plan(&names, &specs, &[], &[]);
         assert_eq!(plan, Plan { take: vec![None, None], stale: vec![], remove: vec![], store: vec![0, 1] });
     }
 
@@ -325,7 +332,7 @@ mod tests {
             unix("sockherd/unix", "/run/a.sock"),
             tcp("sockherd/admin", "127.0.0.1:8081"),
         ];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(
             plan,
             Plan {
@@ -341,7 +348,7 @@ mod tests {
     fn name_and_address_must_both_match() {
         // Same address, renamed: not taken (the server would see another name).
         let (specs, names) = specs(&["127.0.0.1:8080,name=web"]);
-        let plan = plan(&names, &specs, &[tcp("sockherd/http", "127.0.0.1:8080")]);
+        let plan = plan(&names, &specs, &[tcp("sockherd/http", "127.0.0.1:8080")], &[]);
         assert_eq!(plan.take, [None]);
         assert_eq!(plan.remove, ["sockherd/http"]);
         assert_eq!(plan.store, [0]);
@@ -349,7 +356,7 @@ mod tests {
         let (specs, names) = self::specs(&["/run/a.sock"]);
         let mut dgram = unix("sockherd/unknown", "/run/a.sock");
         dgram.listening_stream = false;
-        let second = super::plan(&names, &specs, &[dgram]);
+        let second = super::plan(&names, &specs, &[dgram], &[]);
         assert_eq!((second.take, second.stale, second.store), (vec![None], vec![0], vec![0]));
     }
 
@@ -358,7 +365,7 @@ mod tests {
         let (specs, names) = specs(&["/run/a.sock,name=unix"]);
         let mut held = unix("sockherd/unix", "/run/a.sock");
         held.lost = Some("its file is gone".into());
-        let plan = plan(&names, &specs, &[held]);
+        let plan = plan(&names, &specs, &[held], &[]);
         assert_eq!(
             plan,
             Plan { take: vec![None], stale: vec![0], remove: vec!["sockherd/unix".into()], store: vec![0] }
@@ -389,7 +396,7 @@ mod tests {
             tcp("sockherd/unknown", "127.0.0.1:8080"),
             tcp("sockherd/other", "127.0.0.1:7070"),
         ];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(
             plan,
             Plan {
@@ -402,9 +409,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_name_is_removed_and_the_sockets_taken_under_it_stored_again() {
+        let (specs, names) = specs(&["127.0.0.1:8080,name=http"]);
+        let held = [tcp("sockherd/http", "127.0.0.1:8080")];
+        let unusable = ["sockherd/probe".to_string(), "sockherd/http".into(), "sockherd/probe".into()];
+        let plan = plan(&names, &specs, &held, &unusable);
+        assert_eq!(
+            plan,
+            Plan {
+                take: vec![Some(0)],
+                stale: vec![],
+                remove: vec!["sockherd/probe".into(), "sockherd/http".into()],
+                store: vec![0],
+            }
+        );
+    }
+
+    #[test]
     fn two_specs_never_take_the_same_socket() {
         let (specs, names) = specs(&["127.0.0.1:0", "127.0.0.1:0"]);
-        let plan = plan(&names, &specs, &[tcp("sockherd/unknown", "127.0.0.1:40000")]);
+        let plan = plan(&names, &specs, &[tcp("sockherd/unknown", "127.0.0.1:40000")], &[]);
         assert_eq!(plan.take, [Some(0), None]);
         assert_eq!(plan.store, [1]);
     }

@@ -309,3 +309,34 @@ fn mode_never_follows_a_symlink_at_a_stored_sockets_path() {
         proc.fail(&format!("{} should keep mode 0600 (now {mode:?}) and sockherd exit 1", target.display()));
     }
 }
+
+/// What is stored under a `sockherd/` name but is no listening socket (the probe's pipe left by
+/// a start killed during its wait, a socket that does not listen) never blocks a start: it is
+/// removed from the store and closed with a warning, and the real stored socket taken back.
+#[test]
+fn a_stored_fd_that_is_no_listening_socket_is_dropped_not_fatal() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-junk");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let stored =
+        ["pipe=sockherd/probe".to_string(), format!("tcp:{addr}=sockherd/http"), "unbound=sockherd/old".into()];
+    let stored: Vec<&str> = stored.iter().map(String::as_str).collect();
+    let spec = format!("{addr},name=http");
+    let mut proc = with_store(&dir, &stored, &[], &["--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    let log = store_log(&dir);
+    let stderr = proc.stderr();
+    let ok = value(&report, "fds") == Some("3")
+        && value(&report, "fd.3.address") == Some(addr.as_str())
+        && stderr.contains("closing fd 3 (sockherd/probe) from systemd's fd store: a pipe, not a listening socket")
+        && stderr.contains("closing fd 5 (sockherd/old) from systemd's fd store: a socket that does not listen")
+        && stderr.contains("taken back from systemd's fd store")
+        && log.lines().any(|l| l == "remove sockherd/probe")
+        && log.lines().any(|l| l == "remove sockherd/old")
+        && !log.lines().any(|l| l == "remove sockherd/http");
+    if !ok {
+        proc.fail(&format!(
+            "the pipe and the unbound socket should be dropped, {addr} taken back\n--- report:\n{report}"
+        ));
+    }
+}

@@ -9,6 +9,7 @@ Each --stored puts one descriptor in the store (and so at fds 3, 4, ... of PROGR
   tcp:HOST:PORT   a listening TCP socket on HOST:PORT
   unix:PATH       a listening unix stream socket bound to PATH
   pipe            the write end of a pipe (what a probe left behind)
+  unbound         a TCP socket never bound nor listened on
 
 --before runs a shell command once the stored descriptors exist, before PROGRAM starts (e.g. to
 delete a stored socket's file, as a stop may). PROGRAM runs as our child (LISTEN_PID is its pid) with NOTIFY_SOCKET, and FDSTORE=N (default 4;
@@ -36,6 +37,8 @@ def make(kind):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(kind[len("unix:"):])
         s.listen(16)
+    elif kind == "unbound":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     elif kind == "pipe":
         r, w = os.pipe()
         os.close(r)
