@@ -402,7 +402,10 @@ impl FromStr for Seconds {
 
 /// Sockets from systemd if it passed any, else the `--listen` ones, bound now. With
 /// `fd_store` (`run`), the `--listen` sockets go through systemd's fd store when the unit has one
-/// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound.
+/// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound. Without
+/// (`exec`), only when systemd passed sockets from the store (`ExecStart=` switched from `run`
+/// with the store kept): they are `--listen` sockets, never a socket unit's, and the server gets
+/// them under the specs' names.
 fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
     let received = activation::receive()?;
     let mut unusable: Vec<String> = Vec::new();
@@ -414,7 +417,7 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
     }
     let activated = received.sockets;
     let (stored, activated): (Vec<Socket>, std::result::Result<Vec<Socket>, String>) = match activated {
-        Ok(sockets) if fd_store => {
+        Ok(sockets) if fd_store || sockets.iter().any(|s| fdstore::is_stored_name(&s.name)) => {
             let (stored, units): (Vec<Socket>, Vec<Socket>) =
                 sockets.into_iter().partition(|s| fdstore::is_stored_name(&s.name));
             (stored, Ok(units))
@@ -472,7 +475,7 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
                      writes one)"
                 );
             }
-            if fd_store {
+            if fd_store || !stored.is_empty() {
                 listen_through_the_store(&args.listen, stored, &unusable)?
             } else {
                 forget_stored(stored, &unusable);

@@ -179,13 +179,19 @@ fn a_name_too_long_for_the_store_is_refused_only_with_a_store() {
 /// probe_env.py REPORT serve`: systemd's fd store and notify socket played by the script, which
 /// handles each message `DELAY` seconds late (systemd busy elsewhere), as systemd may.
 fn with_store(dir: &TempDir, stored: &[&str], options: &[&str], args: &[&str]) -> Proc {
+    let args: Vec<&str> = ["run", "--ready", "exec"].iter().chain(args).copied().collect();
+    with_store_as(dir, stored, options, &args)
+}
+
+/// [`with_store`] with the whole sockherd command line before `--` in `args`.
+fn with_store_as(dir: &TempDir, stored: &[&str], options: &[&str], args: &[&str]) -> Proc {
     let mut cmd = Command::new("python3");
     cmd.arg(python_script("fake_fdstore.py"));
     for s in stored {
         cmd.args(["--stored", s]);
     }
-    cmd.args(options).arg("--log").arg(dir.join("store.log")).arg("--").arg(sockherd()).arg("run");
-    cmd.args(["--ready", "exec"]).args(args).arg("--");
+    cmd.args(options).arg("--log").arg(dir.join("store.log")).arg("--").arg(sockherd());
+    cmd.args(args).arg("--");
     cmd.arg("python3").arg(python_script("probe_env.py")).arg(dir.join("report")).arg("serve");
     for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "FDSTORE"] {
         cmd.env_remove(var);
@@ -338,5 +344,39 @@ fn a_stored_fd_that_is_no_listening_socket_is_dropped_not_fatal() {
         proc.fail(&format!(
             "the pipe and the unbound socket should be dropped, {addr} taken back\n--- report:\n{report}"
         ));
+    }
+}
+
+/// `sockherd exec --listen` after a switch from `run` with the store kept: the stored socket is
+/// taken back as `run` takes it (the server sees the spec's name, never the prefix) instead of
+/// being mistaken for a socket unit's; without --listen nothing of the store is passed on.
+#[test]
+fn exec_takes_stored_sockets_back_as_run_does() {
+    require!("python3");
+    let dir = TempDir::new("fdstore-exec");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let stored = format!("tcp:{addr}=sockherd/http");
+    let spec = format!("{addr},name=http");
+    let mut proc = with_store_as(&dir, &[&stored], &[], &["exec", "--listen", &spec]);
+    let report = report(&mut proc, &dir.join("report"));
+    if value(&report, "env.LISTEN_FDNAMES") != Some("http")
+        || value(&report, "fd.3.address") != Some(addr.as_str())
+        || !proc.stderr().contains("taken back from systemd's fd store")
+    {
+        proc.fail(&format!("exec should take {addr} back under the name http\n--- report:\n{report}"));
+    }
+    drop(proc);
+    let bare = TempDir::new("fdstore-exec-bare");
+    let stored = format!("tcp:127.0.0.1:{}=sockherd/http", free_port());
+    let mut proc = with_store_as(&bare, &[&stored], &[], &["exec"]);
+    let status = proc.wait_exit(PATIENCE);
+    let stderr = proc.stderr();
+    if status.code() != Some(1)
+        || !stderr.contains("only sockets of the fd store were passed")
+        || !stderr.contains("closing")
+        || bare.join("report").exists()
+        || !store_log(&bare).lines().any(|l| l == "remove sockherd/http")
+    {
+        proc.fail("exec without --listen should refuse the fd store's sockets, remove them, and start nothing");
     }
 }
