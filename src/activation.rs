@@ -14,6 +14,7 @@ use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, bail};
 
+use crate::fdstore;
 use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, LISTEN_PIDFDID, UNKNOWN_FDNAME};
 use crate::socket::{Origin, Socket};
 use crate::sys;
@@ -111,10 +112,31 @@ pub fn parse(
     Ok(Activation::Fds { names })
 }
 
+/// What systemd passed.
+#[derive(Debug)]
+pub struct Received {
+    /// The sockets, or why there are none.
+    pub sockets: std::result::Result<Vec<Socket>, String>,
+    /// Descriptors under a name of the fd store's (`sockherd/...`) that are no listening
+    /// socket, closed already: to be removed from the store, never a reason to fail.
+    pub unusable: Vec<Unusable>,
+}
+
+/// A descriptor from the fd store that sockherd cannot use, closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub fd: i32,
+    pub name: String,
+    /// What it was: "a pipe, not a listening socket", ...
+    pub what: String,
+}
+
 /// Receives and validates the activated sockets, or explains why there are none.
-/// Each descriptor must be open and a socket; a stream socket must be listening.
+/// Each descriptor must be open and a socket; a stream socket must be listening. One under an
+/// fd store name that is not is closed and listed as unusable instead (a probe's pipe left
+/// behind, ...): only sockherd puts those there, and one that fails every start helps nobody.
 /// Our copies are close-on-exec; children get theirs explicitly.
-pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
+pub fn receive() -> Result<Received> {
     // Our pidfd inode id, only needed (and only looked up) when there is one to compare with.
     let our_pidfd_id = match std::env::var_os(LISTEN_PIDFDID) {
         Some(_) => sys::pid_inode_id(sys::getpid()).context("failed to read our own pidfd inode id")?,
@@ -122,7 +144,7 @@ pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
     };
     let activation = parse(|name| std::env::var_os(name), sys::getpid(), our_pidfd_id)?;
     let names = match activation {
-        Activation::None { reason } => return Ok(Err(reason)),
+        Activation::None { reason } => return Ok(Received { sockets: Err(reason), unusable: Vec::new() }),
         Activation::Fds { names } => names,
     };
     let count = names.len();
@@ -135,10 +157,17 @@ pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
         }
     }
     let mut sockets = Vec::with_capacity(count);
+    let mut unusable = Vec::new();
     for (i, name) in names.into_iter().enumerate() {
         let fd = sys::adopt_inherited_fd(LISTEN_FDS_START + i as i32);
         let number = LISTEN_FDS_START + i as i32;
         let (mode, _, _) = sys::fstat(fd.as_fd()).with_context(|| format!("failed to stat activated fd {number}"))?;
+        if !sys::is_socket_mode(mode) && fdstore::is_stored_name(&name) {
+            drop(fd);
+            let what = format!("a {}, not a listening socket", file_type_name(mode));
+            unusable.push(Unusable { fd: number, name, what });
+            continue;
+        }
         if !sys::is_socket_mode(mode) {
             // Not ours to close: leak it back as it was.
             std::mem::forget(fd);
@@ -152,6 +181,13 @@ pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
             && !sys::socket_is_listening(socket.as_fd())
                 .with_context(|| format!("failed to query activated fd {number}"))?
         {
+            if fdstore::is_stored_name(&socket.name) {
+                let name = socket.name.clone();
+                drop(socket);
+                let what = "a socket that does not listen".to_string();
+                unusable.push(Unusable { fd: number, name, what });
+                continue;
+            }
             let description = socket.to_string();
             std::mem::forget(socket);
             bail!(
@@ -160,7 +196,7 @@ pub fn receive() -> Result<std::result::Result<Vec<Socket>, String>> {
         }
         sockets.push(socket);
     }
-    Ok(Ok(sockets))
+    Ok(Received { sockets: Ok(sockets), unusable })
 }
 
 fn file_type_name(mode: u32) -> &'static str {

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::native::NativeReload;
 use crate::protocol::{MAINPID, MAINPIDFDID};
 use crate::readiness::Readiness;
 use crate::signal::Signal;
+use crate::sockdiag;
 use crate::socket::{Origin, Socket};
 use crate::status;
 use crate::supervisor::{RunConfig, Supervisor};
@@ -401,11 +402,22 @@ impl FromStr for Seconds {
 
 /// Sockets from systemd if it passed any, else the `--listen` ones, bound now. With
 /// `fd_store` (`run`), the `--listen` sockets go through systemd's fd store when the unit has one
-/// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound.
+/// (src/fdstore.rs): taken back from it when it holds them, stored in it when bound. Without
+/// (`exec`), only when systemd passed sockets from the store (`ExecStart=` switched from `run`
+/// with the store kept): they are `--listen` sockets, never a socket unit's, and the server gets
+/// them under the specs' names.
 fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
-    let activated = activation::receive()?;
+    let received = activation::receive()?;
+    let mut unusable: Vec<String> = Vec::new();
+    for u in &received.unusable {
+        log::warn(format!("closing fd {} ({}) from systemd's fd store: {}", u.fd, u.name, u.what)).emit();
+        if !unusable.contains(&u.name) {
+            unusable.push(u.name.clone());
+        }
+    }
+    let activated = received.sockets;
     let (stored, activated): (Vec<Socket>, std::result::Result<Vec<Socket>, String>) = match activated {
-        Ok(sockets) if fd_store => {
+        Ok(sockets) if fd_store || sockets.iter().any(|s| fdstore::is_stored_name(&s.name)) => {
             let (stored, units): (Vec<Socket>, Vec<Socket>) =
                 sockets.into_iter().partition(|s| fdstore::is_stored_name(&s.name));
             (stored, Ok(units))
@@ -437,7 +449,9 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
                     );
                 }
                 // --fallback and socket-activated: the --listen sockets are not used this time.
-                forget_stored(stored);
+                forget_stored(stored, &unusable);
+            } else {
+                forget_stored(Vec::new(), &unusable);
             }
             for (i, socket) in sockets.iter().enumerate() {
                 log::info(format!("received socket fd {}: {socket}", 3 + i))
@@ -454,14 +468,19 @@ fn acquire_sockets(args: &SocketArgs, fd_store: bool) -> Result<Vec<Socket>> {
                 Ok(_) => "only sockets of the fd store were passed".to_string(),
             };
             if args.listen.is_empty() {
-                forget_stored(stored);
+                forget_stored(stored, &unusable);
                 bail!(
                     "no sockets to hand over: not socket-activated ({reason}) and no --listen given; give \
                      --listen (e.g. --listen 127.0.0.1:8080), or start it from a socket unit (`sockherd unit` \
                      writes one)"
                 );
             }
-            if fd_store { listen_through_the_store(&args.listen, stored)? } else { bind_all(&args.listen)? }
+            if fd_store || !stored.is_empty() {
+                listen_through_the_store(&args.listen, stored, &unusable)?
+            } else {
+                forget_stored(stored, &unusable);
+                bind_all(&args.listen)?
+            }
         }
     };
     Ok(sockets)
@@ -478,13 +497,14 @@ fn bind_all(specs: &[ListenSpec]) -> Result<Vec<Socket>> {
 }
 
 /// Stored sockets nothing uses this time: removed from the store (which closes systemd's copies)
-/// and closed.
-fn forget_stored(stored: Vec<Socket>) {
-    if stored.is_empty() {
+/// and closed, with the names of the unusable descriptors already closed.
+fn forget_stored(stored: Vec<Socket>, unusable: &[String]) {
+    if stored.is_empty() && unusable.is_empty() {
         return;
     }
     let store = fdstore::Store::detect(true).unwrap_or(None);
-    let mut names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+    let mut names: Vec<&str> =
+        stored.iter().map(|s| s.name.as_str()).chain(unusable.iter().map(String::as_str)).collect();
     names.sort_unstable();
     names.dedup();
     for socket in &stored {
@@ -497,22 +517,57 @@ fn forget_stored(stored: Vec<Socket>) {
     }
 }
 
+/// A bind that found its address in use after sockets were removed from the fd store: systemd,
+/// which may not have let go of them, is the likely holder.
+fn held_by_the_store(err: anyhow::Error, removed: &[String]) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if removed.is_empty() || !text.contains("address in use") {
+        return err;
+    }
+    anyhow!(
+        "{text}; the likely holder is systemd's fd store, which was asked to remove {} and may still hold it \
+         (clear it: systemctl stop, and on systemd 254 and later with FileDescriptorStorePreserve=yes, systemctl \
+         clean --what=fdstore)",
+        removed.join(", ")
+    )
+}
+
+/// Why the stored unix `socket` bound to `path` is no longer reached there (see
+/// [`fdstore::lost_file`]). `diag` is opened on first use.
+fn unix_file_lost(path: &Path, socket: &Socket, diag: &mut Option<sockdiag::Diag>) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let found = std::fs::symlink_metadata(path).map(|m| (m.file_type().is_socket(), m.ino()));
+    let bound = (|| {
+        let (_, _, inode) = sys::fstat(socket.as_fd()).ok()?;
+        if diag.is_none() {
+            *diag = sockdiag::Diag::open().ok();
+        }
+        diag.as_mut()?.unix_file_inode(inode).ok().flatten()
+    })();
+    fdstore::lost_file(&found, bound)
+}
+
 /// The `--listen` sockets, taken back from the fd store (`stored`) or bound, and stored.
-fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result<Vec<Socket>> {
-    let store = fdstore::Store::detect(!stored.is_empty())?;
+fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>, unusable: &[String]) -> Result<Vec<Socket>> {
+    let store = fdstore::Store::detect(!stored.is_empty() || !unusable.is_empty())?;
     if store.is_none() && stored.is_empty() {
         return bind_all(specs);
     }
     let names: Vec<String> = specs.iter().map(fdstore::store_name).collect::<Result<_>>()?;
+    let mut diag = None;
     let held: Vec<fdstore::Held> = stored
         .iter()
         .map(|s| fdstore::Held {
             name: s.name.clone(),
             addr: s.addr.clone(),
             listening_stream: s.kind == libc::SOCK_STREAM && sys::socket_is_listening(s.as_fd()).unwrap_or(false),
+            lost: match &s.addr {
+                sys::LocalAddr::Unix(path) => unix_file_lost(path, s, &mut diag),
+                _ => None,
+            },
         })
         .collect();
-    let plan = fdstore::plan(&names, specs, &held);
+    let plan = fdstore::plan(&names, specs, &held, unusable);
     if store.is_none() && !stored.is_empty() {
         log::warn("systemd passed sockets of its fd store but cannot be reached to keep them there").emit();
     }
@@ -524,19 +579,29 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
     let mut stored: Vec<Option<Socket>> = stored.into_iter().map(Some).collect();
     for &i in &plan.stale {
         if let Some(socket) = stored[i].take() {
-            log::info(format!(
-                "closing {socket} from systemd's fd store: no --listen socket is at that name and address"
-            ))
-            .kind("socket")
-            .field("SOCKET", socket.address())
-            .emit();
+            let why = held[i].lost.as_deref().unwrap_or("no --listen socket is at that name and address");
+            log::info(format!("closing {socket} from systemd's fd store: {why}"))
+                .kind("socket")
+                .field("SOCKET", socket.address())
+                .emit();
         }
+    }
+    // systemd closes its copies of the removed sockets when it handles the removal, which may be
+    // after a bind of their address (a renamed spec, an address moved to another name) would
+    // find it taken: wait for that first.
+    if let Some(store) = &store
+        && !plan.remove.is_empty()
+        && let Err(e) = store.sync()
+    {
+        log::warn(format!("systemd did not confirm the removal from its fd store: {e}")).emit();
     }
     let mut sockets = Vec::with_capacity(specs.len());
     for (spec, take) in specs.iter().zip(&plan.take) {
         let socket = match take.and_then(|i| stored[i].take()) {
             Some(mut socket) => {
-                // The spec's backlog and mode now, which may have changed since it was bound.
+                // The spec's backlog and mode now, which may have changed since it was bound. A
+                // unix socket's path was found to be its own file just now (lstat, so never a
+                // symlink): the mode goes to that socket file, nothing else.
                 sys::listen(socket.as_fd(), spec.backlog)
                     .with_context(|| format!("failed to listen on {} (from the fd store)", spec.addr))?;
                 if let (Some(mode), crate::listen::ListenAddr::Unix(path)) = (spec.mode, &spec.addr) {
@@ -553,7 +618,7 @@ fn listen_through_the_store(specs: &[ListenSpec], stored: Vec<Socket>) -> Result
                 socket
             }
             None => {
-                let socket = spec.bind()?;
+                let socket = spec.bind().map_err(|e| held_by_the_store(e, &plan.remove))?;
                 log::info(format!("listening on {socket}")).kind("socket").field("SOCKET", socket.address()).emit();
                 socket
             }

@@ -14,8 +14,9 @@
 //! it is a listening stream socket on the spec's address (any port for a spec of port 0). A
 //! stored socket that is no spec's (the operator changed `--listen`) is removed from the store
 //! (`FDSTOREREMOVE=1`, which removes every descriptor of that name, so the specs' sockets that
-//! share the name are stored again) and closed; a spec without a stored socket is bound and
-//! stored.
+//! share the name are stored again) and closed, and systemd's answer to a barrier awaited before
+//! any bind (its copy would hold the address a renamed spec binds); a spec without a stored
+//! socket is bound and stored.
 //!
 //! Whether the unit has a store: systemd 254 and later set `$FDSTORE` to FileDescriptorStoreMax=
 //! when it is above 0. systemd 252 does not tell, and closes a descriptor sent with `FDSTORE=1`
@@ -80,6 +81,24 @@ pub struct Held {
     pub addr: LocalAddr,
     /// A listening SOCK_STREAM socket, as `--listen` binds.
     pub listening_stream: bool,
+    /// Why clients no longer reach it at its path (a unix socket whose file is gone or another
+    /// one's, see [`lost_file`]): never taken back.
+    pub lost: Option<String>,
+}
+
+/// Why a stored unix socket's path no longer leads to it, from what lstat finds at the path now
+/// (`found`: whether it is a socket, and its inode) and the inode of the file the socket was
+/// bound to (`bound`, from sock_diag; None when the kernel did not say). None: it still does.
+pub fn lost_file(found: &io::Result<(bool, u64)>, bound: Option<u64>) -> Option<String> {
+    match found {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some("its file is gone".to_string()),
+        Err(e) => Some(format!("its file cannot be examined: {e}")),
+        Ok((false, _)) => Some("its path is no longer a socket".to_string()),
+        Ok((true, inode)) if bound.is_some_and(|b| b != *inode) => {
+            Some("its path is another socket's file now".to_string())
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Whether a socket at `addr` is one bound from `spec`.
@@ -110,23 +129,23 @@ pub struct Plan {
 
 /// Matches the stored sockets to the specs (whose store names are `names`), first come first
 /// served: a spec takes the first stored socket not taken yet with its name and address.
-pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held]) -> Plan {
+/// `unusable`: names of stored descriptors already closed as unusable, to be removed as well.
+pub fn plan(names: &[String], specs: &[ListenSpec], held: &[Held], unusable: &[String]) -> Plan {
     let mut taken = vec![false; held.len()];
     let mut plan = Plan::default();
     for (spec, name) in specs.iter().zip(names) {
-        let found = held
-            .iter()
-            .enumerate()
-            .position(|(i, h)| !taken[i] && h.name == *name && h.listening_stream && matches(&spec.addr, &h.addr));
+        let found = held.iter().enumerate().position(|(i, h)| {
+            !taken[i] && h.name == *name && h.listening_stream && h.lost.is_none() && matches(&spec.addr, &h.addr)
+        });
         if let Some(i) = found {
             taken[i] = true;
         }
         plan.take.push(found);
     }
     plan.stale = (0..held.len()).filter(|i| !taken[*i]).collect();
-    for &i in &plan.stale {
-        if !plan.remove.contains(&held[i].name) {
-            plan.remove.push(held[i].name.clone());
+    for name in plan.stale.iter().map(|&i| &held[i].name).chain(unusable) {
+        if !plan.remove.contains(name) {
+            plan.remove.push(name.clone());
         }
     }
     plan.store = (0..specs.len())
@@ -206,7 +225,13 @@ fn probe(notifier: &Notifier) -> io::Result<bool> {
     message.push(FDPOLL_OFF.to_string());
     notifier.send_with_fd(&message, write.as_fd())?;
     drop(write);
-    notifier.barrier(Duration::from_secs(10))?;
+    if let Err(e) = notifier.barrier(Duration::from_secs(10)) {
+        // systemd may still keep the probe when it gets to it: have it removed then too (a
+        // probe left behind all the same, by a kill during the wait, is recognised by its name
+        // at the next start and removed).
+        notifier.send(&remove_message(PROBE_NAME));
+        return Err(e);
+    }
     let refused = sys::poll_readable(&[read.as_fd()], Some(Duration::ZERO))?[0];
     if !refused {
         notifier.send(&remove_message(PROBE_NAME));
@@ -225,11 +250,11 @@ mod tests {
     }
 
     fn tcp(name: &str, addr: &str) -> Held {
-        Held { name: name.into(), addr: LocalAddr::Inet(addr.parse().unwrap()), listening_stream: true }
+        Held { name: name.into(), addr: LocalAddr::Inet(addr.parse().unwrap()), listening_stream: true, lost: None }
     }
 
     fn unix(name: &str, path: &str) -> Held {
-        Held { name: name.into(), addr: LocalAddr::Unix(path.into()), listening_stream: true }
+        Held { name: name.into(), addr: LocalAddr::Unix(path.into()), listening_stream: true, lost: None }
     }
 
     #[test]
@@ -287,14 +312,14 @@ mod tests {
         let (specs, names) = specs(&["127.0.0.1:8080,name=http", "/run/a.sock,name=unix"]);
         // In another order than the specs: matched by name and address, not by position.
         let held = [unix("sockherd/unix", "/run/a.sock"), tcp("sockherd/http", "127.0.0.1:8080")];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(plan, Plan { take: vec![Some(1), Some(0)], stale: vec![], remove: vec![], store: vec![] });
     }
 
     #[test]
     fn nothing_stored_binds_and_stores_everything() {
         let (specs, names) = specs(&["127.0.0.1:8080", "/run/a.sock"]);
-        let plan = plan(&names, &specs, &[]);
+        let plan = plan(&names, &specs, &[], &[]);
         assert_eq!(plan, Plan { take: vec![None, None], stale: vec![], remove: vec![], store: vec![0, 1] });
     }
 
@@ -307,7 +332,7 @@ mod tests {
             unix("sockherd/unix", "/run/a.sock"),
             tcp("sockherd/admin", "127.0.0.1:8081"),
         ];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(
             plan,
             Plan {
@@ -323,7 +348,7 @@ mod tests {
     fn name_and_address_must_both_match() {
         // Same address, renamed: not taken (the server would see another name).
         let (specs, names) = specs(&["127.0.0.1:8080,name=web"]);
-        let plan = plan(&names, &specs, &[tcp("sockherd/http", "127.0.0.1:8080")]);
+        let plan = plan(&names, &specs, &[tcp("sockherd/http", "127.0.0.1:8080")], &[]);
         assert_eq!(plan.take, [None]);
         assert_eq!(plan.remove, ["sockherd/http"]);
         assert_eq!(plan.store, [0]);
@@ -331,8 +356,33 @@ mod tests {
         let (specs, names) = self::specs(&["/run/a.sock"]);
         let mut dgram = unix("sockherd/unknown", "/run/a.sock");
         dgram.listening_stream = false;
-        let second = super::plan(&names, &specs, &[dgram]);
+        let second = super::plan(&names, &specs, &[dgram], &[]);
         assert_eq!((second.take, second.stale, second.store), (vec![None], vec![0], vec![0]));
+    }
+
+    #[test]
+    fn a_unix_socket_whose_file_is_lost_is_never_taken() {
+        let (specs, names) = specs(&["/run/a.sock,name=unix"]);
+        let mut held = unix("sockherd/unix", "/run/a.sock");
+        held.lost = Some("its file is gone".into());
+        let plan = plan(&names, &specs, &[held], &[]);
+        assert_eq!(
+            plan,
+            Plan { take: vec![None], stale: vec![0], remove: vec!["sockherd/unix".into()], store: vec![0] }
+        );
+    }
+
+    #[test]
+    fn a_unix_sockets_file_must_be_the_socket_it_was_bound_to() {
+        let gone = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(lost_file(&Err(gone), Some(7)).as_deref(), Some("its file is gone"));
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(lost_file(&Err(denied), Some(7)).unwrap().starts_with("its file cannot be examined: "));
+        assert_eq!(lost_file(&Ok((false, 7)), Some(7)).as_deref(), Some("its path is no longer a socket"));
+        assert_eq!(lost_file(&Ok((true, 8)), Some(7)).as_deref(), Some("its path is another socket's file now"));
+        assert_eq!(lost_file(&Ok((true, 7)), Some(7)), None);
+        // The kernel did not say which file: a socket at the path is taken as its own.
+        assert_eq!(lost_file(&Ok((true, 8)), None), None);
     }
 
     #[test]
@@ -346,7 +396,7 @@ mod tests {
             tcp("sockherd/unknown", "127.0.0.1:8080"),
             tcp("sockherd/other", "127.0.0.1:7070"),
         ];
-        let plan = plan(&names, &specs, &held);
+        let plan = plan(&names, &specs, &held, &[]);
         assert_eq!(
             plan,
             Plan {
@@ -359,9 +409,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_name_is_removed_and_the_sockets_taken_under_it_stored_again() {
+        let (specs, names) = specs(&["127.0.0.1:8080,name=http"]);
+        let held = [tcp("sockherd/http", "127.0.0.1:8080")];
+        let unusable = ["sockherd/probe".to_string(), "sockherd/http".into(), "sockherd/probe".into()];
+        let plan = plan(&names, &specs, &held, &unusable);
+        assert_eq!(
+            plan,
+            Plan {
+                take: vec![Some(0)],
+                stale: vec![],
+                remove: vec!["sockherd/probe".into(), "sockherd/http".into()],
+                store: vec![0],
+            }
+        );
+    }
+
+    #[test]
     fn two_specs_never_take_the_same_socket() {
         let (specs, names) = specs(&["127.0.0.1:0", "127.0.0.1:0"]);
-        let plan = plan(&names, &specs, &[tcp("sockherd/unknown", "127.0.0.1:40000")]);
+        let plan = plan(&names, &specs, &[tcp("sockherd/unknown", "127.0.0.1:40000")], &[]);
         assert_eq!(plan.take, [Some(0), None]);
         assert_eq!(plan.store, [1]);
     }

@@ -75,12 +75,17 @@ impl Notifier {
         let (read, write) = sys::pipe()?;
         sys::send_with_fd(sock.as_fd(), BARRIER.as_bytes(), write.as_fd())?;
         drop(write);
-        // systemd closes its copy of the write end after handling the message: we see EOF.
-        let ready = sys::poll_readable(&[read.as_fd()], Some(timeout))?;
-        if ready[0] {
-            Ok(())
-        } else {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "systemd did not answer BARRIER=1 in time"))
+        // systemd closes its copy of the write end after handling the message: we see EOF. A
+        // signal interrupts the poll (it then says nothing is ready): wait on until the deadline.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if sys::poll_readable(&[read.as_fd()], Some(left))?[0] {
+                return Ok(());
+            }
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "systemd did not answer BARRIER=1 in time"));
+            }
         }
     }
 }

@@ -32,7 +32,9 @@ const INET_DIAG_REQ_LEN: usize = 56;
 const INET_DIAG_MSG_LEN: usize = 72;
 const UNIX_DIAG_REQ_LEN: usize = 24;
 const UNIX_DIAG_MSG_LEN: usize = 16;
+const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const IPPROTO_TCP: u8 = 6;
 const AF_INET: u8 = 2;
@@ -69,8 +71,21 @@ pub enum Target {
 /// One socket of a dump answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Inet { state: u8, local: IpAddr, port: u16, inode: u32, rqueue: u32, wqueue: u32 },
-    Unix { state: u8, inode: u32, rqlen: Option<(u32, u32)> },
+    Inet {
+        state: u8,
+        local: IpAddr,
+        port: u16,
+        inode: u32,
+        rqueue: u32,
+        wqueue: u32,
+    },
+    /// `file`: the inode of the file the socket is bound to (`UNIX_DIAG_VFS`), if any.
+    Unix {
+        state: u8,
+        inode: u32,
+        rqlen: Option<(u32, u32)>,
+        file: Option<u32>,
+    },
 }
 
 /// The request for a dump of the inet sockets of `family` (AF_INET or AF_INET6) in `states`
@@ -89,7 +104,8 @@ pub fn inet_request(family: u8, port: u16, states: u32, seq: u32) -> Vec<u8> {
     req
 }
 
-/// The request for a dump of the unix sockets in `states`, with their receive queues.
+/// The request for a dump of the unix sockets in `states`, with their receive queues and the
+/// inodes of their files.
 pub fn unix_request(states: u32, seq: u32) -> Vec<u8> {
     let mut req = header(NLMSG_HDRLEN + UNIX_DIAG_REQ_LEN, seq);
     req.push(AF_UNIX);
@@ -97,7 +113,7 @@ pub fn unix_request(states: u32, seq: u32) -> Vec<u8> {
     req.extend_from_slice(&[0; 2]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes()); // udiag_ino: any
-    req.extend_from_slice(&UDIAG_SHOW_RQLEN.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_RQLEN | UDIAG_SHOW_VFS).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]);
     req
 }
@@ -204,6 +220,7 @@ fn record(payload: &[u8]) -> Option<Record> {
             let state = payload[2];
             let inode = u32_at(payload, 4)?;
             let mut rqlen = None;
+            let mut file = None;
             let mut attrs = &payload[UNIX_DIAG_MSG_LEN..];
             while attrs.len() >= 4 {
                 let len = usize::from(u16_at(attrs, 0)?);
@@ -214,9 +231,13 @@ fn record(payload: &[u8]) -> Option<Record> {
                 if kind == UNIX_DIAG_RQLEN && len >= 12 {
                     rqlen = Some((u32_at(attrs, 4)?, u32_at(attrs, 8)?));
                 }
+                // unix_diag_vfs: the file's inode, then its device (the kernel's own encoding).
+                if kind == UNIX_DIAG_VFS && len >= 12 {
+                    file = Some(u32_at(attrs, 4)?);
+                }
                 attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
             }
-            Some(Record::Unix { state, inode, rqlen })
+            Some(Record::Unix { state, inode, rqlen, file })
         }
         _ => None,
     }
@@ -252,7 +273,7 @@ pub fn queue_of(target: &Target, records: &[Record], with_active: bool) -> Optio
             queue.map(|q| Queue { active: with_active.then_some(active), ..q })
         }
         Target::Unix { inode } => records.iter().find_map(|r| match *r {
-            Record::Unix { state: TCP_LISTEN, inode: ino, rqlen: Some((queued, backlog)) }
+            Record::Unix { state: TCP_LISTEN, inode: ino, rqlen: Some((queued, backlog)), .. }
                 if u64::from(ino) == *inode =>
             {
                 Some(Queue { queued, backlog, active: None })
@@ -269,6 +290,14 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
         v4 => v4,
     };
     canonical(a) == canonical(b)
+}
+
+/// The file inode of the unix socket with inode `socket` among `records`.
+pub fn file_of(socket: u64, records: &[Record]) -> Option<u64> {
+    records.iter().find_map(|r| match *r {
+        Record::Unix { inode, file, .. } if u64::from(inode) == socket => file.map(u64::from),
+        _ => None,
+    })
 }
 
 /// A sock_diag netlink socket, opened once and reused for every reading.
@@ -321,6 +350,13 @@ impl Diag {
                 queue_of(target, &records, with_active)
             })
             .collect()
+    }
+
+    /// The inode of the file the listening unix socket with inode `socket` is bound to: None
+    /// when the kernel shows no such listener or no file for it.
+    pub fn unix_file_inode(&mut self, socket: u64) -> io::Result<Option<u64>> {
+        let records = self.dump(|seq| unix_request(1 << TCP_LISTEN, seq))?;
+        Ok(file_of(socket, &records))
     }
 
     /// One dump's records. A dump the kernel marks interrupted (its table changed meanwhile,
@@ -431,6 +467,26 @@ mod tests {
             queue_of(&Target::Unix { inode: 42 }, &answer.records, false),
             Some(Queue { queued: 2, backlog: 128, active: None })
         );
+        assert_eq!(file_of(42, &answer.records), None, "no UNIX_DIAG_VFS: no file");
+    }
+
+    #[test]
+    fn reads_a_unix_sockets_file_inode() {
+        let mut p = vec![AF_UNIX, 1, TCP_LISTEN, 0];
+        p.extend_from_slice(&42u32.to_ne_bytes());
+        p.extend_from_slice(&[0xff; 8]);
+        p.extend_from_slice(&12u16.to_ne_bytes());
+        p.extend_from_slice(&UNIX_DIAG_VFS.to_ne_bytes());
+        p.extend_from_slice(&9001u32.to_ne_bytes());
+        p.extend_from_slice(&5u32.to_ne_bytes());
+        let answer = parse(&message(SOCK_DIAG_BY_FAMILY, 1, &p), 1).unwrap();
+        assert_eq!(file_of(42, &answer.records), Some(9001));
+        assert_eq!(file_of(43, &answer.records), None);
+        // A truncated attribute is no file.
+        p.truncate(p.len() - 4);
+        p[16] = 8;
+        let answer = parse(&message(SOCK_DIAG_BY_FAMILY, 1, &p), 1).unwrap();
+        assert_eq!(file_of(42, &answer.records), None);
     }
 
     #[test]
