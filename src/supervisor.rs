@@ -822,13 +822,7 @@ impl Supervisor {
             let what =
                 format!("RSS of generation {}'s {} processes, more than their PSS", serving.number, members.len());
             if resources::check_budget(bound, &what, &room).is_ok() {
-                log::info(format!(
-                    "memory check passed for generation {number}: needs at most {} MiB ({what}), {} MiB free ({})",
-                    resources::mib(bound),
-                    room.free / (1024 * 1024),
-                    room.bound
-                ))
-                .emit();
+                budget_passed(number, &format!("at most {}", resources::mib(bound)), &what, &room);
                 return Ok(());
             }
         }
@@ -843,13 +837,7 @@ impl Supervisor {
             }
         };
         resources::check_budget(need, &what, &room)?;
-        log::info(format!(
-            "memory check passed for generation {number}: needs ≈ {} MiB ({what}), {} MiB free ({})",
-            resources::mib(need),
-            room.free / (1024 * 1024),
-            room.bound
-        ))
-        .emit();
+        budget_passed(number, &format!("≈ {}", resources::mib(need)), &what, &room);
         Ok(())
     }
 
@@ -1163,6 +1151,16 @@ enum Source {
     Probe(u64),
     /// A generation's `cgroup.events` changed.
     Cgroup(u64),
+}
+
+/// The log line of a memory check that passed: `needs {need} MiB ({what}), N MiB free (bound)`.
+fn budget_passed(number: u64, need: &str, what: &str, room: &resources::Room) {
+    log::info(format!(
+        "memory check passed for generation {number}: needs {need} MiB ({what}), {} MiB free ({})",
+        room.free / (1024 * 1024),
+        room.bound
+    ))
+    .emit();
 }
 
 fn json_opt(s: Option<String>) -> String {
