@@ -174,6 +174,21 @@ impl Cgroups {
     }
 }
 
+impl Cgroups {
+    /// Opens `gen-N` of a generation that already runs in it (a re-executed supervisor's).
+    pub fn open(&self, number: u64) -> io::Result<GenCgroup> {
+        let path = self.root.join(format!("gen-{number}"));
+        let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("failed to open {what}: {e}"));
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(path.join("cgroup.procs"))
+            .map_err(|e| context(e, &format!("{}/cgroup.procs", path.display())))?;
+        let events = File::open(path.join("cgroup.events"))
+            .map_err(|e| context(e, &format!("{}/cgroup.events", path.display())))?;
+        Ok(GenCgroup { path, procs: procs.into(), events })
+    }
+}
+
 /// One generation's cgroup.
 pub struct GenCgroup {
     path: PathBuf,

@@ -76,6 +76,23 @@ enum Command {
     /// unit, what systemd knows of it too. Exit 0 when it answered (and the unit is active), 1
     /// when it cannot be reached, 3 when the unit is not active, 4 when there is no such unit.
     Status(StatusArgs),
+    /// Re-execute a running `sockherd run` with the sockherd binary installed now (after an
+    /// upgrade), same pid, without touching the generation that serves: the sockets, the
+    /// generation and the reload history carry over. Waits for a handoff in flight to end. Exit 0
+    /// when the new binary took over, 1 when it was refused and the old one still supervises.
+    /// The signal SIGRTMIN+25 (systemd's own "re-execute") asks the same.
+    Reexec(ReexecArgs),
+    /// Answers whether this binary can take over a supervisor's state version (run by a
+    /// supervisor before it re-executes into this binary).
+    #[command(name = "reexec-check", hide = true)]
+    ReexecCheck {
+        /// The state version the running supervisor would hand over.
+        #[arg(value_name = "VERSION")]
+        state_version: u64,
+        /// The supervisor's command line (without the program name), which this binary must take.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
     /// The deploy history of a systemd service, from its journal (`journalctl -o json`): one
     /// line per reload with its time, generation, release, outcome, time to ready, handoff
     /// time, listen-queue peak, and the reason of each failure.
@@ -110,6 +127,27 @@ struct StatusArgs {
 
     /// How long to wait for the supervisor's answer.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: Seconds,
+}
+
+#[derive(Args, Debug)]
+struct ReexecArgs {
+    /// A systemd service running `sockherd run` (NAME or NAME.service): its MainPID, from
+    /// systemd.
+    #[arg(value_name = "UNIT", conflicts_with = "pid")]
+    unit: Option<String>,
+
+    /// The supervisor's pid (default: $MAINPID, which systemd sets for ExecReload= and the like).
+    #[arg(long, value_name = "PID")]
+    pid: Option<i32>,
+
+    /// The sockherd binary to run (default: the path the supervisor was started from, where an
+    /// upgrade installs the new one).
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+
+    /// How long to wait for the answer, a handoff in flight included.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
     timeout: Seconds,
 }
 
@@ -669,41 +707,18 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     log::init(cli.debug, matches!(cli.command, Command::Run(_) | Command::Exec(_)));
     match cli.command {
         Command::Run(args) => {
-            let ready = args.ready.unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
-            ready.check_flavor(args.launch.flavor).map_err(|e| anyhow!("invalid --ready {ready}: {e}"))?;
-            let watchdog = match args.watchdog.as_deref() {
-                Some("relay") => WatchdogMode::Relay,
-                Some("probe") => WatchdogMode::Probe,
-                Some("supervisor") => WatchdogMode::Supervisor,
-                _ => match args.launch.flavor {
-                    Flavor::Puma | Flavor::Systemd => WatchdogMode::Relay,
-                    _ => WatchdogMode::Supervisor,
+            // Re-executed by a supervisor of this service: its state, not a new start. A command
+            // line this build refuses sends the process back to the image before.
+            let handed = crate::reexec::take_handed();
+            let config = match run_config(&args) {
+                Ok(config) => config,
+                Err(e) => match handed {
+                    Some(handed) => return Err(crate::reexec::give_back(handed, &format!("{e:#}"))),
+                    None => return Err(e),
                 },
             };
-            if watchdog == WatchdogMode::Probe && !matches!(ready, Readiness::Probe { .. }) {
-                bail!(
-                    "--watchdog probe asks the generation's private probe socket, which only --ready probe \
-                     (or probe:/PATH) gives it; the readiness is {ready}"
-                );
-            }
-            let config = RunConfig {
-                command: args.launch.command,
-                flavor: args.launch.flavor,
-                chdir: args.launch.chdir,
-                ready,
-                watchdog,
-                ready_timeout: args.ready_timeout.0,
-                ready_settle: args.ready_settle.0,
-                drain_timeout: args.drain_timeout.0,
-                stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
-                stop_timeout: args.stop_timeout.0,
-                memory_check: args.memory_check == "on",
-                boot_priority: args.boot_priority == "on",
-                metrics_file: args.metrics_file,
-            };
-            if let Some(path) = &config.metrics_file {
-                crate::metrics::check_path(path)
-                    .map_err(|e| anyhow!("invalid --metrics-file {}: {e}", path.display()))?;
+            if let Some(handed) = handed {
+                return Supervisor::resume(config, handed)?.run();
             }
             let sockets = acquire_sockets(&args.sockets, true)?;
             Supervisor::start(config, sockets)?.run()
@@ -772,9 +787,98 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Status(args) => status(args),
+        Command::Reexec(args) => reexec(args),
+        Command::ReexecCheck { state_version, args } => {
+            let argv = std::iter::once(OsString::from("sockherd")).chain(args);
+            let error = match Cli::try_parse_from(argv) {
+                Ok(Cli { command: Command::Run(run), .. }) => run_config(&run).err().map(|e| format!("{e:#}")),
+                Ok(_) => Some("it is not `sockherd run`".to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            Ok(crate::reexec::check_mode(state_version, error))
+        }
         Command::History(args) => history(args),
         Command::Unit(args) => unit(args),
         Command::Generate { what } => generate(what),
+    }
+}
+
+/// The supervisor's configuration from `run`'s arguments, refusing bad combinations.
+fn run_config(args: &RunArgs) -> Result<RunConfig> {
+    let ready = args.ready.clone().unwrap_or_else(|| Readiness::default_for(args.launch.flavor));
+    ready.check_flavor(args.launch.flavor).map_err(|e| anyhow!("invalid --ready {ready}: {e}"))?;
+    let watchdog = match args.watchdog.as_deref() {
+        Some("relay") => WatchdogMode::Relay,
+        Some("probe") => WatchdogMode::Probe,
+        Some("supervisor") => WatchdogMode::Supervisor,
+        _ => match args.launch.flavor {
+            Flavor::Puma | Flavor::Systemd => WatchdogMode::Relay,
+            _ => WatchdogMode::Supervisor,
+        },
+    };
+    if watchdog == WatchdogMode::Probe && !matches!(ready, Readiness::Probe { .. }) {
+        bail!(
+            "--watchdog probe asks the generation's private probe socket, which only --ready probe \
+             (or probe:/PATH) gives it; the readiness is {ready}"
+        );
+    }
+    let config = RunConfig {
+        command: args.launch.command.clone(),
+        flavor: args.launch.flavor,
+        chdir: args.launch.chdir.clone(),
+        ready,
+        watchdog,
+        ready_timeout: args.ready_timeout.0,
+        ready_settle: args.ready_settle.0,
+        drain_timeout: args.drain_timeout.0,
+        stop_signal: args.stop_signal.unwrap_or(args.launch.flavor.graceful_signal()),
+        stop_timeout: args.stop_timeout.0,
+        memory_check: args.memory_check == "on",
+        boot_priority: args.boot_priority == "on",
+        metrics_file: args.metrics_file.clone(),
+    };
+    if let Some(path) = &config.metrics_file {
+        crate::metrics::check_path(path).map_err(|e| anyhow!("invalid --metrics-file {}: {e}", path.display()))?;
+    }
+    Ok(config)
+}
+
+fn reexec(args: ReexecArgs) -> Result<u8> {
+    let binary = match args.binary {
+        Some(path) if !path.is_absolute() => {
+            Some(std::path::absolute(&path).with_context(|| format!("invalid --binary '{}'", path.display()))?)
+        }
+        other => other,
+    };
+    if let Some(path) = binary.as_deref().and_then(Path::to_str).filter(|p| p.contains('\n')) {
+        bail!("invalid --binary '{path}': a path with a line break cannot be sent");
+    }
+    let pid = match (&args.unit, args.pid) {
+        (Some(unit_arg), _) => {
+            let unit = status::service_name(unit_arg).map_err(|e| anyhow!("invalid unit '{unit_arg}': {e}"))?;
+            let state = status::query_unit(&unit)?;
+            if !state.exists() {
+                bail!("unit {unit} not found (systemd has no such unit loaded)");
+            }
+            if !state.is_active() || state.main_pid <= 0 {
+                bail!("{unit} is {} with no main process: nothing to re-execute", state.active_state);
+            }
+            state.main_pid
+        }
+        (None, pid) => supervisor_pid(&ControlArgs { pid, timeout: args.timeout })?,
+    };
+    let answer = control::request(pid, Request::Reexec { binary }, args.timeout.0)
+        .map_err(|e| anyhow!("reexec failed: {e:#}"))?;
+    match control::parse_answer(&answer) {
+        Ok(Answer::Ok(message)) => {
+            log::info(message).emit();
+            Ok(0)
+        }
+        Ok(Answer::Error(message)) if message.starts_with("unknown request") => bail!(
+            "the supervisor (pid {pid}) predates reexec ({message}); restart the service once to run the new sockherd"
+        ),
+        Ok(Answer::Error(message) | Answer::Busy(message)) => bail!("reexec failed: {message}"),
+        Err(_) => bail!("unexpected answer from the supervisor (pid {pid}): {:?}", answer.trim()),
     }
 }
 

@@ -135,6 +135,10 @@ pub fn environment(launch: &Launch<'_>) -> (Vec<Vec<u8>>, bool) {
             if protocol::is_socket_convention_var(name_str) || overridden(name_str) {
                 continue;
             }
+            // What a re-executed supervisor was handed is its own.
+            if matches!(name_str, crate::reexec::STATE_ENV | crate::reexec::FAILED_ENV) {
+                continue;
+            }
             if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID | FDSTORE) {
                 continue;
             }

@@ -57,7 +57,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Busy answers are retried by the client this often, until its timeout.
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Start a handoff (or queue one behind the handoff in flight) and answer with its outcome.
     Reload,
@@ -65,14 +65,21 @@ pub enum Request {
     /// sends SIGHUP, then runs ExecReload=); start one if there is none.
     Join,
     Status,
+    /// Re-execute the supervisor (`binary`, else the one it runs), once no handoff is in flight,
+    /// and answer from the new image ([`crate::reexec`]).
+    Reexec {
+        binary: Option<PathBuf>,
+    },
 }
 
 impl Request {
-    pub fn line(self) -> &'static str {
+    pub fn line(&self) -> String {
         match self {
-            Request::Reload => "reload",
-            Request::Join => "join",
-            Request::Status => "status",
+            Request::Reload => "reload".into(),
+            Request::Join => "join".into(),
+            Request::Status => "status".into(),
+            Request::Reexec { binary: None } => "reexec".into(),
+            Request::Reexec { binary: Some(path) } => format!("reexec {}", path.display()),
         }
     }
 }
@@ -84,9 +91,18 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         "reload" => Ok(Request::Reload),
         "join" => Ok(Request::Join),
         "status" => Ok(Request::Status),
+        "reexec" => Ok(Request::Reexec { binary: None }),
+        other if other.starts_with("reexec ") => {
+            let path = PathBuf::from(other["reexec ".len()..].trim());
+            if path.is_absolute() {
+                Ok(Request::Reexec { binary: Some(path) })
+            } else {
+                Err(format!("reexec needs an absolute path, not '{}'", path.display()))
+            }
+        }
         other => {
             let shown: String = other.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
-            Err(format!("unknown request '{shown}' (expected reload, join or status)"))
+            Err(format!("unknown request '{shown}' (expected reload, join, status or reexec)"))
         }
     }
 }
@@ -116,6 +132,10 @@ pub fn parse_answer(text: &str) -> Result<Answer, String> {
 }
 
 pub type ConnId = u64;
+
+/// A control connection crossing a re-exec: its descriptor, peer uid, what was read of its
+/// request, and whether it waits for the reexec's answer.
+pub type HandedConn<'a> = (BorrowedFd<'a>, u32, Vec<u8>, bool);
 
 struct Conn {
     id: ConnId,
@@ -152,10 +172,14 @@ impl ControlServer {
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("failed to bind the control socket {}", path.display()))?;
         listener.set_nonblocking(true)?;
+        Ok(ControlServer::with_listener(listener))
+    }
+
+    fn with_listener(listener: UnixListener) -> ControlServer {
         let limit = sys::open_file_limit().unwrap_or(1024);
         let reserve = FD_RESERVE.min(limit / 2);
         let fd_ceiling = limit.saturating_sub(reserve).min(i32::MAX as u64) as i32;
-        Ok(ControlServer {
+        ControlServer {
             listener,
             conns: Vec::new(),
             next_id: 1,
@@ -163,7 +187,7 @@ impl ControlServer {
             spare: spare_fd(),
             backoff: None,
             refusals: RefusalLog::default(),
-        })
+        }
     }
 
     /// Descriptors to wait on: the listener (unless backing off), and connections whose
@@ -332,6 +356,55 @@ impl ControlServer {
             }
         }
         self.refusals.flush(now);
+    }
+
+    /// What a re-exec keeps: the listener, and each connection with what was read of its
+    /// request (`requester`: the one waiting for the reexec's answer).
+    pub fn handover(&self, requester: Option<ConnId>) -> (BorrowedFd<'_>, Vec<HandedConn<'_>>) {
+        let conns = self
+            .conns
+            .iter()
+            .filter(|c| !c.answered_later || Some(c.id) == requester)
+            .map(|c| (c.stream.as_fd(), c.uid, c.buf.clone(), Some(c.id) == requester))
+            .collect();
+        (self.listener.as_fd(), conns)
+    }
+
+    /// The server a re-executed supervisor takes over: the listener and connections handed
+    /// across the exec. Returns it and the id of the connection waiting for the reexec's answer.
+    pub fn adopt(
+        listener: OwnedFd,
+        conns: Vec<(OwnedFd, u32, Vec<u8>, bool)>,
+    ) -> Result<(ControlServer, Option<ConnId>)> {
+        let listener = UnixListener::from(listener);
+        listener.set_nonblocking(true).context("failed to make the handed-over control socket non-blocking")?;
+        let mut server = ControlServer::with_listener(listener);
+        let mut requester = None;
+        let now = Instant::now();
+        for (fd, uid, buf, is_requester) in conns {
+            let stream = UnixStream::from(fd);
+            let _ = stream.set_nonblocking(true);
+            let id = server.next_id;
+            server.next_id += 1;
+            if is_requester {
+                requester = Some(id);
+            }
+            server.conns.push(Conn {
+                id,
+                stream,
+                uid,
+                buf,
+                deadline: now + REQUEST_TIMEOUT,
+                answered_later: is_requester,
+            });
+        }
+        Ok((server, requester))
+    }
+
+    /// The connections whose request was read and that wait for an answer (none may be
+    /// left waiting across a re-exec but its requester).
+    pub fn waiting(&self) -> usize {
+        self.conns.iter().filter(|c| c.answered_later).count()
     }
 
     /// Sends the answer and closes the connection.

@@ -326,6 +326,17 @@ pub struct ReloadOutcome {
     pub took: Duration,
 }
 
+/// What a re-executed supervisor's core resumes from.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    pub serving: Generation,
+    pub next_number: u64,
+    pub next_handoff: u64,
+    pub last_reload: Option<ReloadOutcome>,
+    /// The answer a `join` gets about the last reload signal.
+    pub latest_signal: Option<String>,
+}
+
 pub struct Core {
     config: Config,
     generations: Vec<Generation>,
@@ -371,6 +382,60 @@ impl Core {
         core.extend_timeout(core.config.ready_timeout + core.config.settle);
         core.spawn();
         core
+    }
+
+    /// A supervisor re-executed while `serving` served, quiet: no handoff, nothing pending
+    /// ([`Core::quiet`] held in the image before). Nothing is asked of the driver: the
+    /// generation already runs.
+    pub fn resume(config: Config, resumed: Resumed, now: Instant) -> Core {
+        let watchdog = config.watchdog;
+        Core {
+            config,
+            generations: vec![resumed.serving],
+            next_number: resumed.next_number,
+            next_handoff: resumed.next_handoff,
+            spawning: None,
+            life: Life::Running,
+            handoff: None,
+            pending: None,
+            latest_signal: resumed.latest_signal.map(Joinable::Ended),
+            last_reload: resumed.last_reload,
+            stop_cause: None,
+            primary: None,
+            // Pings at once, and covers for the generation's relayed pings the exec delayed.
+            watchdog_next: None,
+            cover_until: watchdog.map(|(interval, _)| now + interval),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Whether the supervisor may re-execute now: running, one generation serving whose master
+    /// lives, no handoff in flight or pending, no spawn asked for.
+    pub fn quiet(&self) -> bool {
+        self.life == Life::Running
+            && self.handoff.is_none()
+            && self.pending.is_none()
+            && self.spawning.is_none()
+            && self.generations.len() == 1
+            && self.generations[0].phase == Phase::Serving
+            && self.generations[0].master_alive()
+    }
+
+    /// What [`Core::resume`] needs, when [`Core::quiet`].
+    pub fn to_resume(&self) -> Option<Resumed> {
+        if !self.quiet() {
+            return None;
+        }
+        Some(Resumed {
+            serving: self.generations[0].clone(),
+            next_number: self.next_number,
+            next_handoff: self.next_handoff,
+            last_reload: self.last_reload.clone(),
+            latest_signal: match &self.latest_signal {
+                Some(Joinable::Ended(text)) => Some(text.clone()),
+                _ => None,
+            },
+        })
     }
 
     /// The next action to perform, in order.

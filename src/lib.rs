@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod protocol;
 pub mod queue;
 pub mod readiness;
+pub mod reexec;
 pub mod resources;
 pub mod runtime;
 pub mod signal;
@@ -45,7 +46,21 @@ use clap::Parser;
 
 /// The binary's entry point: parse, run, and print the error chain once.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // A supervisor re-executed into a build that refuses its command line goes back to the
+        // build before, which says why to whoever asked.
+        Err(e) if e.use_stderr() && std::env::var_os(reexec::STATE_ENV).is_some() => {
+            let why = e.to_string();
+            let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            let handed = reexec::take_handed().expect("checked");
+            let err = reexec::give_back(handed, &format!("it refuses the command line: {why}"));
+            log::init(false, true);
+            log::error(format!("{err:#}")).kind("error").emit();
+            return ExitCode::from(1);
+        }
+        Err(e) => e.exit(),
+    };
     match cli::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

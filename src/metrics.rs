@@ -73,6 +73,22 @@ impl Metrics {
         }
     }
 
+    /// The counters a re-executed supervisor keeps.
+    pub fn counters(&self) -> crate::reexec::MetricsState {
+        crate::reexec::MetricsState {
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            queue_peak_max: self.queue_peak_max,
+        }
+    }
+
+    /// Counters handed over by the image before a re-exec.
+    pub fn restore(&mut self, counters: &crate::reexec::MetricsState) {
+        self.reloads_ok = counters.reloads_ok;
+        self.reloads_failed = counters.reloads_failed;
+        self.queue_peak_max = counters.queue_peak_max;
+    }
+
     /// Takes what `event` tells (a reload's outcome, a generation's time to ready).
     pub fn observe(&mut self, event: &log::Event, at: SystemTime, queue: Option<Peak>) {
         let number = event.value("GENERATION").and_then(|n| n.parse::<u64>().ok());

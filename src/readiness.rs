@@ -165,6 +165,13 @@ impl Inbox {
         Ok(Inbox { socket, path })
     }
 
+    /// The notify socket of a generation that a re-executed supervisor took over.
+    pub fn adopt(fd: std::os::fd::OwnedFd, runtime_dir: &Path, number: u64) -> Result<Inbox> {
+        let socket = UnixDatagram::from(fd);
+        socket.set_nonblocking(true).context("failed to make the handed-over notify socket non-blocking")?;
+        Ok(Inbox { socket, path: runtime_dir.join(format!("notify.{number}")) })
+    }
+
     pub fn socket(&self) -> &UnixDatagram {
         &self.socket
     }
@@ -269,6 +276,29 @@ impl Check {
             ),
         };
         Ok(Prepared { check, probe_socket, inbox })
+    }
+
+    /// The check of a generation that already serves, for a re-executed supervisor: only its
+    /// liveness probe (the `probe` strategy's socket, which the generation holds) is used again.
+    pub fn resumed(readiness: &Readiness, number: u64, runtime_dir: &Path) -> Check {
+        let now = Instant::now();
+        match readiness {
+            Readiness::Exec => Check::Exec,
+            Readiness::Notify => Check::Notify,
+            Readiness::Probe { path } => Check::Probe {
+                socket: runtime_dir.join(format!("probe.{number}")),
+                path: path.clone(),
+                attempt: None,
+                next_at: now,
+                last_error: "no answer yet".into(),
+            },
+            Readiness::Delay(_) => Check::Delay { at: now },
+            Readiness::Workers(min) => Check::Workers { min: *min, seen: 0, next_at: now },
+            Readiness::Booted => Check::Booted { workers: Vec::new(), next_at: now, last_error: String::new() },
+            Readiness::Cmd(command) => {
+                Check::Cmd { command: command.clone(), running: None, next_at: now, last_error: String::new() }
+            }
+        }
     }
 
     /// The descriptor to wait on, if the check currently waits for one.

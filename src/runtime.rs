@@ -89,6 +89,13 @@ impl RuntimeDir {
         bail!("failed to create a runtime directory in {}: every name tried exists", base.display())
     }
 
+    /// The directory a supervisor made before it re-executed itself: checked like a new one.
+    /// A failed check leaves the directory alone (it is still the old image's).
+    pub fn adopt(path: PathBuf) -> Result<RuntimeDir> {
+        check_private(&path)?;
+        Ok(RuntimeDir { path })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -96,18 +103,22 @@ impl RuntimeDir {
     /// What mkdir made: a directory (not a symlink), ours, 0700 (a umask can only take bits
     /// away; a default ACL could add some: refuse that).
     fn check(&self) -> Result<()> {
-        let meta = std::fs::symlink_metadata(&self.path)
-            .with_context(|| format!("failed to inspect runtime directory {}", self.path.display()))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if !meta.is_dir() || meta.uid() != sys::geteuid() || mode & 0o077 != 0 {
-            bail!(
-                "runtime directory {} is not a private directory of ours (mode {mode:04o}, owner {})",
-                self.path.display(),
-                meta.uid()
-            );
-        }
-        Ok(())
+        check_private(&self.path)
     }
+}
+
+fn check_private(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("failed to inspect runtime directory {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() || meta.uid() != sys::geteuid() || mode & 0o077 != 0 {
+        bail!(
+            "runtime directory {} is not a private directory of ours (mode {mode:04o}, owner {})",
+            path.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 /// `$RUNTIME_DIRECTORY` (its first entry), else `$XDG_RUNTIME_DIR`, when it is a directory of

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::cgroup::{GenCgroup, Membership};
 use crate::command::{self, Launch};
@@ -37,6 +37,7 @@ use crate::notify::{self, Notifier};
 use crate::protocol::{EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, READY, RELOADING, STATUS, STOPPING, WATCHDOG};
 use crate::queue::Queues;
 use crate::readiness::{self, Check, Inbox, PROBE_SOCKET_NAME, Readiness, Verdict};
+use crate::reexec;
 use crate::resources;
 use crate::runtime::RuntimeDir;
 use crate::signal::SignalQueue;
@@ -105,6 +106,25 @@ pub struct Supervisor {
     /// What could not be read of which generation, each said once: such a generation counts
     /// as still holding the sockets and still there.
     unreadable: RefCell<Vec<(u64, &'static str)>>,
+    /// The binary this supervisor runs, as started (an upgrade may replace the file since).
+    exe: Option<PathBuf>,
+    /// A reexec asked for, waiting for the supervisor to be quiet ([`crate::reexec`]).
+    reexec: Option<ReexecAsk>,
+    /// How many times this supervisor re-executed itself.
+    reexecs: u64,
+}
+
+/// A reexec asked for and not performed yet.
+struct ReexecAsk {
+    /// The control connection waiting for the answer (none for the signal).
+    conn: Option<ConnId>,
+    binary: Option<PathBuf>,
+    said_waiting: bool,
+}
+
+/// The signal that asks for a reexec: systemd's own "re-execute yourself" (systemd(1)).
+pub fn reexec_signal() -> crate::signal::Signal {
+    crate::signal::Signal(libc::SIGRTMIN() + 25)
 }
 
 impl Supervisor {
@@ -124,15 +144,7 @@ impl Supervisor {
         let metrics = config.metrics_file.clone().map(Metrics::new);
         let now = Instant::now();
         let config_boot_priority = config.boot_priority;
-        let core = Core::new(handoff::Config {
-            flavor: config.flavor,
-            ready_timeout: config.ready_timeout,
-            settle: config.ready_settle,
-            drain_timeout: config.drain_timeout,
-            stop_signal: config.stop_signal,
-            stop_timeout: config.stop_timeout,
-            watchdog: watchdog.map(|interval| (interval, config.watchdog)),
-        });
+        let core = Core::new(handoff_config(&config, watchdog));
         let mut supervisor = Supervisor {
             core,
             config,
@@ -153,6 +165,9 @@ impl Supervisor {
             queues,
             metrics,
             unreadable: RefCell::new(Vec::new()),
+            exe: std::env::current_exe().ok(),
+            reexec: None,
+            reexecs: 0,
         };
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
@@ -222,7 +237,9 @@ impl Supervisor {
         // 2. Signals, in the order they came.
         if readable.contains(&Source::Signals) {
             for (signal, from_user) in self.signals.drain() {
-                if signal.0 != libc::SIGCHLD {
+                if signal == reexec_signal() {
+                    self.ask_reexec(None, None);
+                } else if signal.0 != libc::SIGCHLD {
                     self.feed(Event::Signal { signal, from_user });
                 }
             }
@@ -285,6 +302,7 @@ impl Supervisor {
         }
         self.observe_processes();
         self.feed(Event::Tick);
+        self.reexec_when_quiet();
     }
 
     fn poll_sources(&self) -> Vec<(Source, BorrowedFd<'_>)> {
@@ -360,6 +378,7 @@ impl Supervisor {
                 let json = self.status_json();
                 self.control.reply(id, &json);
             }
+            Request::Reexec { binary } => self.ask_reexec(Some(id), binary),
         }
     }
 
@@ -993,8 +1012,10 @@ impl Supervisor {
             Life::Killing => "killing",
         };
         format!(
-            "{{\"pid\":{},\"state\":\"{state}\",\"membership\":{},\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
+            "{{\"pid\":{},\"version\":{},\"reexecs\":{},\"state\":\"{state}\",\"membership\":{},\"flavor\":\"{}\",\"ready\":{},\"settle_ms\":{},\"status\":{},\"sockets\":[{}],\"generations\":[{}],\"last_reload\":{}}}",
             sys::getpid(),
+            json_str(&reexec::version()),
+            self.reexecs,
             membership,
             self.config.flavor,
             json_str(&self.config.ready.to_string()),
@@ -1182,6 +1203,356 @@ pub fn utc(at: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+// ----- reexec ------------------------------------------------------------------------------------
+
+impl Supervisor {
+    /// A reexec request (`conn`, or the signal): performed at the end of a wakeup where the
+    /// supervisor is quiet, else waited for.
+    fn ask_reexec(&mut self, conn: Option<ConnId>, binary: Option<PathBuf>) {
+        let refuse = |this: &mut Self, why: String| {
+            log::warn(format!("reexec refused: {why}")).kind("reexec_failed").emit();
+            if let Some(conn) = conn {
+                this.control.reply(conn, &format!("error {why}"));
+            }
+        };
+        if self.core.life() != Life::Running {
+            return refuse(self, "sockherd is stopping".into());
+        }
+        if self.reexec.is_some() {
+            return refuse(self, "another reexec is already waiting for the handoff to end".into());
+        }
+        if binary.is_none() && self.exe.is_none() {
+            return refuse(self, "the path of the running binary is unknown (/proc/self/exe); name one".into());
+        }
+        self.reexec = Some(ReexecAsk { conn, binary, said_waiting: false });
+    }
+
+    /// Performs a waiting reexec once no handoff is in flight; fails it when sockherd stops.
+    fn reexec_when_quiet(&mut self) {
+        let Some(ask) = self.reexec.as_mut() else { return };
+        if self.core.life() != Life::Running {
+            let ask = self.reexec.take().expect("checked");
+            log::warn("reexec abandoned: sockherd is stopping").kind("reexec_failed").emit();
+            if let Some(conn) = ask.conn {
+                self.control.reply(conn, "error sockherd is stopping: no reexec");
+            }
+            return;
+        }
+        let requester = usize::from(ask.conn.is_some());
+        let busy = !self.core.quiet()
+            || self.checks.iter().any(|(_, c)| c.running_command().is_some())
+            || self.control.waiting() > requester;
+        if busy {
+            if !ask.said_waiting {
+                ask.said_waiting = true;
+                log::info("reexec: waiting for the handoff in flight to end").kind("reexec").emit();
+            }
+            return;
+        }
+        let ask = self.reexec.take().expect("checked");
+        let binary = ask.binary.clone().or_else(|| self.exe.clone()).expect("checked when asked");
+        let why = format!("{:#}", self.reexec_now(&binary, ask.conn));
+        log::error(format!("reexec failed, still running {}: {why}", reexec::version())).kind("reexec_failed").emit();
+        if let Some(conn) = ask.conn {
+            self.control.reply(conn, &format!("error {why}"));
+        }
+    }
+
+    /// Checks `binary`, hands the state over and execs it. Returns only with the error, and
+    /// everything as it was.
+    fn reexec_now(&mut self, binary: &std::path::Path, conn: Option<ConnId>) -> anyhow::Error {
+        match self.try_reexec(binary, conn) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    fn try_reexec(&mut self, binary: &std::path::Path, conn: Option<ConnId>) -> Result<std::convert::Infallible> {
+        let new_version = reexec::check_binary(binary)?;
+        let resumed = self.core.to_resume().ok_or_else(|| anyhow!("a handoff began"))?;
+        let state = self.state(&resumed, conn);
+        let pipe = reexec::state_pipe(&state)?;
+        let old_exe =
+            std::fs::File::open("/proc/self/exe").context("failed to open our own binary (/proc/self/exe)")?;
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let env = reexec::environment(&[(
+            reexec::STATE_ENV,
+            format!("{},{}", std::os::fd::AsRawFd::as_raw_fd(&pipe), std::os::fd::AsRawFd::as_raw_fd(&old_exe)),
+        )]);
+        // From here on a signal waits (blocked) for whichever image handles it. Those already
+        // queued are sent again, to wait the same way; child exits need not be (the image that
+        // resumes reaps at once).
+        let mask = sys::block_all_signals();
+        for (signal, from_user) in self.signals.drain() {
+            let meant_for_us = from_user || !matches!(signal.0, libc::SIGTTIN | libc::SIGTTOU | libc::SIGWINCH);
+            if signal != reexec_signal() && signal.0 != libc::SIGCHLD && meant_for_us {
+                let _ = sys::kill(sys::getpid(), signal.0);
+            }
+        }
+        let mut kept: Vec<BorrowedFd<'_>> = vec![pipe.as_fd(), old_exe.as_fd()];
+        let (listener, conns) = self.control.handover(conn);
+        kept.push(listener);
+        kept.extend(conns.iter().map(|(fd, ..)| *fd));
+        kept.extend(self.sockets.iter().map(|s| s.as_fd()));
+        kept.extend(self.inboxes.iter().map(|(_, i)| i.socket().as_fd()));
+        let result = reexec::keep_across_exec(&kept, true).and_then(|()| {
+            log::info(format!("reexec: {} hands over to {new_version} ({})", reexec::version(), binary.display()))
+                .kind("reexec")
+                .emit();
+            let args: Vec<&std::ffi::OsStr> = argv.iter().map(OsString::as_os_str).collect();
+            Err(reexec::exec_failed(binary, sys::exec_self(sys::ExecTarget::Path(binary.as_os_str()), &args, &env)))
+        });
+        let _ = reexec::keep_across_exec(&kept, false);
+        // The signals sent again above are taken now, by this image's handlers.
+        sys::restore_signal_mask(mask);
+        result
+    }
+
+    /// What the next image resumes from.
+    fn state(&self, resumed: &handoff::Resumed, conn: Option<ConnId>) -> reexec::State {
+        use std::os::fd::AsRawFd;
+        let g = &resumed.serving;
+        let (listener, conns) = self.control.handover(conn);
+        reexec::State {
+            pid: sys::getpid(),
+            from_version: reexec::version(),
+            runtime_dir: self.runtime_dir.path().to_path_buf(),
+            control_listener: listener.as_raw_fd(),
+            conns: conns
+                .into_iter()
+                .map(|(fd, uid, buf, requester)| reexec::ConnState { fd: fd.as_raw_fd(), uid, buf, requester })
+                .collect(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| reexec::SocketState {
+                    fd: s.as_fd().as_raw_fd(),
+                    name: s.name.clone(),
+                    origin: match &s.origin {
+                        Origin::Activated => "activated",
+                        Origin::Stored => "stored",
+                        Origin::Bound { .. } => "bound",
+                    }
+                    .to_string(),
+                    created: match &s.origin {
+                        Origin::Bound { created } => created.clone(),
+                        _ => None,
+                    },
+                })
+                .collect(),
+            generation: reexec::GenerationState {
+                number: g.number,
+                pid: g.pid,
+                release: g.release.clone(),
+                started_usec: reexec::instant_usec(g.started),
+                app_status: g.app_status.clone(),
+                cgroup: g.cgroup.clone(),
+                inbox_fd: self.inboxes.iter().find(|(n, _)| *n == g.number).map(|(_, i)| i.socket().as_raw_fd()),
+            },
+            next_number: resumed.next_number,
+            next_handoff: resumed.next_handoff,
+            last_reload: resumed.last_reload.as_ref().map(|r| reexec::LastReloadState {
+                at_usec: reexec::instant_usec(r.at),
+                ok: r.ok,
+                message: r.message.clone(),
+                took_usec: r.took.as_micros() as u64,
+            }),
+            latest_signal: resumed.latest_signal.clone(),
+            metrics: self.metrics.as_ref().map(Metrics::counters).unwrap_or_default(),
+            reexecs: self.reexecs,
+            argv: std::env::args_os().collect(),
+        }
+    }
+
+    /// The supervisor a re-executed image continues as, from the `handed` state. Whatever
+    /// cannot be taken over sends this process back to the old image (its descriptor was
+    /// handed over too) with the reason, before anything was changed; without one, it fails.
+    pub fn resume(config: RunConfig, handed: reexec::Handed) -> Result<Supervisor> {
+        let reexec::Handed { text, state, old_exe, failed } = handed;
+        let checked = state.and_then(|state| check_handed(&state).map(|()| state));
+        let state = match checked {
+            Ok(state) => state,
+            Err(why) => {
+                let Some(old_exe) = old_exe else {
+                    bail!("cannot resume from the state the last image handed over: {why}");
+                };
+                let text = text.unwrap_or_default();
+                return Err(reexec::back_to_old_image(old_exe, &text, &why));
+            }
+        };
+        drop(old_exe);
+        sys::set_child_subreaper().context("failed to become a child subreaper (PR_SET_CHILD_SUBREAPER)")?;
+        let signals = SignalQueue::install().context("failed to install signal handlers")?;
+        // The signals that came during the exec, blocked since, are taken now.
+        sys::unblock_all_signals();
+        let runtime_dir = RuntimeDir::adopt(state.runtime_dir.clone())?;
+        let conns =
+            state.conns.iter().map(|c| (sys::adopt_inherited_fd(c.fd), c.uid, c.buf.clone(), c.requester)).collect();
+        let (control, requester) = ControlServer::adopt(sys::adopt_inherited_fd(state.control_listener), conns)?;
+        let mut sockets = Vec::new();
+        for s in &state.sockets {
+            let origin = match s.origin.as_str() {
+                "activated" => Origin::Activated,
+                "stored" => Origin::Stored,
+                _ => Origin::Bound { created: s.created.clone() },
+            };
+            sockets.push(
+                Socket::new(sys::adopt_inherited_fd(s.fd), s.name.clone(), origin)
+                    .with_context(|| format!("failed to inspect handed-over socket fd {}", s.fd))?,
+            );
+        }
+        let notifier = Notifier::from_env();
+        let watchdog = notify::watchdog_interval();
+        let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
+        let membership = Membership::detect();
+        let queues = Queues::new(&sockets);
+        let mut metrics = config.metrics_file.clone().map(Metrics::new);
+        if let Some(metrics) = &mut metrics {
+            metrics.restore(&state.metrics);
+        }
+        let g = &state.generation;
+        let mut cgroups = Vec::new();
+        if let (Some(path), Some(c)) = (&g.cgroup, membership.cgroups()) {
+            match c.open(g.number) {
+                Ok(cgroup) => cgroups.push((g.number, cgroup)),
+                Err(e) => {
+                    log::warn(format!("generation {} has no cgroup here ({}): {e}", g.number, path.display())).emit()
+                }
+            }
+        }
+        let now = Instant::now();
+        let serving = handoff::Generation {
+            number: g.number,
+            pid: g.pid,
+            release: g.release.clone(),
+            started: reexec::usec_instant(g.started_usec),
+            phase: Phase::Serving,
+            exit: None,
+            stop_sent: None,
+            killed: false,
+            released: false,
+            app_status: g.app_status.clone(),
+            cgroup: cgroups.first().map(|(_, c)| c.path().to_path_buf()),
+            daemonized: false,
+        };
+        let core = Core::resume(
+            handoff_config(&config, watchdog),
+            handoff::Resumed {
+                serving,
+                next_number: state.next_number,
+                next_handoff: state.next_handoff,
+                last_reload: state.last_reload.as_ref().map(|r| handoff::ReloadOutcome {
+                    at: reexec::usec_instant(r.at_usec),
+                    ok: r.ok,
+                    message: r.message.clone(),
+                    took: Duration::from_micros(r.took_usec),
+                }),
+                latest_signal: state.latest_signal.clone(),
+            },
+            now,
+        );
+        let checks = vec![(g.number, Check::resumed(&config.ready, g.number, runtime_dir.path()))];
+        let inboxes = match g.inbox_fd {
+            Some(fd) => vec![(g.number, Inbox::adopt(sys::adopt_inherited_fd(fd), runtime_dir.path(), g.number)?)],
+            None => Vec::new(),
+        };
+        let boot_priority = config.boot_priority;
+        let mut supervisor = Supervisor {
+            core,
+            config,
+            sockets,
+            socket_inodes,
+            notifier,
+            signals,
+            control,
+            runtime_dir,
+            checks,
+            inboxes,
+            watchdog,
+            epoch: (now, SystemTime::now()),
+            start_error: None,
+            resources: Resources::new(boot_priority),
+            membership,
+            cgroups,
+            queues,
+            metrics,
+            unreadable: RefCell::new(Vec::new()),
+            exe: std::env::current_exe().ok(),
+            reexec: None,
+            reexecs: state.reexecs + u64::from(failed.is_none()),
+        };
+        let (message, answer) = match &failed {
+            None => {
+                let message = format!(
+                    "re-executed: {} took over from {}; {} still serving",
+                    reexec::version(),
+                    state.from_version,
+                    supervisor.core.serving().map(|g| g.describe()).unwrap_or_default()
+                );
+                log::info(message.clone()).kind("reexec_done").field("VERSION", reexec::version()).emit();
+                (message.clone(), format!("ok {message}"))
+            }
+            Some(why) => {
+                let message = reexec::describe_failure(why);
+                log::error(message.clone()).kind("reexec_failed").emit();
+                (message.clone(), format!("error {message}"))
+            }
+        };
+        if let Some(conn) = requester {
+            supervisor.control.reply(conn, &answer);
+        }
+        supervisor.notify(Notice::StatusText(format!("{}; {message}", supervisor.status_line())));
+        if supervisor.metrics.is_some() {
+            supervisor.write_metrics();
+        }
+        // What happened during the exec (a child's exit, whose SIGCHLD was not kept) is looked
+        // at now, not at the next event.
+        supervisor.wakeup(&[]);
+        Ok(supervisor)
+    }
+}
+
+/// What must hold before a re-executed image takes anything over: every descriptor the state
+/// names is open and of its kind, the runtime directory is there. Nothing is changed.
+fn check_handed(state: &reexec::State) -> Result<(), String> {
+    let open = |fd: i32, what: &str| {
+        if fd > 2 && sys::fd_is_open(fd) { Ok(()) } else { Err(format!("{what} (fd {fd}) is not open")) }
+    };
+    open(state.control_listener, "the control socket")?;
+    for c in &state.conns {
+        open(c.fd, "a control connection")?;
+    }
+    for s in &state.sockets {
+        open(s.fd, &format!("socket {}", s.name))?;
+        let borrowed_is_socket = sys::fd_is_socket(s.fd);
+        if !borrowed_is_socket {
+            return Err(format!("socket {} (fd {}) is not a socket", s.name, s.fd));
+        }
+    }
+    if let Some(fd) = state.generation.inbox_fd {
+        open(fd, "the generation's notify socket")?;
+    }
+    if state.sockets.is_empty() {
+        return Err("no sockets".into());
+    }
+    if !state.runtime_dir.is_dir() {
+        return Err(format!("the runtime directory {} is gone", state.runtime_dir.display()));
+    }
+    Ok(())
+}
+
+fn handoff_config(config: &RunConfig, watchdog: Option<Duration>) -> handoff::Config {
+    handoff::Config {
+        flavor: config.flavor,
+        ready_timeout: config.ready_timeout,
+        settle: config.ready_settle,
+        drain_timeout: config.drain_timeout,
+        stop_signal: config.stop_signal,
+        stop_timeout: config.stop_timeout,
+        watchdog: watchdog.map(|interval| (interval, config.watchdog)),
+    }
 }
 
 #[cfg(test)]

@@ -1259,6 +1259,143 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Re-exec: the supervisor replaces its own image, same pid, keeping chosen descriptors.
+
+/// The build's label, empty unless stamped after the build
+/// (`objcopy --update-section .sockherd_build=FILE`): a package stamps its own version there,
+/// and two builds of one source tell themselves apart by it (see `reexec::version`).
+#[used]
+#[unsafe(link_section = ".sockherd_build")]
+static BUILD_LABEL: [u8; 64] = [0; 64];
+
+/// [`BUILD_LABEL`] as the file holds it now, not as it was compiled.
+pub fn build_label() -> [u8; 64] {
+    // SAFETY: a volatile read of a static array: the optimizer may not assume the zeros it was
+    // compiled with, since the section may have been rewritten since.
+    unsafe { std::ptr::read_volatile(&raw const BUILD_LABEL) }
+}
+
+/// Waits for the child `pid` to exit and reaps it.
+pub fn wait_pid(pid: Pid) -> io::Result<ExitStatus> {
+    assert!(pid > 0, "wait_pid({pid}) would wait for a group");
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes the status into a local c_int.
+        match unsafe { libc::waitpid(pid, &mut status, 0) } {
+            -1 => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            _ => return Ok(ExitStatus::from_raw(status)),
+        }
+    }
+}
+
+/// Makes the pipe's buffer hold at least `bytes` (F_SETPIPE_SZ).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fcntl with an integer argument on a borrowed descriptor.
+    let size = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) })?;
+    if size < bytes {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) })?;
+    }
+    Ok(())
+}
+
+/// The signal mask before [`block_all_signals`], to put back.
+pub struct SignalMask(libc::sigset_t);
+
+/// Blocks every signal on the calling (only) thread. A blocked signal stays pending, across an
+/// execve too, until a mask without it: the next image gets what arrived meanwhile.
+pub fn block_all_signals() -> SignalMask {
+    // SAFETY: sigset_t values on the stack; pthread_sigmask on the calling thread.
+    unsafe {
+        let mut all: libc::sigset_t = zeroed();
+        let mut old: libc::sigset_t = zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        SignalMask(old)
+    }
+}
+
+/// Puts back the mask [`block_all_signals`] replaced.
+pub fn restore_signal_mask(mask: SignalMask) {
+    // SAFETY: a mask read by pthread_sigmask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
+}
+
+/// Unblocks every signal: a re-executed supervisor, its handlers installed, takes the signals
+/// that waited through the exec.
+pub fn unblock_all_signals() {
+    // SAFETY: an empty sigset_t on the stack.
+    unsafe {
+        let mut empty: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// The program a re-exec runs: a path, or an open descriptor of the file (execveat with
+/// AT_EMPTY_PATH), which still names the image it was opened on after the path was replaced.
+pub enum ExecTarget<'a> {
+    Path(&'a OsStr),
+    Fd(BorrowedFd<'a>),
+}
+
+/// Replaces this process's image with `target`, `argv` and `env` (`NAME=value` entries).
+/// Returns only on failure, with the process as it was.
+pub fn exec_self(target: ExecTarget<'_>, argv: &[&OsStr], env: &[Vec<u8>]) -> io::Error {
+    let to_c =
+        |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte"));
+    let args: Vec<CString> = match argv.iter().map(|a| to_c(a.as_bytes())).collect() {
+        Ok(args) => args,
+        Err(e) => return e,
+    };
+    let vars: Vec<CString> = match env.iter().map(|e| to_c(e)).collect() {
+        Ok(vars) => vars,
+        Err(e) => return e,
+    };
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    match target {
+        ExecTarget::Path(path) => {
+            let path = match to_c(path.as_bytes()) {
+                Ok(path) => path,
+                Err(e) => return e,
+            };
+            // SAFETY: NUL-terminated arrays of pointers into CStrings that outlive the call.
+            unsafe { libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+        }
+        ExecTarget::Fd(fd) => {
+            // SAFETY: as above; an empty path with AT_EMPTY_PATH runs the file `fd` is open on.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    arg_ptrs.as_ptr(),
+                    env_ptrs.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+        }
+    }
+    io::Error::last_os_error()
+}
+
+/// Whether the open descriptor number `fd` is a socket (false when it is not open).
+pub fn fd_is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat fills a local struct; any integer is a valid argument (EBADF otherwise).
+    let mut st: libc::stat = unsafe { zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) }) == 0 && is_socket_mode(st.st_mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
