@@ -425,7 +425,12 @@ pub fn foreign_listeners(root: i32, allowed: &[u64]) -> Vec<(String, u64)> {
 
 /// A `Command` for the sockherd binary with the given arguments.
 pub fn sockherd_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(sockherd());
+    sockherd_cmd_of(&sockherd(), args)
+}
+
+/// [`sockherd_cmd`] for another sockherd binary (a second build).
+pub fn sockherd_cmd_of(binary: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.args(args);
     // Never let the test runner's own environment pose as socket activation.
     for var in [
