@@ -1458,6 +1458,13 @@ impl Supervisor {
             Some(fd) => vec![(g.number, Inbox::adopt(sys::adopt_inherited_fd(fd), runtime_dir.path(), g.number)?)],
             None => Vec::new(),
         };
+        // Close-on-exec again, as at a first start: no check command or other child of ours
+        // inherits them (a generation gets its sockets placed at 3.. explicitly).
+        let (listener, conns) = control.handover(None);
+        let adopted = sockets.iter().map(|s| s.as_fd()).chain(inboxes.iter().map(|(_, i)| i.socket().as_fd()));
+        let adopted: Vec<BorrowedFd<'_>> = adopted.chain([listener]).chain(conns.iter().map(|(fd, ..)| *fd)).collect();
+        let _ = reexec::keep_across_exec(&adopted, false);
+        drop(adopted);
         let boot_priority = config.boot_priority;
         let mut supervisor = Supervisor {
             core,
