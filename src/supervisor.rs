@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 
 use crate::cgroup::{GenCgroup, Membership};
 use crate::command::{self, Launch};
@@ -134,23 +134,43 @@ impl Supervisor {
         let signals = SignalQueue::install().context("failed to install signal handlers")?;
         let runtime_dir = RuntimeDir::create()?;
         let control = ControlServer::new(runtime_dir.path())?;
-        let notifier = Notifier::from_env();
-        let watchdog = notify::watchdog_interval();
-        let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let membership = Membership::detect();
         // Not a warning: in a shell, process groups are what there is.
         log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
-        let queues = Queues::new(&sockets);
-        let metrics = config.metrics_file.clone().map(Metrics::new);
+        let mut supervisor =
+            Supervisor::assemble(config, sockets, signals, control, runtime_dir, membership, |config, watchdog| {
+                Core::new(handoff_config(config, watchdog))
+            });
+        supervisor.perform();
+        if let Some(e) = supervisor.start_error.take() {
+            supervisor.cleanup();
+            return Err(e);
+        }
+        Ok(supervisor)
+    }
+
+    /// A supervisor of `sockets` with nothing running yet, its core made by `core` from the
+    /// configuration and systemd's watchdog interval.
+    fn assemble(
+        config: RunConfig,
+        sockets: Vec<Socket>,
+        signals: SignalQueue,
+        control: ControlServer,
+        runtime_dir: RuntimeDir,
+        membership: Membership,
+        core: impl FnOnce(&RunConfig, Option<Duration>) -> Core,
+    ) -> Supervisor {
+        let watchdog = notify::watchdog_interval();
         let now = Instant::now();
-        let config_boot_priority = config.boot_priority;
-        let core = Core::new(handoff_config(&config, watchdog));
-        let mut supervisor = Supervisor {
-            core,
+        Supervisor {
+            core: core(&config, watchdog),
+            socket_inodes: sockets.iter().filter_map(Socket::inode).collect(),
+            queues: Queues::new(&sockets),
+            metrics: config.metrics_file.clone().map(Metrics::new),
+            resources: Resources::new(config.boot_priority),
             config,
             sockets,
-            socket_inodes,
-            notifier,
+            notifier: Notifier::from_env(),
             signals,
             control,
             runtime_dir,
@@ -159,22 +179,13 @@ impl Supervisor {
             watchdog,
             epoch: (now, SystemTime::now()),
             start_error: None,
-            resources: Resources::new(config_boot_priority),
             membership,
             cgroups: Vec::new(),
-            queues,
-            metrics,
             unreadable: RefCell::new(Vec::new()),
             exe: std::env::current_exe().ok(),
             reexec: None,
             reexecs: 0,
-        };
-        supervisor.perform();
-        if let Some(e) = supervisor.start_error.take() {
-            supervisor.cleanup();
-            return Err(e);
         }
-        Ok(supervisor)
     }
 
     /// Runs until every generation is gone; returns our exit code.
@@ -1371,15 +1382,11 @@ impl Supervisor {
     /// handed over too) with the reason, before anything was changed; without one, it fails.
     pub fn resume(config: RunConfig, handed: reexec::Handed) -> Result<Supervisor> {
         let reexec::Handed { text, state, old_exe, failed } = handed;
-        let checked = state.and_then(|state| check_handed(&state).map(|()| state));
-        let state = match checked {
+        let state = match state.and_then(|state| check_handed(&state).map(|()| state)) {
             Ok(state) => state,
             Err(why) => {
-                let Some(old_exe) = old_exe else {
-                    bail!("cannot resume from the state the last image handed over: {why}");
-                };
-                let text = text.unwrap_or_default();
-                return Err(reexec::back_to_old_image(old_exe, &text, &why));
+                let handed = reexec::Handed { text, state: Err(why.clone()), old_exe, failed };
+                return Err(reexec::give_back(handed, &why));
             }
         };
         drop(old_exe);
@@ -1403,15 +1410,7 @@ impl Supervisor {
                     .with_context(|| format!("failed to inspect handed-over socket fd {}", s.fd))?,
             );
         }
-        let notifier = Notifier::from_env();
-        let watchdog = notify::watchdog_interval();
-        let socket_inodes: Vec<u64> = sockets.iter().filter_map(Socket::inode).collect();
         let membership = Membership::detect();
-        let queues = Queues::new(&sockets);
-        let mut metrics = config.metrics_file.clone().map(Metrics::new);
-        if let Some(metrics) = &mut metrics {
-            metrics.restore(&state.metrics);
-        }
         let g = &state.generation;
         let mut cgroups = Vec::new();
         if let (Some(path), Some(c)) = (&g.cgroup, membership.cgroups()) {
@@ -1422,7 +1421,6 @@ impl Supervisor {
                 }
             }
         }
-        let now = Instant::now();
         let serving = handoff::Generation {
             number: g.number,
             pid: g.pid,
@@ -1437,59 +1435,41 @@ impl Supervisor {
             cgroup: cgroups.first().map(|(_, c)| c.path().to_path_buf()),
             daemonized: false,
         };
-        let core = Core::resume(
-            handoff_config(&config, watchdog),
-            handoff::Resumed {
-                serving,
-                next_number: state.next_number,
-                next_handoff: state.next_handoff,
-                last_reload: state.last_reload.as_ref().map(|r| handoff::ReloadOutcome {
-                    at: reexec::usec_instant(r.at_usec),
-                    ok: r.ok,
-                    message: r.message.clone(),
-                    took: Duration::from_micros(r.took_usec),
-                }),
-                latest_signal: state.latest_signal.clone(),
-            },
-            now,
-        );
-        let checks = vec![(g.number, Check::resumed(&config.ready, g.number, runtime_dir.path()))];
-        let inboxes = match g.inbox_fd {
-            Some(fd) => vec![(g.number, Inbox::adopt(sys::adopt_inherited_fd(fd), runtime_dir.path(), g.number)?)],
-            None => Vec::new(),
+        let resumed = handoff::Resumed {
+            serving,
+            next_number: state.next_number,
+            next_handoff: state.next_handoff,
+            last_reload: state.last_reload.as_ref().map(|r| handoff::ReloadOutcome {
+                at: reexec::usec_instant(r.at_usec),
+                ok: r.ok,
+                message: r.message.clone(),
+                took: Duration::from_micros(r.took_usec),
+            }),
+            latest_signal: state.latest_signal.clone(),
         };
+        let check = Check::resumed(&config.ready, g.number, runtime_dir.path());
+        let inbox = match g.inbox_fd {
+            Some(fd) => Some(Inbox::adopt(sys::adopt_inherited_fd(fd), runtime_dir.path(), g.number)?),
+            None => None,
+        };
+        let mut supervisor =
+            Supervisor::assemble(config, sockets, signals, control, runtime_dir, membership, |config, watchdog| {
+                Core::resume(handoff_config(config, watchdog), resumed, Instant::now())
+            });
+        supervisor.checks.push((g.number, check));
+        supervisor.inboxes.extend(inbox.map(|i| (g.number, i)));
+        supervisor.cgroups = cgroups;
+        supervisor.reexecs = state.reexecs + u64::from(failed.is_none());
+        if let Some(metrics) = &mut supervisor.metrics {
+            metrics.restore(&state.metrics);
+        }
         // Close-on-exec again, as at a first start: no check command or other child of ours
         // inherits them (a generation gets its sockets placed at 3.. explicitly).
-        let (listener, conns) = control.handover(None);
-        let adopted = sockets.iter().map(|s| s.as_fd()).chain(inboxes.iter().map(|(_, i)| i.socket().as_fd()));
+        let (listener, conns) = supervisor.control.handover(None);
+        let adopted = supervisor.sockets.iter().map(|s| s.as_fd());
+        let adopted = adopted.chain(supervisor.inboxes.iter().map(|(_, i)| i.socket().as_fd()));
         let adopted: Vec<BorrowedFd<'_>> = adopted.chain([listener]).chain(conns.iter().map(|(fd, ..)| *fd)).collect();
         let _ = reexec::keep_across_exec(&adopted, false);
-        drop(adopted);
-        let boot_priority = config.boot_priority;
-        let mut supervisor = Supervisor {
-            core,
-            config,
-            sockets,
-            socket_inodes,
-            notifier,
-            signals,
-            control,
-            runtime_dir,
-            checks,
-            inboxes,
-            watchdog,
-            epoch: (now, SystemTime::now()),
-            start_error: None,
-            resources: Resources::new(boot_priority),
-            membership,
-            cgroups,
-            queues,
-            metrics,
-            unreadable: RefCell::new(Vec::new()),
-            exe: std::env::current_exe().ok(),
-            reexec: None,
-            reexecs: state.reexecs + u64::from(failed.is_none()),
-        };
         let (message, answer) = match &failed {
             None => {
                 let message = format!(
