@@ -387,8 +387,7 @@ impl Core {
     /// A supervisor re-executed while `serving` served, quiet: no handoff, nothing pending
     /// ([`Core::quiet`] held in the image before). Nothing is asked of the driver: the
     /// generation already runs.
-    pub fn resume(config: Config, resumed: Resumed, now: Instant) -> Core {
-        let watchdog = config.watchdog;
+    pub fn resume(config: Config, resumed: Resumed) -> Core {
         Core {
             config,
             generations: vec![resumed.serving],
@@ -402,9 +401,10 @@ impl Core {
             last_reload: resumed.last_reload,
             stop_cause: None,
             primary: None,
-            // Pings at once, and covers for the generation's relayed pings the exec delayed.
+            // Looks at the watchdog at once. The generation's own pings wait in its notify
+            // socket, which crossed the exec: nothing to cover for.
             watchdog_next: None,
-            cover_until: watchdog.map(|(interval, _)| now + interval),
+            cover_until: None,
             actions: VecDeque::new(),
         }
     }

@@ -1454,7 +1454,7 @@ impl Supervisor {
         };
         let mut supervisor =
             Supervisor::assemble(config, sockets, signals, control, runtime_dir, membership, |config, watchdog| {
-                Core::resume(handoff_config(config, watchdog), resumed, Instant::now())
+                Core::resume(handoff_config(config, watchdog), resumed)
             });
         supervisor.checks.push((g.number, check));
         supervisor.inboxes.extend(inbox.map(|i| (g.number, i)));

@@ -72,6 +72,9 @@ enum Step {
     /// The k-th generation sends STATUS=.
     Status(usize),
     LoopFailed,
+    /// sockherd re-executes itself: when quiet, the core is replaced by one resumed from what
+    /// the old one hands over (`sockherd reexec`).
+    Reexec,
 }
 
 fn watchdog() -> impl Strategy<Value = Option<WatchdogMode>> {
@@ -111,6 +114,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..4).prop_map(Step::Ping),
         1 => (0usize..4).prop_map(Step::Status),
         1 => (0u8..20).prop_map(|n| if n == 0 { Step::LoopFailed } else { Step::Reap }),
+        2 => Just(Step::Reexec),
     ]
 }
 
@@ -132,6 +136,8 @@ struct Procs {
 
 struct World {
     core: Core,
+    /// What the core was made with (a resumed core is made with it again).
+    config: Config,
     t0: Instant,
     now: Instant,
     gens: BTreeMap<u64, Procs>,
@@ -186,7 +192,8 @@ impl World {
         };
         let now = Instant::now();
         let mut world = World {
-            core: Core::new(config),
+            core: Core::new(config.clone()),
+            config,
             t0: now,
             now,
             gens: BTreeMap::new(),
@@ -744,8 +751,48 @@ impl World {
                 self.loop_failed_first |= self.core.life() == Life::Running && !self.aborted_first;
                 self.feed(Event::LoopFailed { error: "poll: invalid argument".into() })?;
             }
+            Step::Reexec => {
+                // Quiet: running, one generation, serving, its master alive, nothing in flight.
+                let gens = self.core.generations();
+                let quiet = self.core.life() == Life::Running
+                    && !self.core.reloading()
+                    && gens.len() == 1
+                    && gens[0].phase == Phase::Serving
+                    && gens[0].master_alive()
+                    && self.waiting().is_empty();
+                let resumed = self.core.to_resume();
+                if self.core.quiet() != quiet || resumed.is_some() != quiet {
+                    return Err(self.fail(format!(
+                        "quiet is {quiet}, the core says {} and hands over {}",
+                        self.core.quiet(),
+                        if resumed.is_some() { "a state" } else { "nothing" }
+                    )));
+                }
+                let Some(resumed) = resumed else { return Ok(()) };
+                let before = (
+                    self.core.serving().map(|g| (g.number, g.pid)),
+                    self.core.last_reload().map(|r| r.message.clone()),
+                );
+                if self.tracing {
+                    self.trace.push(format!("  t+{:>5} ms  reexec", (self.now - self.t0).as_millis()));
+                }
+                self.core = Core::resume(self.config.clone(), resumed);
+                let after = (
+                    self.core.serving().map(|g| (g.number, g.pid)),
+                    self.core.last_reload().map(|r| r.message.clone()),
+                );
+                if after != before || !self.core.quiet() {
+                    return Err(self.fail(format!("the resumed core differs: {before:?} before, {after:?} after")));
+                }
+                self.feed(Event::Tick)?;
+            }
         }
         Ok(())
+    }
+
+    /// Requesters not answered yet.
+    fn waiting(&self) -> Vec<ConnId> {
+        self.issued.iter().copied().filter(|c| self.answers.get(c).is_none_or(|a| a.is_empty())).collect()
     }
 
     fn conn(&mut self) -> ConnId {
