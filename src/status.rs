@@ -170,6 +170,16 @@ pub fn render(json_text: &str) -> Result<String> {
     if let Some(line) = json.get("status").str() {
         let _ = writeln!(out, "  {line}");
     }
+    // Older supervisors do not say their version.
+    if let Some(version) = json.get("version").str() {
+        let reexecs = json.get("reexecs").num().unwrap_or(0.0) as u64;
+        let times = match reexecs {
+            0 => String::new(),
+            1 => ", re-executed once".to_string(),
+            n => format!(", re-executed {n} times"),
+        };
+        let _ = writeln!(out, "  version: {version}{times}");
+    }
     // Cgroups or process groups, and what that means (older supervisors do not say).
     if let Some(line) = json.get("membership").get("describe").str() {
         let _ = writeln!(out, "{line}");
@@ -402,7 +412,7 @@ impl From<serde_json::Value> for Json {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"{"pid":100,"state":"reloading","flavor":"gunicorn","ready":"probe","status":"serving generation 1 (pid 101, /srv/app/releases/r1); starting generation 2 (pid 202)","membership":{"mode":"cgroup","path":"/sys/fs/cgroup/system.slice/app.service","describe":"generations are cgroups: gen-N under /sys/fs/cgroup/system.slice/app.service"},"sockets":[{"fd":3,"name":"http","address":"127.0.0.1:8080"},{"fd":4,"name":"unix","address":"/run/app.sock"}],"generations":[{"number":1,"pid":101,"state":"serving","release":"/srv/app/releases/r1","started":"2026-11-22 05:20:01 UTC","age_s":3725.2,"processes":3,"workers":2,"cpu_ms":12345,"memory_bytes":94371840,"memory_peak_bytes":null,"memory_source":"pss","boot_priority":false,"app_status":null},{"number":2,"pid":202,"state":"starting","release":"/srv/app/releases/r2","started":"2026-11-22 06:22:04 UTC","age_s":2.0,"processes":1,"workers":0,"boot_priority":true,"app_status":"booting \"x\""}],"last_reload":{"at":"2026-11-22 06:00:00 UTC","ok":false,"took_ms":1234,"message":"generation 2 exited"}}"#;
+    const SAMPLE: &str = r#"{"pid":100,"version":"sockherd 0.2.0 (build deb1)","reexecs":2,"state":"reloading","flavor":"gunicorn","ready":"probe","status":"serving generation 1 (pid 101, /srv/app/releases/r1); starting generation 2 (pid 202)","membership":{"mode":"cgroup","path":"/sys/fs/cgroup/system.slice/app.service","describe":"generations are cgroups: gen-N under /sys/fs/cgroup/system.slice/app.service"},"sockets":[{"fd":3,"name":"http","address":"127.0.0.1:8080"},{"fd":4,"name":"unix","address":"/run/app.sock"}],"generations":[{"number":1,"pid":101,"state":"serving","release":"/srv/app/releases/r1","started":"2026-11-22 05:20:01 UTC","age_s":3725.2,"processes":3,"workers":2,"cpu_ms":12345,"memory_bytes":94371840,"memory_peak_bytes":null,"memory_source":"pss","boot_priority":false,"app_status":null},{"number":2,"pid":202,"state":"starting","release":"/srv/app/releases/r2","started":"2026-11-22 06:22:04 UTC","age_s":2.0,"processes":1,"workers":0,"boot_priority":true,"app_status":"booting \"x\""}],"last_reload":{"at":"2026-11-22 06:00:00 UTC","ok":false,"took_ms":1234,"message":"generation 2 exited"}}"#;
 
     #[test]
     fn renders_generations_sockets_and_last_reload() {
@@ -411,6 +421,7 @@ mod tests {
             text.starts_with("sockherd supervisor pid 100: reloading (flavor gunicorn, readiness probe)\n"),
             "{text}"
         );
+        assert!(text.contains("\n  version: sockherd 0.2.0 (build deb1), re-executed 2 times\n"), "{text}");
         assert!(
             text.contains("\ngenerations are cgroups: gen-N under /sys/fs/cgroup/system.slice/app.service\n"),
             "{text}"
