@@ -492,7 +492,7 @@ pub fn built_deb() -> Option<PathBuf> {
         }
     };
     let built = deb.metadata().unwrap().modified().unwrap();
-    let sources = ["src", "units", "contrib", "Cargo.toml", "Cargo.lock"]
+    let sources = ["src", "units", "contrib", "packaging", "Cargo.toml", "Cargo.lock"]
         .iter()
         .map(|p| newest_mtime(&repo().join(p)))
         .max()

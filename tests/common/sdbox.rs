@@ -442,11 +442,18 @@ pub fn scenario_box(tag: &str, systemd: Systemd, behaviors: [&str; 2], scenario:
         return None;
     }
     let sdbox = SdBox::boot_on(tag, systemd)?;
+    sdbox.ok(&format!("install -m 0755 {} /usr/bin/sockherd", sockherd().display()));
+    start_scenario(&sdbox, behaviors, scenario);
+    Some(sdbox)
+}
+
+/// `scenario_box`'s app and units in a box that has /usr/bin/sockherd already (the package's):
+/// installs and starts them, and checks that r1 answers (curl is the caller's prerequisite).
+pub fn start_scenario(sdbox: &SdBox, behaviors: [&str; 2], scenario: &str) {
     let units = repo().join("units");
     sdbox.ok(&format!(
         r#"set -e
 useradd --system --user-group --no-create-home app
-install -m 0755 {bin} /usr/bin/sockherd
 for r in r1 r2; do
   mkdir -p /srv/app/releases/$r/bin
   install -m 0755 {server} /srv/app/releases/$r/bin/server
@@ -465,18 +472,16 @@ SCENARIO
 systemctl daemon-reload
 systemctl start app-http.socket app-unix.socket app.service
 "#,
-        bin = sockherd().display(),
         server = repo().join("tests/support/scenario_server.py").display(),
         units = units.display(),
         r1 = behaviors[0],
         r2 = behaviors[1],
-        dropins = run_unit_dropins(systemd),
+        dropins = run_unit_dropins(sdbox.systemd),
     ));
     let answer = sdbox.ok("curl -sS -m 30 http://127.0.0.1:8080/");
     if !answer.starts_with("release=r1") {
         sdbox.fail(&format!("the first request answered {answer:?}"));
     }
-    Some(sdbox)
 }
 
 /// The app as an operator deploys it: /srv/app/releases/rN, /srv/app/current, the shipped units.
