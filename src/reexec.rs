@@ -481,7 +481,11 @@ pub struct Handed {
 /// them apart never waits; the descriptors are taken over only once the state is ours.
 pub fn take_handed() -> Option<Handed> {
     let value = std::env::var_os(STATE_ENV)?;
-    match find_handed(&value) {
+    let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
+    // Read once, and no child of ours (a check command) gets them: they name our descriptors.
+    sys::remove_env(STATE_ENV);
+    sys::remove_env(FAILED_ENV);
+    match find_handed(&value, failed) {
         Ok(handed) => Some(handed),
         Err(why) => {
             let value = value.to_string_lossy();
@@ -495,7 +499,7 @@ pub fn take_handed() -> Option<Handed> {
 const STATE_LIMIT: usize = 16 << 20;
 
 /// The handover `value` names, or why it names none.
-fn find_handed(value: &std::ffi::OsStr) -> Result<Handed, String> {
+fn find_handed(value: &std::ffi::OsStr, failed: Option<String>) -> Result<Handed, String> {
     let descriptor = |part: Option<&str>| part.and_then(|p| p.trim().parse::<RawFd>().ok()).filter(|fd| *fd > 2);
     let mut parts = value.to_str().unwrap_or("").split(',');
     let state_fd = descriptor(parts.next()).ok_or("it names no descriptor above 2")?;
@@ -527,7 +531,6 @@ fn find_handed(value: &std::ffi::OsStr) -> Result<Handed, String> {
     if let Some(fd) = &old_exe {
         let _ = sys::set_cloexec(fd.as_fd(), true);
     }
-    let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
     let state = State::decode(&text);
     Ok(Handed { text: Some(text), state, old_exe, failed })
 }

@@ -1443,6 +1443,13 @@ pub fn read_to_end_now(fd: RawFd, limit: usize) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Removes `name` from our environment, so that no child of ours gets it.
+pub fn remove_env(name: &str) {
+    // SAFETY: called by `sockherd run` before it starts any thread (sockherd's supervisor is
+    // single-threaded): nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
