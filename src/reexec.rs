@@ -65,6 +65,20 @@ pub fn version() -> String {
     }
 }
 
+/// The path this process's binary was run from: `/proc/self/exe`, without the " (deleted)" the
+/// kernel appends once that file was replaced (an upgrade renames a new file over it; an image
+/// run again from a descriptor of the old file, after a failed takeover, reads so at once).
+/// A plain `reexec` runs what is installed at that path now.
+pub fn installed_exe() -> Option<PathBuf> {
+    std::env::current_exe().ok().map(|exe| without_deleted(&exe))
+}
+
+fn without_deleted(exe: &Path) -> PathBuf {
+    let bytes = exe.as_os_str().as_bytes();
+    let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
 // ----- the state ---------------------------------------------------------------------------------
 
 /// A public socket as handed over: its descriptor and what [`crate::socket::Socket`] knows
@@ -702,6 +716,13 @@ mod tests {
         let back = usec_instant(instant_usec(at));
         let diff = if back > at { back - at } else { at - back };
         assert!(diff < Duration::from_millis(5), "{diff:?}");
+    }
+
+    #[test]
+    fn the_installed_path_is_the_path_of_a_replaced_binary() {
+        assert_eq!(without_deleted(Path::new("/usr/bin/sockherd (deleted)")), Path::new("/usr/bin/sockherd"));
+        assert_eq!(without_deleted(Path::new("/usr/bin/sockherd")), Path::new("/usr/bin/sockherd"));
+        assert_eq!(without_deleted(Path::new("/opt/a (deleted)/sockherd")), Path::new("/opt/a (deleted)/sockherd"));
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub struct Supervisor {
     /// What could not be read of which generation, each said once: such a generation counts
     /// as still holding the sockets and still there.
     unreadable: RefCell<Vec<(u64, &'static str)>>,
-    /// The binary this supervisor runs, as started (an upgrade may replace the file since).
+    /// The path of the binary this supervisor runs (an upgrade may have replaced the file since).
     exe: Option<PathBuf>,
     /// A reexec asked for, waiting for the supervisor to be quiet ([`crate::reexec`]).
     reexec: Option<ReexecAsk>,
@@ -182,7 +182,7 @@ impl Supervisor {
             membership,
             cgroups: Vec::new(),
             unreadable: RefCell::new(Vec::new()),
-            exe: std::env::current_exe().ok(),
+            exe: reexec::installed_exe(),
             reexec: None,
             reexecs: 0,
         }
