@@ -400,8 +400,9 @@ fn run_with_stale_state(dir: &Path, redirect: &str, value: &std::ffi::OsStr) -> 
 fn a_stale_state_variable_is_ignored_by_a_first_start() {
     use std::os::unix::ffi::OsStrExt;
     require!("python3");
-    let cases: [(&str, &str, &[u8]); 5] = [
+    let cases: [(&str, &str, &[u8]); 6] = [
         ("no descriptor", "7</dev/null; exec 7<&-", b"7"),
+        ("a state for another pid", "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":1}\\n')", b"5"),
         ("a pipe with junk", "5< <(echo junk)", b"5"),
         ("a pipe whose writer stays open", "5< <(sleep 60)", b"5,6"),
         ("a regular file", "5</etc/passwd", b"5"),
@@ -420,6 +421,15 @@ fn a_stale_state_variable_is_ignored_by_a_first_start() {
         assert!(stderr.contains("ignoring SOCKHERD_REEXEC_STATE"), "{what}: no warning: {stderr}");
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
+    // A state of sockherd's written for this very pid is a handover, even a damaged one: no
+    // first start then, a precise error (bash's `exec` keeps its pid, `$$`).
+    let dir = TempDir::new("reexec-stale");
+    let redirect = "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":%d}\\n' $$)";
+    let (mut proc, _) = run_with_stale_state(dir.path(), redirect, std::ffi::OsStr::new("5"));
+    let status = proc.wait_exit(Duration::from_secs(10));
+    let stderr = proc.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot resume from the state the image before handed over: no generation"), "{stderr}");
     // A command line that does not parse is refused by the parser's own message, whatever the
     // stale variable names.
     for value in [&b"junk"[..], b"\xff", b"5"] {
