@@ -48,18 +48,21 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
-        // A supervisor re-executed into a build that refuses its command line goes back to the
-        // build before, which says why to whoever asked.
-        Err(e) if e.use_stderr() && std::env::var_os(reexec::STATE_ENV).is_some() => {
-            let why = e.to_string();
-            let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-            let handed = reexec::take_handed().expect("checked");
-            let err = reexec::give_back(handed, &format!("it refuses the command line: {why}"));
-            log::init(false, true);
-            log::error(format!("{err:#}")).kind("error").emit();
-            return ExitCode::from(1);
+        Err(e) => {
+            // A supervisor re-executed into a build that refuses its command line goes back to
+            // the build before, which says why to whoever asked.
+            if e.use_stderr() && std::env::var_os(reexec::STATE_ENV).is_some() {
+                log::init(false, true);
+                if let Some(handed) = reexec::take_handed() {
+                    let why = e.to_string();
+                    let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+                    let err = reexec::give_back(handed, &format!("it refuses the command line: {why}"));
+                    log::error(format!("{err:#}")).kind("error").emit();
+                    return ExitCode::from(1);
+                }
+            }
+            e.exit()
         }
-        Err(e) => e.exit(),
     };
     match cli::dispatch(cli) {
         Ok(code) => ExitCode::from(code),

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
+use crate::log;
 use crate::sys::{self, Pid};
 
 /// The version of [`State`]'s layout this build writes and reads.
@@ -62,6 +63,20 @@ pub fn version() -> String {
     } else {
         format!("sockherd {} (build {label})", env!("CARGO_PKG_VERSION"))
     }
+}
+
+/// The path this process's binary was run from: `/proc/self/exe`, without the " (deleted)" the
+/// kernel appends once that file was replaced (an upgrade renames a new file over it; an image
+/// run again from a descriptor of the old file, after a failed takeover, reads so at once).
+/// A plain `reexec` runs what is installed at that path now.
+pub fn installed_exe() -> Option<PathBuf> {
+    std::env::current_exe().ok().map(|exe| without_deleted(&exe))
+}
+
+fn without_deleted(exe: &Path) -> PathBuf {
+    let bytes = exe.as_os_str().as_bytes();
+    let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
 }
 
 // ----- the state ---------------------------------------------------------------------------------
@@ -472,45 +487,72 @@ pub struct Handed {
     pub failed: Option<String>,
 }
 
-/// The handed-over state, if this process was re-executed by a supervisor (its environment
-/// names the descriptors). Descriptors it names are taken over only after checking they are a
-/// pipe and a file of ours.
+/// The handed-over state, if this process was re-executed by a supervisor. A variable that
+/// names nothing a supervisor handed over (left in an environment by mistake: no descriptor,
+/// not a pipe, a pipe still written to, no state of sockherd's, a state written for another
+/// pid) is ignored with a warning: this is a first start, which such a variable must not
+/// prevent. A handover is always a pipe written whole, then closed, before the exec, so telling
+/// them apart never waits; the descriptors are taken over only once the state is ours.
 pub fn take_handed() -> Option<Handed> {
-    let value = std::env::var(STATE_ENV).ok()?;
-    let failed = std::env::var(FAILED_ENV).ok();
-    let mut parts = value.split(',');
-    let state_fd = parts.next().and_then(|p| p.trim().parse::<RawFd>().ok()).filter(|fd| *fd > 2);
-    let old_fd = parts.next().and_then(|p| p.trim().parse::<RawFd>().ok()).filter(|fd| *fd > 2);
-    // Open (checked), and handed to this image by the one before, which owns nothing now.
-    let old_exe = old_fd.filter(|fd| sys::fd_is_open(*fd) && Some(*fd) != state_fd).map(sys::adopt_inherited_fd);
+    let value = std::env::var_os(STATE_ENV)?;
+    let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
+    // Read once, and no child of ours (a check command) gets them: they name our descriptors.
+    sys::remove_env(STATE_ENV);
+    sys::remove_env(FAILED_ENV);
+    match find_handed(&value, failed) {
+        Ok(handed) => Some(handed),
+        Err(why) => {
+            let value = value.to_string_lossy();
+            log::warn(format!("ignoring {STATE_ENV}='{value}': {why}; no supervisor handed anything over")).emit();
+            None
+        }
+    }
+}
+
+/// The most a handed-over state may take.
+const STATE_LIMIT: usize = 16 << 20;
+
+/// The handover `value` names, or why it names none.
+fn find_handed(value: &std::ffi::OsStr, failed: Option<String>) -> Result<Handed, String> {
+    let descriptor = |part: Option<&str>| part.and_then(|p| p.trim().parse::<RawFd>().ok()).filter(|fd| *fd > 2);
+    let mut parts = value.to_str().unwrap_or("").split(',');
+    let state_fd = descriptor(parts.next()).ok_or("it names no descriptor above 2")?;
+    let old_fd = descriptor(parts.next());
+    if !sys::fd_is_open(state_fd) {
+        return Err(format!("fd {state_fd} is not open"));
+    }
+    if !sys::fd_is_pipe(state_fd) {
+        return Err(format!("fd {state_fd} is not a pipe"));
+    }
+    let text = match sys::read_to_end_now(state_fd, STATE_LIMIT) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(format!("fd {state_fd} is a pipe that is still open for writing")),
+        Err(e) => return Err(format!("fd {state_fd} cannot be read: {e}")),
+    };
+    let text = String::from_utf8(text)
+        .ok()
+        .filter(|t| t.starts_with(MAGIC))
+        .ok_or_else(|| format!("fd {state_fd} holds no state of sockherd's"))?;
+    let me = sys::getpid();
+    if let Some(pid) = written_for(&text)
+        && pid != me
+    {
+        return Err(format!("fd {state_fd} holds a state written for pid {pid}, and this is pid {me}"));
+    }
+    // Ours, handed to this image by the one before, which owns nothing now.
+    drop(sys::adopt_inherited_fd(state_fd));
+    let old_exe = old_fd.filter(|fd| *fd != state_fd && sys::fd_is_open(*fd)).map(sys::adopt_inherited_fd);
     if let Some(fd) = &old_exe {
         let _ = sys::set_cloexec(fd.as_fd(), true);
     }
-    let Some(state_fd) = state_fd.filter(|fd| sys::fd_is_open(*fd)) else {
-        return Some(Handed {
-            text: None,
-            state: Err(format!("{STATE_ENV}='{value}' names no open descriptor")),
-            old_exe,
-            failed,
-        });
-    };
-    let state_file = std::fs::File::from(sys::adopt_inherited_fd(state_fd));
-    let text = read_state(state_file);
-    let state = text.clone().and_then(|text| State::decode(&text)).and_then(|s| {
-        if s.pid == sys::getpid() {
-            Ok(s)
-        } else {
-            Err(format!("the state was written for pid {}, and this is pid {}", s.pid, sys::getpid()))
-        }
-    });
-    Some(Handed { text: text.ok(), state, old_exe, failed })
+    let state = State::decode(&text);
+    Ok(Handed { text: Some(text), state, old_exe, failed })
 }
 
-fn read_state(mut file: std::fs::File) -> Result<String, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| format!("failed to read the state: {e}"))?;
-    Ok(text)
+/// The pid a state says it was written for, if that much of it reads.
+fn written_for(text: &str) -> Option<Pid> {
+    let body = text.split_once('\n')?.1;
+    int(&serde_json::from_str::<Value>(body).ok()?, "pid").ok()
 }
 
 /// Writes `state` into a new pipe; returns its read end. The pipe's buffer holds it whole.
@@ -674,6 +716,13 @@ mod tests {
         let back = usec_instant(instant_usec(at));
         let diff = if back > at { back - at } else { at - back };
         assert!(diff < Duration::from_millis(5), "{diff:?}");
+    }
+
+    #[test]
+    fn the_installed_path_is_the_path_of_a_replaced_binary() {
+        assert_eq!(without_deleted(Path::new("/usr/bin/sockherd (deleted)")), Path::new("/usr/bin/sockherd"));
+        assert_eq!(without_deleted(Path::new("/usr/bin/sockherd")), Path::new("/usr/bin/sockherd"));
+        assert_eq!(without_deleted(Path::new("/opt/a (deleted)/sockherd")), Path::new("/opt/a (deleted)/sockherd"));
     }
 
     #[test]

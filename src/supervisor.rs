@@ -106,7 +106,7 @@ pub struct Supervisor {
     /// What could not be read of which generation, each said once: such a generation counts
     /// as still holding the sockets and still there.
     unreadable: RefCell<Vec<(u64, &'static str)>>,
-    /// The binary this supervisor runs, as started (an upgrade may replace the file since).
+    /// The path of the binary this supervisor runs (an upgrade may have replaced the file since).
     exe: Option<PathBuf>,
     /// A reexec asked for, waiting for the supervisor to be quiet ([`crate::reexec`]).
     reexec: Option<ReexecAsk>,
@@ -182,7 +182,7 @@ impl Supervisor {
             membership,
             cgroups: Vec::new(),
             unreadable: RefCell::new(Vec::new()),
-            exe: std::env::current_exe().ok(),
+            exe: reexec::installed_exe(),
             reexec: None,
             reexecs: 0,
         }
@@ -1293,12 +1293,13 @@ impl Supervisor {
             format!("{},{}", std::os::fd::AsRawFd::as_raw_fd(&pipe), std::os::fd::AsRawFd::as_raw_fd(&old_exe)),
         )]);
         // From here on a signal waits (blocked) for whichever image handles it. Those already
-        // queued are sent again, to wait the same way; child exits need not be (the image that
-        // resumes reaps at once).
+        // queued are sent again, to wait the same way, child exits too: an image that resumes
+        // reaps at once, but this one, when the exec fails, learns of a master that died during
+        // the check only by its SIGCHLD.
         let mask = sys::block_all_signals();
         for (signal, from_user) in self.signals.drain() {
             let meant_for_us = from_user || !matches!(signal.0, libc::SIGTTIN | libc::SIGTTOU | libc::SIGWINCH);
-            if signal != reexec_signal() && signal.0 != libc::SIGCHLD && meant_for_us {
+            if signal != reexec_signal() && meant_for_us {
                 let _ = sys::kill(sys::getpid(), signal.0);
             }
         }

@@ -1396,6 +1396,60 @@ pub fn fd_is_socket(fd: RawFd) -> bool {
     (unsafe { libc::fstat(fd, &mut st) }) == 0 && is_socket_mode(st.st_mode)
 }
 
+/// Whether `fd` is an open pipe (FIFO).
+pub fn fd_is_pipe(fd: RawFd) -> bool {
+    // SAFETY: fstat fills a local struct; any integer is a valid argument (EBADF otherwise).
+    let mut st: libc::stat = unsafe { zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) }) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// What an inherited descriptor (not ours to own or close) holds up to its end, read without
+/// ever waiting: None when a read would wait, that is while a writer still holds it open with
+/// nothing more written. An error past `limit` bytes.
+pub fn read_to_end_now(fd: RawFd, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd on the stack; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        // SAFETY: reads into a local buffer; poll said a read does not block.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => return Ok(Some(out)),
+            n if n > 0 => out.extend_from_slice(&buf[..n as usize]),
+            _ => {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(None),
+                    _ => return Err(err),
+                }
+            }
+        }
+        if out.len() > limit {
+            return Err(io::Error::other(format!("more than {limit} bytes")));
+        }
+    }
+}
+
+/// Removes `name` from our environment, so that no child of ours gets it.
+pub fn remove_env(name: &str) {
+    // SAFETY: called by `sockherd run` before it starts any thread (sockherd's supervisor is
+    // single-threaded): nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -376,3 +376,151 @@ fn a_stop_asked_during_the_exec_is_a_clean_stop() {
 fn control_socket(dir: &Path, pid: i32) -> PathBuf {
     dir.join(format!("sockherd-{pid}")).join("control")
 }
+
+/// `sockherd run ... -- python3 serve.py` through bash, which first opens `redirect` (e.g.
+/// `5< <(sleep 60)`) and sets SOCKHERD_REEXEC_STATE to `value`: a variable left in an
+/// environment by mistake, naming whatever that descriptor is.
+fn run_with_stale_state(dir: &Path, redirect: &str, value: &std::ffi::OsStr) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(format!("exec {redirect}; exec \"$0\" \"$@\"")).arg(sockherd());
+    cmd.args(["run", "--listen", &addr, "--chdir", &app().display().to_string(), "--", "python3", "serve.py"]);
+    cmd.env("XDG_RUNTIME_DIR", dir).env_remove("RUNTIME_DIRECTORY").env("SOCKHERD_REEXEC_STATE", value);
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"] {
+        cmd.env_remove(var);
+    }
+    (Proc::spawn(cmd, dir, "sockherd"), addr)
+}
+
+/// A SOCKHERD_REEXEC_STATE that names nothing a supervisor handed over (no descriptor, a pipe of
+/// someone else's with junk or with its writer still open, a file, a value that is not UTF-8)
+/// does not prevent a start, never hangs it and never panics: the start is a first start, and
+/// the variable is named in a warning.
+#[test]
+fn a_stale_state_variable_is_ignored_by_a_first_start() {
+    use std::os::unix::ffi::OsStrExt;
+    require!("python3");
+    let cases: [(&str, &str, &[u8]); 6] = [
+        ("no descriptor", "7</dev/null; exec 7<&-", b"7"),
+        ("a state for another pid", "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":1}\\n')", b"5"),
+        ("a pipe with junk", "5< <(echo junk)", b"5"),
+        ("a pipe whose writer stays open", "5< <(sleep 60)", b"5,6"),
+        ("a regular file", "5</etc/passwd", b"5"),
+        ("not UTF-8", "5</dev/null", b"5\xff"),
+    ];
+    for (what, redirect, value) in cases {
+        let dir = TempDir::new("reexec-stale");
+        let (mut proc, addr) = run_with_stale_state(dir.path(), redirect, std::ffi::OsStr::from_bytes(value));
+        let served = wait_until(Duration::from_secs(30), || {
+            proc.try_status().is_some() || http_get(&addr, "/").is_ok_and(|r| r.status == 200)
+        });
+        if !served || proc.try_status().is_some() {
+            proc.fail(&format!("{what}: a stale SOCKHERD_REEXEC_STATE prevented the start"));
+        }
+        let stderr = proc.stderr();
+        assert!(stderr.contains("ignoring SOCKHERD_REEXEC_STATE"), "{what}: no warning: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    }
+    // A state of sockherd's written for this very pid is a handover, even a damaged one: no
+    // first start then, a precise error (bash's `exec` keeps its pid, `$$`).
+    let dir = TempDir::new("reexec-stale");
+    let redirect = "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":%d}\\n' $$)";
+    let (mut proc, _) = run_with_stale_state(dir.path(), redirect, std::ffi::OsStr::new("5"));
+    let status = proc.wait_exit(Duration::from_secs(10));
+    let stderr = proc.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot resume from the state the image before handed over: no generation"), "{stderr}");
+    // A command line that does not parse is refused by the parser's own message, whatever the
+    // stale variable names.
+    for value in [&b"junk"[..], b"\xff", b"5"] {
+        let out = sockherd_cmd(&["status", "--bogus"])
+            .env("SOCKHERD_REEXEC_STATE", std::ffi::OsStr::from_bytes(value))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value:?}: {stderr}");
+        assert!(
+            stderr.contains("unexpected argument '--bogus'") && !stderr.contains("panicked"),
+            "{value:?}: {stderr}"
+        );
+    }
+}
+
+/// A check command (`--ready cmd:`) started by a re-executed supervisor gets no variable of the
+/// handover: it names descriptors that are not the command's (and, to a sockherd it runs, a
+/// state that is not its own).
+#[test]
+fn a_check_command_after_a_reexec_gets_nothing_of_the_handover() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-check-env") else { return };
+    let dir = TempDir::new("reexec-check-env-run");
+    let chdir = app().display().to_string();
+    let env_file = dir.join("env");
+    let ready = format!("cmd:env > {}.$SOCKHERD_GENERATION", env_file.display());
+    let herd = Herd::start(&builds.a(), dir.path(), &["--chdir", &chdir, "--ready", &ready], &["python3", "serve.py"]);
+    let (ok, stderr) = herd.reexec(Some(&builds.b()));
+    assert!(ok, "{stderr}");
+    let out = sockherd_cmd(&["reload", "--pid", &herd.pid().to_string()]).output().unwrap();
+    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    let env = std::fs::read_to_string(format!("{}.2", env_file.display())).expect("generation 2's check ran");
+    assert!(env.contains("SOCKHERD_GENERATION=2"), "{env}");
+    assert!(!env.contains("SOCKHERD_REEXEC"), "the check command got the handover's variables:\n{env}");
+}
+
+/// After a new binary could not take over and the old image resumed, the path a plain `reexec`
+/// uses is still the path sockherd runs from, not the kernel's "PATH (deleted)" of the old file
+/// an upgrade replaced: a fixed upgrade at that path is taken.
+#[test]
+fn after_a_failed_takeover_a_plain_reexec_takes_the_binary_installed_now() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-deleted") else { return };
+    let dir = TempDir::new("reexec-deleted-run");
+    let chdir = app().display().to_string();
+    let herd = Herd::start(&builds.a(), dir.path(), &["--chdir", &chdir], &["python3", "serve.py"]);
+    let real = sockherd().display().to_string();
+    let refusing = builds.script(
+        "refusing",
+        &format!(
+            "if [ \"$1\" = reexec-check ]; then echo 'accepts sockherd 9.9'; exit 0; fi\nexec {real} \"$1\" --ready nonsense \"${{@:2}}\""
+        ),
+    );
+    // An upgrade installs a build that refuses the command line once executed.
+    builds.replace(&builds.a(), &refusing);
+    let (ok, stderr) = herd.reexec(None);
+    assert!(!ok && stderr.contains("the old one resumed"), "{stderr}");
+    // The fixed upgrade.
+    builds.replace(&builds.a(), &builds.pristine(&builds.b()));
+    let (ok, stderr) = herd.reexec(None);
+    assert!(ok, "a plain reexec after the failed one: {stderr}");
+    assert_eq!(herd.state().0, VERSION_B);
+}
+
+/// The serving master dying while a reexec that then fails was under way (here: during the new
+/// binary's check) is noticed at once by the old image, as it is without a reexec: the service
+/// stops with the master's status instead of staying up with nothing serving.
+#[test]
+fn a_master_that_dies_during_a_failed_reexec_is_noticed() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-master-dies") else { return };
+    let dir = TempDir::new("reexec-master-dies-run");
+    let chdir = app().display().to_string();
+    let mut herd = Herd::start(&builds.a(), dir.path(), &["--chdir", &chdir], &["python3", "serve.py"]);
+    let (_, _, serving) = herd.state();
+    let master = serving.expect("a serving generation").1;
+    // Accepts after a second, and is no longer executable by the time of the exec.
+    let slow = builds.script("slow", "sleep 1; chmod -x \"$0\"; echo 'accepts sockherd 9.9'");
+    let pid = herd.pid().to_string();
+    let client = sockherd_cmd(&["reexec", "--pid", &pid, "--binary", &slow.display().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::process::Command::new("kill").arg("-9").arg(master.to_string()).status();
+    let answer = client.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&answer.stderr).contains("failed to execute"), "{answer:?}");
+    let Some(status) = herd.proc.wait_timeout(Duration::from_secs(10)) else {
+        herd.proc.fail("the master died during the reexec, and the supervisor did not notice")
+    };
+    assert_eq!(status.code(), Some(128 + 9), "{status:?}\n{}", herd.proc.stderr());
+    assert!(herd.proc.stderr().contains("exited on its own"), "{}", herd.proc.stderr());
+}
