@@ -46,8 +46,15 @@ pub const STATE_ENV: &str = "SOCKHERD_REEXEC_STATE";
 pub const FAILED_ENV: &str = "SOCKHERD_REEXEC_FAILED";
 /// The state's first line.
 const MAGIC: &str = "sockherd-reexec-state";
-/// How long the new binary's check mode may take.
+/// How long the new binary's check mode may take at most. The event loop waits for it, so with
+/// systemd's watchdog on, a quarter of its interval at most ([`check_timeout`]).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the check may block the supervisor: [`CHECK_TIMEOUT`], and no more than a quarter
+/// of the watchdog's interval, so that a hanging binary never costs a ping.
+pub fn check_timeout(watchdog: Option<Duration>) -> Duration {
+    watchdog.map_or(CHECK_TIMEOUT, |interval| (interval / 4).min(CHECK_TIMEOUT))
+}
 /// The check mode's answer starts with this.
 const ACCEPTS: &str = "accepts";
 
@@ -401,7 +408,7 @@ pub fn check_mode(version: u64, command_line_error: Option<String>) -> u8 {
 
 /// Runs `binary` in its check mode with our command line: its version when it accepts our state
 /// and the command line, else why not.
-pub fn check_binary(binary: &Path) -> Result<String> {
+pub fn check_binary(binary: &Path, timeout: Duration) -> Result<String> {
     use std::io::Read;
     let meta = std::fs::metadata(binary).with_context(|| format!("cannot use {}", binary.display()))?;
     if !meta.is_file() {
@@ -421,7 +428,7 @@ pub fn check_binary(binary: &Path) -> Result<String> {
     let mut child =
         sys::spawn_clean(&mut command).with_context(|| format!("cannot run {} to check it", binary.display()))?;
     let pid = child.id() as Pid;
-    let deadline = Instant::now() + CHECK_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut err = Vec::new();
     let mut stdout = child.stdout.take().map(OwnedFd::from);
@@ -432,7 +439,7 @@ pub fn check_binary(binary: &Path) -> Result<String> {
         if left.is_zero() {
             let _ = sys::kill(pid, libc::SIGKILL);
             let _ = sys::wait_pid(pid);
-            bail!("{} did not answer its check within {CHECK_TIMEOUT:?}", binary.display());
+            bail!("{} did not answer its check within {timeout:?}", binary.display());
         }
         let fds: Vec<BorrowedFd<'_>> = stdout.iter().chain(stderr.iter()).map(|f| f.as_fd()).collect();
         let _ = sys::poll_readable(&fds, Some(left.min(Duration::from_millis(200))));
@@ -701,6 +708,13 @@ mod tests {
         assert!(State::decode(cut).unwrap_err().contains("not JSON"));
         let bad_origin = text.replace("\"activated\"", "\"borrowed\"");
         assert!(State::decode(&bad_origin).unwrap_err().contains("origin 'borrowed'"));
+    }
+
+    #[test]
+    fn the_check_never_outlasts_a_quarter_of_the_watchdog() {
+        assert_eq!(check_timeout(None), CHECK_TIMEOUT);
+        assert_eq!(check_timeout(Some(Duration::from_secs(4))), Duration::from_secs(1));
+        assert_eq!(check_timeout(Some(Duration::from_secs(3600))), CHECK_TIMEOUT);
     }
 
     #[test]

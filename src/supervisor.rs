@@ -1281,7 +1281,7 @@ impl Supervisor {
     }
 
     fn try_reexec(&mut self, binary: &std::path::Path, conn: Option<ConnId>) -> Result<std::convert::Infallible> {
-        let new_version = reexec::check_binary(binary)?;
+        let new_version = reexec::check_binary(binary, reexec::check_timeout(self.watchdog))?;
         let resumed = self.core.to_resume().ok_or_else(|| anyhow!("a handoff began"))?;
         let state = self.state(&resumed, conn);
         let pipe = reexec::state_pipe(&state)?;
