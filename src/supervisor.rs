@@ -120,6 +120,11 @@ impl Supervisor {
         let membership = Membership::detect();
         // Not a warning: in a shell, process groups are what there is.
         log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
+        if let Some(cgroups) = membership.cgroups() {
+            for line in cgroups.end_leftovers(config.stop_signal, config.stop_timeout) {
+                log::warn(line).kind("leftover").emit();
+            }
+        }
         let queues = Queues::new(&sockets);
         let metrics = config.metrics_file.clone().map(Metrics::new);
         let now = Instant::now();
