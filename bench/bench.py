@@ -623,6 +623,66 @@ systemctl daemon-reload
             self.box.stop()
 
 
+class RestartFdStoreBox(BoxMethod):
+    """No socket units: `sockherd run --listen` binds the sockets and keeps them in systemd's fd
+    store (the unit `sockherd unit --no-socket-units` writes); `systemctl restart`."""
+
+    COMMANDS = {
+        "gunicorn": "/srv/app/shared/venv/bin/python -m gunicorn -c gunicorn.conf.py app:app",
+        "unicorn": "/usr/bin/unicorn -c unicorn.conf.rb config.ru",
+        "puma": "/usr/bin/puma -C puma.rb config.ru",
+    }
+
+    def __init__(self, server):
+        super().__init__("restart-fdstore-" + server, server, "systemctl restart, fd store (no socket units)",
+                         action="restart")
+
+    def install(self, box):
+        super().install(box)
+        box.ok("""set -e
+rm -rf /etc/systemd/system/app.service /etc/systemd/system/app-*.socket /etc/systemd/system/app.service.d
+sockherd unit app --no-socket-units --flavor {server} --user app --chdir /srv/app/current \\
+  --listen 127.0.0.1:8080,name=http --listen /run/app/app.sock,name=unix --output /etc/systemd/system -- {cmd}
+systemctl daemon-reload
+""".format(server=self.server, cmd=self.COMMANDS[self.server]))
+
+    def start(self):
+        self.sock = "/run/app/app.sock"
+        self.box.ok("systemctl enable --now app && curl -sS -m 60 http://127.0.0.1:8080/ >/dev/null")
+
+
+class CrashBox(BoxMethod):
+    """The shipped units (socket units) with `Restart=always`: sockherd gets SIGKILL (as from
+    the OOM killer) and systemd restarts the service. The "reload" is the kill; it ends when the
+    service is active again with a new main process."""
+
+    def __init__(self, server):
+        super().__init__("crash-socket-" + server, server, "SIGKILL of sockherd, Restart=always (socket units)",
+                         action="restart")
+
+    def install(self, box):
+        super().install(box)
+        box.ok("mkdir -p /etc/systemd/system/app.service.d && printf '[Service]\\nRestart=always\\n' "
+               ">/etc/systemd/system/app.service.d/restart-always.conf && systemctl daemon-reload")
+
+    def reload(self):
+        # The start rate limit, as for the restarts (see BoxMethod.reload): reset, untimed.
+        r = self.box.bash("""systemctl reset-failed app 2>/dev/null; main=$(systemctl show -P MainPID app)
+s=$(date +%s.%N); kill -KILL "$main"; rc=1
+for i in $(seq 6000); do
+  now=$(systemctl show -P MainPID app)
+  if [ "$(systemctl show -P ActiveState app)" = active ] && [ "$now" != 0 ] && [ "$now" != "$main" ]; then rc=0; break; fi
+  sleep 0.02
+done
+e=$(date +%s.%N); echo "$s $e $rc"; systemctl show -p NRestarts -p MainPID app | tr '\\n' ' '""", timeout=150)
+        lines = r.stdout.strip().splitlines()
+        try:
+            t0, t1, rc = lines[0].split()
+            return dict(t0=float(t0), t1=float(t1), rc=int(rc), out="\n".join(lines[1:])[-300:])
+        except (IndexError, ValueError):
+            return dict(t0=time.time(), t1=time.time(), rc=-1, out=(r.stdout + r.stderr)[-300:])
+
+
 class Dance(Method):
     """The server binds its own sockets; its own upgrade signals, by hand (on the host)."""
 
@@ -748,6 +808,10 @@ def deploy_methods():
         ms.append(RestartSocketBox(s))
     for s in SERVERS:
         ms.append(RestartNaiveBox(s))
+    for s in SERVERS:
+        ms.append(RestartFdStoreBox(s))
+    for s in SERVERS:
+        ms.append(CrashBox(s))
     ms.append(Dance("unicorn", "unicorn USR2 + QUIT by hand", "master"))
     ms.append(Dance("gunicorn", "gunicorn HUP by hand", "worker"))
     ms.append(Dance("puma", "puma USR2 (hot restart in place) by hand", "worker"))

@@ -20,6 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::signal::Signal;
 use crate::sys::{self, Pid};
 
 /// The leaf sockherd itself lives in (the name `DelegateSubgroup=supervisor` gives it): a
@@ -135,6 +136,49 @@ impl Cgroups {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Ends the generations an earlier sockherd of this service left running. Killed (SIGKILL,
+    /// the OOM killer) in a unit whose `KillMode=process` leaves the rest of its cgroup alone,
+    /// it left them serving with no supervisor, in the `gen-N` this start would create: the
+    /// start failed on them ("File exists") at every restart, or would serve beside them
+    /// forever. Each gets `signal`, the stop signal (a generation answers the requests it holds,
+    /// then exits, as at a stop), `timeout` to be gone, then SIGKILL. Blocks until they are gone
+    /// or `timeout` plus [`KILL_ROUNDS_FOR`] passed; returns what it found and did, a line each.
+    pub fn end_leftovers(&self, signal: Signal, timeout: Duration) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let leftovers: Vec<(PathBuf, usize)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("gen-")))
+            .map(|e| e.path())
+            .filter(|dir| populated(dir).unwrap_or(false))
+            .map(|dir| {
+                let pids = subtree_pids(&dir).unwrap_or_default();
+                let _ = signal_each(&pids, signal.0);
+                (dir, pids.len())
+            })
+            .collect();
+        let started = Instant::now();
+        let gone = |dir: &Path| !populated(dir).unwrap_or(true);
+        while started.elapsed() < timeout && !leftovers.iter().all(|(dir, _)| gone(dir)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut lines = Vec::new();
+        for (dir, processes) in &leftovers {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy();
+            let ended = if gone(dir) {
+                format!("gone {} ms after {signal}", started.elapsed().as_millis())
+            } else {
+                let killed = kill_each(dir).map_or_else(|e| format!(", and failed: {e}"), |()| String::new());
+                format!("still there {timeout:?} after {signal}: killed{killed}")
+            };
+            let _ = std::fs::remove_dir(dir);
+            lines.push(format!(
+                "{name} of an earlier sockherd of this service still ran {processes} process(es), unsupervised \
+                 (it was killed, and the unit's KillMode= left them): sent {signal}, {ended}"
+            ));
+        }
+        lines
     }
 
     /// Creates `gen-N` for generation `number`, ready for its first process to enter, with

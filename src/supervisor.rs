@@ -137,6 +137,11 @@ impl Supervisor {
         let membership = Membership::detect();
         // Not a warning: in a shell, process groups are what there is.
         log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
+        if let Some(cgroups) = membership.cgroups() {
+            for line in cgroups.end_leftovers(config.stop_signal, config.stop_timeout) {
+                log::warn(line).kind("leftover").emit();
+            }
+        }
         let mut supervisor =
             Supervisor::assemble(config, sockets, signals, control, runtime_dir, membership, |config, watchdog| {
                 Core::new(handoff_config(config, watchdog))

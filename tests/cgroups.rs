@@ -321,6 +321,108 @@ fn a_drain_in_cgroup_mode_wakes_no_timer() {
     proc.wait_exit(Duration::from_secs(30));
 }
 
+/// A sockherd killed with SIGKILL in a unit whose `KillMode=` leaves the rest of its cgroup
+/// alone (`process`) leaves its generation serving in gen-1, unsupervised. The next sockherd of
+/// the service must not fail on that leftover (each start did: gen-1 exists, populated, so every
+/// restart failed and the old generation served on alone) nor serve beside it forever: the
+/// leftover gets the stop signal, as at a stop, and is gone before generation 1 starts. Host, in
+/// a cgroup the test creates and marks delegated.
+#[test]
+fn a_generation_left_by_a_killed_sockherd_is_stopped_at_the_next_start() {
+    if let Some(said) = leftover_generation("leftover", "serve", &[]) {
+        assert!(said.contains("gen-1") && said.contains("sent SIGTERM, gone"), "the start should say so:\n{said}");
+    }
+}
+
+/// The same with a leftover that ignores its stop signal for 30 s: it is killed once the stop
+/// timeout (1 s here) passed, and the start goes on.
+#[test]
+fn a_leftover_generation_that_outlasts_the_stop_timeout_is_killed() {
+    if let Some(said) = leftover_generation("leftover-kill", "hold-after-term:30", &["--stop-timeout", "1s"]) {
+        assert!(said.contains("gen-1") && said.contains("after SIGTERM: killed"), "the start should say so:\n{said}");
+    }
+}
+
+/// Starts sockherd (generations of tests/support/scenario_server.py with BEHAVIOR `behavior`,
+/// `extra` options) in a delegated cgroup, SIGKILLs it, starts another with the same socket,
+/// and checks that the new one serves in its place and no process of the old generation is
+/// left. Returns the new sockherd's stderr; None when skipped.
+fn leftover_generation(tag: &str, behavior: &str, extra: &[&str]) -> Option<String> {
+    if !prerequisite(is_root(), "root (to create a cgroup and mark it delegated)") {
+        return None;
+    }
+    let cgroup = DelegatedCgroup::create(tag)?;
+    let dir = TempDir::new(tag);
+    let release = dir.join("r1");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("RELEASE"), "r1\n").unwrap();
+    std::fs::write(release.join("BEHAVIOR"), format!("{behavior}\n")).unwrap();
+    // The socket outlives each sockherd, as a socket unit's does: held here, passed as fd 3.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listening socket");
+    let addr = listener.local_addr().unwrap().to_string();
+    let start = |name: &str| {
+        let log = dir.join(&format!("{name}.stderr"));
+        let socket = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup the listening socket"));
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"echo $$ >"$0/cgroup.procs" && exec 3<&0 0</dev/null && LISTEN_FDS=1 LISTEN_PID=$$ exec "$@""#,
+        ])
+        .arg(&cgroup.0)
+        .arg(sockherd())
+        .arg("run")
+        .args(extra)
+        .arg("--chdir")
+        .arg(&release)
+        .args(["--", "python3"])
+        .arg(run::support("scenario_server.py"))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::from(socket))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("start sockherd");
+        let pid = child.id() as i32;
+        let serving = wait_until(Duration::from_secs(30), || {
+            run::generations(pid).iter().any(|g| g.state == "serving") || child.try_wait().ok().flatten().is_some()
+        }) && run::generations(pid).iter().any(|g| g.state == "serving");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if !serving {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("{name} sockherd: no generation serving within 30 s ({status:?}):\n{said}");
+        }
+        (child, log)
+    };
+    let procs = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect()
+    };
+    let (mut first, _) = start("first");
+    let gen1 = cgroup.0.join("gen-1");
+    let old = procs(&gen1);
+    assert!(!old.is_empty(), "the first sockherd's generation 1 should be in {}", gen1.display());
+    first.kill().expect("SIGKILL the first sockherd");
+    first.wait().expect("reap the first sockherd");
+    // What KillMode=process leaves: the generation, serving alone.
+    assert_eq!(procs(&gen1), old, "the generation should outlive its killed sockherd");
+
+    let (mut second, log) = start("second");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let now = procs(&gen1);
+    let alive: Vec<&String> = old.iter().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+    eprintln!("old generation {old:?}, still alive {alive:?}, gen-1 now {now:?}\n{said}");
+    let answer = http_get(&addr, "/").map(|r| r.body).unwrap_or_default();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(alive.is_empty(), "the old generation's processes {alive:?} outlived the next start:\n{said}");
+    assert!(
+        !now.is_empty() && now.iter().all(|p| !old.contains(p)),
+        "gen-1 should hold the new generation only: {now:?}"
+    );
+    assert!(said.contains("of an earlier sockherd"), "the start should say what it found:\n{said}");
+    assert!(answer.contains("release=r1"), "the new generation should serve: {answer:?}");
+    Some(said)
+}
+
 /// A process's voluntary context switches so far: each is a sleep it woke from.
 fn voluntary_switches(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

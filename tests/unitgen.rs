@@ -74,7 +74,7 @@ fn unit_prints_each_file_after_a_separator() {
         "Sockets=shop-http.socket shop-unix.socket\n",
         "User=app\n",
         "RuntimeDirectory=shop\n",
-        "KillMode=mixed\n",
+        "KillMode=control-group\n",
         "ProtectSystem=strict\n",
     ] {
         if !service.contains(want) {
