@@ -357,6 +357,9 @@ class Method:
     sockherd = False
     where = "host"
     unix = True
+    # Whether each "reload" starts a new generation (the run waits for it and for the old one
+    # to be gone); a reexec of the launcher keeps the one that serves.
+    new_generation = True
 
     def __init__(self, name, server, label, note=""):
         self.name, self.server, self.label, self.note = name, server, label, note
@@ -526,6 +529,96 @@ class SockherdBox(BoxMethod):
         v = "254 notify-reload" if systemd_254 else "252 ExecReload"
         super().__init__("sockherd-sd%s-%s" % ("254" if systemd_254 else "252", server), server,
                          "sockherd run, systemd %s (systemctl reload)" % v, systemd_254=systemd_254)
+
+
+class ReexecBox(BoxMethod):
+    """`sockherd reexec app` instead of a reload: the launcher upgraded in place (units as shipped,
+    systemd 252), alternating between the built binary and a copy stamped `second`
+    (.sockherd_build), each installed at /usr/bin/sockherd by rename as a package upgrade does.
+    A reexec counts as ok when the new version took over with the same MainPID and the same
+    serving generation; "reload -> new serving" is the `sockherd reexec` command's time, and
+    sockherd's own column the time from the old image's handover to the new one's takeover."""
+    sockherd = True
+    new_generation = False
+    crit = "none"
+
+    def __init__(self, server):
+        super().__init__("sockherd-reexec-sd252-" + server, server, "sockherd reexec (upgrade the launcher)",
+                         note="systemd 252, units as shipped; each reexec alternates two builds installed by rename")
+        self.count = 0
+
+    def available(self):
+        if not have("objcopy"):
+            return "objcopy (binutils) not installed: it makes the second build"
+        return super().available()
+
+    def install(self, box):
+        super().install(box)
+        box.ok("""set -e
+mkdir -p /opt/builds/first /opt/builds/second
+cp /usr/bin/sockherd /opt/builds/first/sockherd
+head -c 64 /dev/zero >/tmp/label; printf second | dd of=/tmp/label conv=notrunc status=none
+objcopy --update-section .sockherd_build=/tmp/label /usr/bin/sockherd /opt/builds/second/sockherd
+""")
+
+    def start(self):
+        super().start()
+        # The first generation serves once its settle time has passed.
+        wait_until(lambda: self.status()[3] is not None, 60, step=0.2)
+        self.main_pid, _, _, self.serving = self.status()
+        if self.serving is None:
+            raise RuntimeError("no serving generation 60 s after the start")
+
+    def status(self):
+        """(MainPID, version, reexecs, serving generation's pid) as the supervisor says."""
+        r = self.box.bash("""main=$(systemctl show -P MainPID app); echo "$main"
+/opt/builds/first/sockherd status --pid "$main" --json""")
+        lines = r.stdout.splitlines()
+        try:
+            st = json.loads("\n".join(lines[1:]))
+            serving = [g["pid"] for g in st["generations"] if g.get("state") == "serving"]
+            return lines[0].strip(), st["version"], st["reexecs"], serving[0] if serving else None
+        except (ValueError, KeyError, IndexError):
+            return (lines[0].strip() if lines else ""), None, None, None
+
+    def reload(self):
+        self.count += 1
+        build = "second" if self.count % 2 else "first"
+        r = self.box.bash("""cp /opt/builds/{b}/sockherd /usr/bin/sockherd.dpkg-new && mv -f /usr/bin/sockherd.dpkg-new /usr/bin/sockherd
+s=$(date +%s.%N); out=$(sockherd reexec app 2>&1); rc=$?; e=$(date +%s.%N); echo "$s $e $rc"; echo "$out" | tail -3""".format(b=build), timeout=150)
+        lines = r.stdout.strip().splitlines()
+        try:
+            t0, t1, rc = lines[0].split()
+            ev = dict(t0=float(t0), t1=float(t1), rc=int(rc), out="\n".join(lines[1:])[-300:])
+        except (IndexError, ValueError):
+            return dict(t0=time.time(), t1=time.time(), rc=-1, out=(r.stdout + r.stderr)[-300:])
+        main_pid, version, reexecs, serving = self.status()
+        expect = "(build second)" in version if version else False
+        if ev["rc"] == 0 and (main_pid != self.main_pid or serving != self.serving or reexecs != self.count
+                              or expect != (build == "second")):
+            ev["rc"] = 1
+            ev["out"] = "after the reexec: MainPID %s (was %s), version %s, reexecs %s, serving pid %s (was %s)" % (
+                main_pid, self.main_pid, version, reexecs, serving, self.serving)
+        ev["t_new"] = ev["t1"] if ev["rc"] == 0 else None
+        return ev
+
+    def handoff_ms(self):
+        # From the old image's "hands over" to the new one's "re-executed" line: how long the
+        # launcher was away (the serving generation is not).
+        r = self.box.bash("journalctl --sync; journalctl -u app -o json --no-pager SOCKHERD_EVENT=reexec + SOCKHERD_EVENT=reexec_done")
+        out, handed = [], None
+        for line in r.stdout.splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            at = int(e.get("__MONOTONIC_TIMESTAMP", 0))
+            if e.get("SOCKHERD_EVENT") == "reexec" and "hands over" in str(e.get("MESSAGE")):
+                handed = at
+            elif e.get("SOCKHERD_EVENT") == "reexec_done" and handed:
+                out.append(((at - handed) / 1000.0, (at - handed) / 1000.0))
+                handed = None
+        return out
 
 
 class NativeBox(BoxMethod):
@@ -803,6 +896,8 @@ def deploy_methods():
         ms.append(SockherdBox(s, False))
     for s in SERVERS:
         ms.append(SockherdBox(s, True))
+    for s in SERVERS:
+        ms.append(ReexecBox(s))
     ms.append(NativeBox())
     for s in SERVERS:
         ms.append(RestartSocketBox(s))
@@ -866,6 +961,13 @@ def run_deploy(method, cfg, outroot):
             else:
                 old_ids = [old_master]
             ev = method.reload()
+            if not method.new_generation:
+                ev["i"] = i + 1
+                result["reloads"].append(ev)
+                status = "ok" if ev["rc"] == 0 else "FAILED rc=%s %s" % (ev["rc"], ev.get("out", "")[-120:])
+                log("  %d/%d: %s after %.0f ms" % (i + 1, cfg.reloads, status, (ev["t1"] - ev["t0"]) * 1000))
+                time.sleep(cfg.pause)
+                continue
             new = probe(target, "new", method.tcp, method.crit, ",".join(str(p) for p in old_ids if p), 60)
             ev["t_new"] = new.get("t")
             ev["new_master"] = new.get("master")
@@ -1069,6 +1171,12 @@ def analyze_deploy(outdir, result, crit):
     idx = 0
     key = 5 if crit == "worker" else 6
     for ev in reloads:
+        if crit == "none":
+            # No new generation: the method's own end (a reexec's answer).
+            ev["to_new_ms"] = (ev["t_new"] - ev["t0"]) * 1000.0 if ev.get("t_new") else None
+            if ev["to_new_ms"] is not None:
+                to_new.append(ev["to_new_ms"])
+            continue
         while idx < len(rows) and rows[idx][0] < ev["t0"]:
             if outcome_class(rows[idx][2]) == "ok":
                 seen.add(rows[idx][key])
@@ -1745,6 +1853,8 @@ def reanalyze(args):
     for d in report["deploy"]:
         if d.get("reloads") and not d.get("skipped") and not d.get("error"):
             crit = "worker" if d["name"] in ("dance-gunicorn", "dance-puma") else "master"
+            if d["name"].startswith("sockherd-reexec-"):
+                crit = "none"
             d.update(analyze_deploy(os.path.join(args.reanalyze, d["name"]), d, crit))
     with open(path, "w") as f:
         json.dump(report, f, indent=1, default=str)

@@ -162,6 +162,9 @@ pub struct State {
     pub reexecs: u64,
     /// The old image's command line, to run it again with if the new one cannot resume.
     pub argv: Vec<OsString>,
+    /// The path the supervisor was first started from, which the next reexec without a binary
+    /// runs again (None in a state that predates it: the new image's own path then).
+    pub exe: Option<PathBuf>,
 }
 
 /// Microseconds of CLOCK_MONOTONIC at `at`.
@@ -225,6 +228,7 @@ impl State {
             },
             "reexecs": self.reexecs,
             "argv": self.argv.iter().map(|a| json!(a.as_bytes())).collect::<Vec<_>>(),
+            "exe": opt_path(&self.exe),
         });
         format!("{MAGIC} {STATE_VERSION}\n{value}\n")
     }
@@ -303,6 +307,7 @@ impl State {
             },
             reexecs: int(&v, "reexecs")?,
             argv: argv_of(&v)?,
+            exe: opt(&v, "exe", path)?,
         })
     }
 
@@ -686,6 +691,7 @@ mod tests {
             metrics: MetricsState { reloads_ok: 1, reloads_failed: 1, queue_peak_max: Some(3) },
             reexecs: 2,
             argv: vec!["/usr/bin/sockherd".into(), "run".into(), OsString::from_vec(b"--x\xff".to_vec())],
+            exe: Some("/usr/bin/sockherd".into()),
         }
     }
 
@@ -695,6 +701,17 @@ mod tests {
         assert_eq!(State::decode(&state.encode()).unwrap(), state);
         assert_eq!(old_argv(&state.encode()), Some(state.argv.clone()));
         assert_eq!(state.fds(), vec![7, 9, 3, 4, 8]);
+    }
+
+    #[test]
+    fn a_state_without_the_started_path_reads_as_none() {
+        // As the first build with reexec writes it: the same version, no "exe".
+        let text =
+            sample().encode().replace(",\"exe\":[47,117,115,114,47,98,105,110,47,115,111,99,107,104,101,114,100]", "");
+        assert!(!text.contains("\"exe\""), "{text}");
+        let state = State::decode(&text).unwrap();
+        assert_eq!(state.exe, None);
+        assert_eq!(State { exe: sample().exe, ..state }, sample());
     }
 
     #[test]

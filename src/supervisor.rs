@@ -106,7 +106,9 @@ pub struct Supervisor {
     /// What could not be read of which generation, each said once: such a generation counts
     /// as still holding the sockets and still there.
     unreadable: RefCell<Vec<(u64, &'static str)>>,
-    /// The path of the binary this supervisor runs (an upgrade may have replaced the file since).
+    /// The path this supervisor was started from, where an upgrade installs the new binary:
+    /// what a reexec without a binary runs. It stays the same across reexecs, whichever file
+    /// each ran.
     exe: Option<PathBuf>,
     /// A reexec asked for, waiting for the supervisor to be quiet ([`crate::reexec`]).
     reexec: Option<ReexecAsk>,
@@ -1380,6 +1382,7 @@ impl Supervisor {
             metrics: self.metrics.as_ref().map(Metrics::counters).unwrap_or_default(),
             reexecs: self.reexecs,
             argv: std::env::args_os().collect(),
+            exe: self.exe.clone(),
         }
     }
 
@@ -1466,6 +1469,10 @@ impl Supervisor {
         supervisor.inboxes.extend(inbox.map(|i| (g.number, i)));
         supervisor.cgroups = cgroups;
         supervisor.reexecs = state.reexecs + u64::from(failed.is_none());
+        // Not the file this image runs (a --binary elsewhere): the one the service runs.
+        if let Some(exe) = &state.exe {
+            supervisor.exe = Some(exe.clone());
+        }
         if let Some(metrics) = &mut supervisor.metrics {
             metrics.restore(&state.metrics);
         }

@@ -341,6 +341,29 @@ fn the_reexec_signal_and_a_half_sent_request_cross_the_exec() {
 }
 
 #[test]
+fn a_reexec_without_a_binary_runs_the_path_started_from_after_one_with_a_binary() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-path") else { return };
+    let dir = TempDir::new("reexec-path-run");
+    let chdir = app().display().to_string();
+    let herd = Herd::start(&builds.a(), dir.path(), &["--chdir", &chdir], &["python3", "serve.py"]);
+    // A build tried from elsewhere, then the upgrade's own reexec: the file at the path the
+    // supervisor was started from (build a), not the one the last reexec named again.
+    let (ok, stderr) = herd.reexec(Some(&builds.b()));
+    assert!(ok && herd.state().0 == VERSION_B, "{stderr}");
+    let (ok, stderr) = herd.reexec(None);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&format!("{VERSION_A} took over from {VERSION_B}")), "{stderr}");
+    let (version, reexecs, _) = herd.state();
+    assert_eq!((version.as_str(), reexecs), (VERSION_A, 2));
+    // And so on after that one (the path crossed two execs).
+    let (ok, stderr) = herd.reexec(Some(&builds.b()));
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = herd.reexec(None);
+    assert!(ok && stderr.contains(&format!("{VERSION_A} took over from {VERSION_B}")), "{stderr}");
+}
+
+#[test]
 fn a_stop_asked_during_the_exec_is_a_clean_stop() {
     require!("python3");
     let Some(builds) = Builds::new("reexec-stop") else { return };
