@@ -36,8 +36,9 @@ import traceback
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-SOCKHERD = os.path.join(ROOT, "target/release/sockherd")
-LOADREC = os.path.join(BENCH, "loadrec/target/release/sockherd-loadrec")
+# bench/run builds both with cargo, which puts them under CARGO_TARGET_DIR when it is set.
+SOCKHERD = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release/sockherd")
+LOADREC = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(BENCH, "loadrec/target"), "release/sockherd-loadrec")
 LOAD_SH = os.path.join(BENCH, "lib/load.sh")
 PROBE = os.path.join(BENCH, "lib/probe.py")
 SDBOX = os.path.join(ROOT, "tests/support/sdbox")
