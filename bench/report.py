@@ -37,7 +37,7 @@ def boot_priority_table(deploy):
         return []
     out = ["| server | boot priority | reloads ok | failed | p50 / p99 / max during reloads | "
            "longest gap during reloads (TCP / unix) | where it fell | the same load, no reload, as long: "
-           "longest gap (TCP / unix); p99 | reload adds | goal: gap <= %.0f ms |" % GAP_GOAL_MS,
+           "longest gap (TCP / unix); p99 (seconds) | reload adds | goal: gap <= %.0f ms |" % GAP_GOAL_MS,
            "|---|---|---|---|---|---|---|---|---|---|"]
     for server, on, off in pairs:
         for label, d in (("off (default)", off), ("on", on)):
@@ -46,7 +46,7 @@ def boot_priority_table(deploy):
             out.append("| %s | %s | %d/%d | %d | %s / %s / %s | %s / %s | %s | %s | %s | %s |" % (
                 server, label, d["reloads_ok"], len(d["reloads"]), d["failed"],
                 ms(w["p50"]), ms(w["p99"]), ms(w["max"]), ms(gaps.get("tcp")), ms(gaps.get("unix")),
-                gap_place(d), ("%s / %s; %s" % (ms(qg.get("tcp")), ms(qg.get("unix")), ms(q.get("p99")))) if q else "-",
+                gap_place(d), ("%s / %s; %s (%.0f s)" % (ms(qg.get("tcp")), ms(qg.get("unix")), ms(q.get("p99")), q["seconds"])) if q else "-",
                 ("%+.0f ms" % (d["gap_ms"] - q["gap_ms"])) if q else "-",
                 "yes" if d["gap_ms"] <= GAP_GOAL_MS else "**no** (%s)" % ms(d["gap_ms"])))
     return out
