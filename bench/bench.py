@@ -36,8 +36,9 @@ import traceback
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-SOCKHERD = os.path.join(ROOT, "target/release/sockherd")
-LOADREC = os.path.join(BENCH, "loadrec/target/release/sockherd-loadrec")
+# bench/run builds both with cargo, which puts them under CARGO_TARGET_DIR when it is set.
+SOCKHERD = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release/sockherd")
+LOADREC = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(BENCH, "loadrec/target"), "release/sockherd-loadrec")
 LOAD_SH = os.path.join(BENCH, "lib/load.sh")
 PROBE = os.path.join(BENCH, "lib/probe.py")
 SDBOX = os.path.join(ROOT, "tests/support/sdbox")
@@ -378,7 +379,8 @@ def have(prog):
 class SockherdHost(Method):
     sockherd = True
 
-    def __init__(self, server, flavor=None, extra=(), variant=None, label=None):
+    def __init__(self, server, flavor=None, extra=(), variant=None, label=None, quiet=False):
+        self.quiet = quiet
         label = label or ("sockherd run (no systemd)" if server != "starman" else "sockherd run --flavor server-starter")
         super().__init__("sockherd-host-" + server + ("-" + variant if variant else ""), server, label)
         self.variant = variant
@@ -887,11 +889,13 @@ class StartServer(Method):
 def deploy_methods():
     ms = []
     for s in SERVERS:
-        ms.append(SockherdHost(s))
+        # Each followed by as long a time of the same load with no reload: the server's own
+        # longest gap, which a reload's can only be judged against (full run only).
+        ms.append(SockherdHost(s, quiet=True))
         # The same with the boot priority, right after it (same load, same machine state): its
         # effect on the serving generation during reloads. Full run only.
         ms.append(SockherdHost(s, extra=["--boot-priority", "on"], variant=BOOT_PRIORITY_ON,
-                               label="sockherd run --boot-priority on (no systemd)"))
+                               label="sockherd run --boot-priority on (no systemd)", quiet=True))
     for s in SERVERS:
         ms.append(SockherdBox(s, False))
     for s in SERVERS:
@@ -950,7 +954,9 @@ def run_deploy(method, cfg, outroot):
         target = method.target
         ident = probe(target, "ident", method.tcp)
         old_master = ident.get("master")
-        load = target.popen(["bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(cfg.load_max)], "load")
+        # A run that keeps its load as long again after the reloads (below) gets twice the time.
+        load_max = cfg.load_max * (2 if getattr(method, "quiet", False) else 1)
+        load = target.popen(["bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(load_max)], "load")
         wait_until(lambda: os.path.exists(os.path.join(outdir, "started")), 30)
         time.sleep(cfg.steady)
         for i in range(cfg.reloads):
@@ -983,6 +989,13 @@ def run_deploy(method, cfg, outroot):
             log("  reload %d/%d: %s, new generation serving after %s ms" % (
                 i + 1, cfg.reloads, status, "%.0f" % ((ev["t_new"] - ev["t0"]) * 1000) if ev["t_new"] else "-"))
             time.sleep(cfg.pause)
+        if getattr(method, "quiet", False) and not cfg.short and result["reloads"]:
+            # The server's own floor: the same load for as long as the reloads took, no reload
+            # (the last old generation is gone by now), so a gap reads as "reload adds X ms".
+            q0 = time.time()
+            load_end = float(read_text(os.path.join(outdir, "started")) or q0) + load_max - cfg.cooldown - 1
+            time.sleep(max(0.0, min(q0 - result["reloads"][0]["t0"], load_end - q0)))
+            result["quiet_window"] = [q0, time.time()]
         time.sleep(cfg.cooldown)
     finally:
         if load:
@@ -1115,6 +1128,39 @@ def load_problems(outdir, rows, wrk, hey):
     return problems
 
 
+def longest_gap(done, t0, t1):
+    """The longest time in [t0, t1] with no completion in `done` (sorted), and where it was."""
+    points = [t0] + [t for t in done if t0 <= t <= t1] + [t1]
+    if len(points) < 2:
+        return None, (None, None)
+    a, b = max(zip(points, points[1:]), key=lambda p: p[1] - p[0])
+    return (b - a) * 1000.0, (a, b)
+
+
+def gap_place(rows, specs, reloads, a, b):
+    """Where the gap [a, b] fell in its reload: ms after the reload command; the phase (boot:
+    before the new generation answered its first request on this transport; overlap: both
+    generations answering; drain: the old one answered its last); and which generation the
+    requests in flight across the whole gap were waiting on (old, new)."""
+    ev = max((e for e in reloads if e["t0"] <= b), key=lambda e: e["t0"], default=None)
+    if not ev:
+        return None
+    new = ev.get("new_master")
+    mine = [r for r in rows if r[3] in specs and outcome_class(r[2]) == "ok" and r[0] + r[1] / 1000.0 >= ev["t0"]]
+    new_first = min((r[0] + r[1] / 1000.0 for r in mine if r[6] == new), default=None)
+    old_last = max((r[0] + r[1] / 1000.0 for r in mine if r[6] != new and r[0] < (ev.get("t_gone") or b)), default=None)
+    if new_first is None or a < new_first:
+        phase = "boot"
+    elif old_last is not None and a < old_last:
+        phase = "overlap"
+    else:
+        phase = "drain"
+    waiting = sorted({"new" if r[6] == new else "old" for r in rows
+                      if r[3] in specs and r[0] <= a and r[0] + r[1] / 1000.0 >= b})
+    return dict(reload=ev.get("i"), offset_ms=(a - ev["t0"]) * 1000.0, phase=phase, waiting=waiting,
+                reload_returned_ms=(ev["t1"] - ev["t0"]) * 1000.0 if ev.get("t1") else None)
+
+
 def analyze_deploy(outdir, result, crit):
     rows = read_requests(os.path.join(outdir, "requests.csv"))
     wrk = parse_wrk(open(os.path.join(outdir, "wrk.txt")).read() if os.path.exists(os.path.join(outdir, "wrk.txt")) else "")
@@ -1155,16 +1201,22 @@ def analyze_deploy(outdir, result, crit):
                 wi += 1
             if wi < len(windows) and end >= windows[wi][0] and t <= windows[wi][1]:
                 during.append(lat)
-    # Longest gap with no completed request, per transport, over the reload phase.
-    gaps = {}
+    # Longest gap with no completed request, per transport, over the reload phase, and where it
+    # fell; the same over the no-reload window of as long, if the method had one.
+    gaps, gap_at = {}, {}
+    quiet = result.get("quiet_window")
+    quiet_gaps = {}
     if first:
         for transport, specs in (("tcp", (0, 1)), ("unix", (2, 3))):
-            done = sorted(r[0] + r[1] / 1000.0 for r in rows if r[3] in specs and outcome_class(r[2]) == "ok")
-            done = [t for t in done if first <= t <= last]
             if not any(r[3] in specs for r in rows):
                 continue
-            points = [first] + done + [last]
-            gaps[transport] = max((b - a) * 1000.0 for a, b in zip(points, points[1:])) if len(points) > 1 else None
+            done = sorted(r[0] + r[1] / 1000.0 for r in rows if r[3] in specs and outcome_class(r[2]) == "ok")
+            gap, (a, b) = longest_gap(done, first, last)
+            gaps[transport] = gap
+            if gap is not None:
+                gap_at[transport] = gap_place(rows, specs, reloads, a, b)
+            if quiet:
+                quiet_gaps[transport] = longest_gap(done, quiet[0], quiet[1])[0]
     # Time from each reload to the first request answered by the new generation (clients' view).
     to_new = []
     seen = set()
@@ -1194,6 +1246,7 @@ def analyze_deploy(outdir, result, crit):
         ev["to_new_ms"] = (found - ev["t0"]) * 1000.0 if found else None
         if found:
             to_new.append(ev["to_new_ms"])
+    quiet_lat = [r[1] for r in rows if quiet and quiet[0] <= r[0] < quiet[1] and outcome_class(r[2]) == "ok"]
     duration = (rows[-1][0] - rows[0][0]) if rows else 0
     ok_reloads = sum(1 for ev in reloads if ev["rc"] == 0 and ev.get("t_new"))
     return dict(
@@ -1206,7 +1259,10 @@ def analyze_deploy(outdir, result, crit):
         failed=failed, errors=errors, recorder_failed=rec_failed, error_samples=samples,
         steady=dict(n=len(steady), p50=pct(steady, 50), p99=pct(steady, 99), max=max(steady) if steady else None),
         during=dict(n=len(during), p50=pct(during, 50), p99=pct(during, 99), max=max(during) if during else None),
-        gaps=gaps, gap_ms=max([g for g in gaps.values() if g is not None] or [0]),
+        gaps=gaps, gap_ms=max([g for g in gaps.values() if g is not None] or [0]), gap_at=gap_at,
+        quiet=dict(seconds=quiet[1] - quiet[0], gaps=quiet_gaps,
+                   gap_ms=max([g for g in quiet_gaps.values() if g is not None] or [0]),
+                   p50=pct(quiet_lat, 50), p99=pct(quiet_lat, 99), max=max(quiet_lat) if quiet_lat else None) if quiet else None,
         to_new=dict(p50=pct(to_new, 50), max=max(to_new) if to_new else None, n=len(to_new)),
         reloads_ok=ok_reloads, load_start=load_start,
     )
