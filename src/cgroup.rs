@@ -154,7 +154,15 @@ impl Cgroups {
             .filter(|dir| populated(dir).unwrap_or(false))
             .map(|dir| {
                 let pids = subtree_pids(&dir).unwrap_or_default();
-                let _ = signal_each(&pids, signal.0);
+                // As at a stop: the stop signal to the generation's master, which tells its
+                // workers its own way. With the master gone, its orphans are the masters now:
+                // every process whose parent is not of the generation.
+                let masters: Vec<Pid> = pids
+                    .iter()
+                    .copied()
+                    .filter(|pid| crate::procfs::process(*pid).is_some_and(|p| !pids.contains(&p.ppid)))
+                    .collect();
+                let _ = signal_each(&masters, signal.0);
                 (dir, pids.len())
             })
             .collect();
@@ -169,13 +177,28 @@ impl Cgroups {
             let ended = if gone(dir) {
                 format!("gone {} ms after {signal}", started.elapsed().as_millis())
             } else {
-                let killed = kill_each(dir).map_or_else(|e| format!(", and failed: {e}"), |()| String::new());
+                // Every process at once where the kernel can (cgroup.kill), else round after round.
+                let killed = match write_file(&dir.join("cgroup.kill"), "1") {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => kill_each(dir),
+                    other => other,
+                };
+                let waited = Instant::now();
+                while waited.elapsed() < KILL_ROUNDS_FOR && !gone(dir) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let killed = killed.map_or_else(|e| format!(", and failed: {e}"), |()| String::new());
                 format!("still there {timeout:?} after {signal}: killed{killed}")
             };
-            let _ = std::fs::remove_dir(dir);
+            // With the cgroups it made under its own, deepest first (a gen-N reused with an
+            // application's controllers enabled in it would refuse the next generation).
+            if let Ok(dirs) = subtree(dir) {
+                for d in dirs.into_iter().rev() {
+                    let _ = std::fs::remove_dir(&d);
+                }
+            }
             lines.push(format!(
                 "{name} of an earlier sockherd of this service still ran {processes} process(es), unsupervised \
-                 (it was killed, and the unit's KillMode= left them): sent {signal}, {ended}"
+                 (it was killed, and the unit's KillMode= left them): sent {signal} to its master, {ended}"
             ));
         }
         lines
@@ -315,7 +338,7 @@ fn read_only(root: &Path) -> String {
 }
 
 /// How long [`kill_each`] goes on sending SIGKILL while processes are left.
-const KILL_ROUNDS_FOR: Duration = Duration::from_secs(1);
+pub const KILL_ROUNDS_FOR: Duration = Duration::from_secs(1);
 
 /// SIGKILL to every process in cgroup `dir` and under it, without `cgroup.kill` (kernels before
 /// 5.14): one read of the list and one pass would miss a process forked meanwhile, which could

@@ -506,11 +506,12 @@ pub struct Handed {
 /// prevent. A handover is always a pipe written whole, then closed, before the exec, so telling
 /// them apart never waits; the descriptors are taken over only once the state is ours.
 pub fn take_handed() -> Option<Handed> {
-    let value = std::env::var_os(STATE_ENV)?;
     let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
     // Read once, and no child of ours (a check command) gets them: they name our descriptors.
-    sys::remove_env(STATE_ENV);
+    // A stale reason without a state goes too.
     sys::remove_env(FAILED_ENV);
+    let value = std::env::var_os(STATE_ENV)?;
+    sys::remove_env(STATE_ENV);
     match find_handed(&value, failed) {
         Ok(handed) => Some(handed),
         Err(why) => {

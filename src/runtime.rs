@@ -107,7 +107,9 @@ impl RuntimeDir {
     }
 }
 
-fn check_private(path: &Path) -> Result<()> {
+/// Whether `path` is a private directory of ours: a directory, not a symlink, ours, no access
+/// for anyone else.
+pub fn check_private(path: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(path)
         .with_context(|| format!("failed to inspect runtime directory {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::cgroup::{GenCgroup, Membership};
+use crate::cgroup::{self, GenCgroup, Membership};
 use crate::command::{self, Launch};
 use crate::control::{ConnId, ControlServer, Request};
 use crate::flavor::Flavor;
@@ -139,15 +139,19 @@ impl Supervisor {
         let membership = Membership::detect();
         // Not a warning: in a shell, process groups are what there is.
         log::info(membership.describe()).kind("membership").field("MEMBERSHIP", membership.name()).emit();
-        if let Some(cgroups) = membership.cgroups() {
-            for line in cgroups.end_leftovers(config.stop_signal, config.stop_timeout) {
-                log::warn(line).kind("leftover").emit();
-            }
-        }
         let mut supervisor =
             Supervisor::assemble(config, sockets, signals, control, runtime_dir, membership, |config, watchdog| {
                 Core::new(handoff_config(config, watchdog))
             });
+        if let Some(cgroups) = supervisor.membership.cgroups() {
+            // Waiting for leftovers may take the stop timeout: systemd's start timeout is
+            // extended by as much first (the core extends it again for generation 1).
+            let stop_timeout = supervisor.config.stop_timeout;
+            supervisor.notify(Notice::ExtendTimeout(stop_timeout + cgroup::KILL_ROUNDS_FOR + handoff::EXTEND_MARGIN));
+            for line in cgroups.end_leftovers(supervisor.config.stop_signal, stop_timeout) {
+                log::warn(line).kind("leftover").emit();
+            }
+        }
         supervisor.perform();
         if let Some(e) = supervisor.start_error.take() {
             supervisor.cleanup();
@@ -1537,9 +1541,7 @@ fn check_handed(state: &reexec::State) -> Result<(), String> {
     if state.sockets.is_empty() {
         return Err("no sockets".into());
     }
-    if !state.runtime_dir.is_dir() {
-        return Err(format!("the runtime directory {} is gone", state.runtime_dir.display()));
-    }
+    crate::runtime::check_private(&state.runtime_dir).map_err(|e| format!("{e:#}"))?;
     Ok(())
 }
 
