@@ -39,7 +39,7 @@ done
 sleep 0.5
 touch /tmp/load.stop; kill -INT $hey; wait $tcp $unix $hey
 cat /tmp/load.tcp.result /tmp/load.unix.result | tr ' ' '\n'
-echo "hey.200=$(awk '/\[200\]/ {{print $2}}' /tmp/load.hey)"
+echo "hey.200=$(awk '$1 == "[200]" {{n += $2}} END {{print n + 0}}' /tmp/load.hey)"
 sed -n '/Status code distribution/,/^$/p' /tmp/load.hey | grep -o '\[[0-9]*\][[:space:]]*[0-9]*' | tr -s ' ' | sed 's/^/hey.status=/'
 grep -q 'Error distribution' /tmp/load.hey && echo "hey.errors=$(sed -n '/Error distribution/,$p' /tmp/load.hey | tr '\n' ' ')"
 grep -h -v '^HTTP 200' /tmp/load.tcp.err /tmp/load.unix.err | head -5 | sed 's/^/error=/'

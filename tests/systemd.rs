@@ -40,7 +40,7 @@ touch /tmp/load.stop; kill -INT $hey; wait $tcp $unix $hey
 cat /tmp/load.tcp.result /tmp/load.unix.result | tr ' ' '\n'
 echo "mainpids=$mainpids"
 echo "masters=$(cat /tmp/load.*.masters | sort -u | wc -l)"
-echo "hey.200=$(awk '/\[200\]/ {{print $2}}' /tmp/load.hey)"
+echo "hey.200=$(awk '$1 == "[200]" {{n += $2}} END {{print n + 0}}' /tmp/load.hey)"
 # Every line of hey's status code distribution (a 4xx/5xx is a failed request too, and hey
 # counts it there, not under its error distribution).
 sed -n '/Status code distribution/,/^$/p' /tmp/load.hey | grep -o '\[[0-9]*\][[:space:]]*[0-9]*' | tr -s ' ' | sed 's/^/hey.status=/'
