@@ -5,7 +5,7 @@
 //! drop-in.
 mod common;
 
-use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
+use common::sdbox::{CURL_LOOP, Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const RELOADS: usize = 10;
 
@@ -17,15 +17,7 @@ fn reload_under_load(d: &Deployment, reloads: usize) -> String {
         r#"
 set -u
 rm -f /tmp/load.stop /tmp/load.*
-loop() {{ # name curl-args...
-  local name=$1; shift; local ok=0 fail=0
-  while [ ! -e /tmp/load.stop ]; do
-    code=$(curl -sS -m 30 -o /tmp/load.$name.body -w '%{{http_code}}' "$@" 2>>/tmp/load.$name.err)
-    if [ "$code" = 200 ]; then ok=$((ok+1)); grep -o 'master=[0-9]*' /tmp/load.$name.body >>/tmp/load.$name.masters
-    else fail=$((fail+1)); echo "HTTP $code" >>/tmp/load.$name.err; fi
-  done
-  echo "$name.ok=$ok $name.fail=$fail" >/tmp/load.$name.result
-}}
+{CURL_LOOP}
 loop tcp http://127.0.0.1:8080/ & tcp=$!
 loop unix --unix-socket /run/app.sock http://app/ & unix=$!
 hey -z 300s -c 4 http://127.0.0.1:8080/ >/tmp/load.hey 2>&1 & hey=$!

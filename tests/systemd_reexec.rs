@@ -7,7 +7,7 @@
 //! keeps serving.
 mod common;
 
-use common::sdbox::{Deployment, Server, Systemd, report_number as number, report_value as value};
+use common::sdbox::{CURL_LOOP, Deployment, Server, Systemd, report_number as number, report_value as value};
 
 const REEXECS: usize = 10;
 /// The one done by systemd's own re-execute signal (`systemctl kill -s SIGRTMIN+25`).
@@ -52,15 +52,7 @@ fn reexecs_under_load(d: &Deployment) -> String {
         r#"
 set -u
 rm -f /tmp/load.stop /tmp/load.*
-loop() {{ # name curl-args...
-  local name=$1; shift; local ok=0 fail=0
-  while [ ! -e /tmp/load.stop ]; do
-    code=$(curl -sS -m 30 -o /tmp/load.$name.body -w '%{{http_code}}' "$@" 2>>/tmp/load.$name.err)
-    if [ "$code" = 200 ]; then ok=$((ok+1)); grep -o 'master=[0-9]*' /tmp/load.$name.body >>/tmp/load.$name.masters
-    else fail=$((fail+1)); echo "HTTP $code" >>/tmp/load.$name.err; fi
-  done
-  echo "$name.ok=$ok $name.fail=$fail" >/tmp/load.$name.result
-}}
+{CURL_LOOP}
 main=$(systemctl show -P MainPID app)
 # The supervisor as it says: version|reexecs|number:pid of each generation.
 st() {{

@@ -11,6 +11,19 @@ use super::*;
 use std::process::Output;
 use std::time::Duration;
 
+/// A bash function for box scripts: `loop NAME CURL-ARGS...` requests until /tmp/load.stop
+/// exists, a fresh connection each, and writes `NAME.ok=N NAME.fail=N` to /tmp/load.NAME.result
+/// (the masters that answered to /tmp/load.NAME.masters, what failed to /tmp/load.NAME.err).
+pub const CURL_LOOP: &str = r#"loop() { # name curl-args...
+  local name=$1; shift; local ok=0 fail=0
+  while [ ! -e /tmp/load.stop ]; do
+    code=$(curl -sS -m 30 -o /tmp/load.$name.body -w '%{http_code}' "$@" 2>>/tmp/load.$name.err)
+    if [ "$code" = 200 ]; then ok=$((ok+1)); grep -o 'master=[0-9]*' /tmp/load.$name.body >>/tmp/load.$name.masters
+    else fail=$((fail+1)); echo "HTTP $code" >>/tmp/load.$name.err; fi
+  done
+  echo "$name.ok=$ok $name.fail=$fail" >/tmp/load.$name.result
+}"#;
+
 /// A value of a `key=value` report printed by a script run in a box.
 pub fn report_value<'a>(report: &'a str, key: &str) -> Option<&'a str> {
     report.lines().find_map(|l| l.strip_prefix(&format!("{key}=")))
