@@ -867,8 +867,17 @@ fn reexec(args: ReexecArgs) -> Result<u8> {
         }
         (None, pid) => supervisor_pid(&ControlArgs { pid, timeout: args.timeout })?,
     };
-    let answer = control::request(pid, Request::Reexec { binary }, args.timeout.0)
-        .map_err(|e| anyhow!("reexec failed: {e:#}"))?;
+    let answer = control::request(pid, Request::Reexec { binary }, args.timeout.0).map_err(|e| {
+        if e.is::<control::NoAnswer>() {
+            // Taken and not answered: a reexec waiting for a handoff still happens when it ends.
+            anyhow!(
+                "reexec not done yet: {e}; a reexec waiting for the handoff in flight is still \
+                 performed when the handoff ends (`sockherd status --pid {pid}` shows the version running)"
+            )
+        } else {
+            anyhow!("reexec failed: {e:#}")
+        }
+    })?;
     match control::parse_answer(&answer) {
         Ok(Answer::Ok(message)) => {
             log::info(message).emit();

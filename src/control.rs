@@ -33,7 +33,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 
 use crate::log;
 use crate::procfs;
@@ -547,6 +547,22 @@ impl fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
+/// The supervisor took the request (it was sent whole) but gave no answer within the client's
+/// timeout: the request may still be carried out.
+#[derive(Debug)]
+pub struct NoAnswer {
+    pub pid: Pid,
+    pub timeout: Duration,
+}
+
+impl fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the supervisor (pid {}) did not answer within {:?}", self.pid, self.timeout)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 fn is_sockherd_exe(pid: Pid, exe: &Path) -> bool {
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // A binary replaced by an upgrade shows as "sockherd (deleted)".
@@ -665,7 +681,7 @@ fn verify_peer(pid: Pid, stream: UnixStream) -> Result<UnixStream, String> {
 
 /// Client side: sends `request` to the supervisor with pid `pid` and returns its answer. A
 /// busy supervisor is asked again until `timeout`. Errors: [`Unreachable`] (downcast it) when
-/// there is no supervisor to ask.
+/// there is no supervisor to ask, [`NoAnswer`] when it took the request and did not answer.
 pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -677,7 +693,7 @@ pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> 
         match stream.read_to_string(&mut answer) {
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                bail!("the supervisor (pid {pid}) did not answer within {timeout:?}")
+                return Err(NoAnswer { pid, timeout }.into());
             }
             Err(e) => return Err(e).context("failed to read the supervisor's answer"),
         }

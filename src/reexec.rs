@@ -72,12 +72,30 @@ pub fn version() -> String {
     }
 }
 
-/// The path this process's binary was run from: `/proc/self/exe`, without the " (deleted)" the
-/// kernel appends once that file was replaced (an upgrade renames a new file over it; an image
-/// run again from a descriptor of the old file, after a failed takeover, reads so at once).
-/// A plain `reexec` runs what is installed at that path now.
+/// The path this process's binary was started from, which a plain `reexec` runs again (what is
+/// installed there now):
+/// - our `argv[0]`, made absolute, when it is a path (not a bare name looked up in PATH) to this
+///   very file: an install through a symlink (`/usr/local/bin/sockherd` ->
+///   `/opt/sockherd-1.2/sockherd`) re-executes what the link points to now, not the old target;
+/// - else `/proc/self/exe`, without the " (deleted)" the kernel appends once that file was
+///   replaced (an upgrade renames a new file over it; an image run again from a descriptor of the
+///   old file, after a failed takeover, reads so at once).
 pub fn installed_exe() -> Option<PathBuf> {
-    std::env::current_exe().ok().map(|exe| without_deleted(&exe))
+    let exe = std::env::current_exe().ok()?;
+    let started = started_as(std::env::args_os().next(), Path::new("/proc/self/exe"));
+    Some(started.unwrap_or_else(|| without_deleted(&exe)))
+}
+
+/// `argv0` as an absolute path, when it names a path (has a slash) to the file `exe` leads to.
+fn started_as(argv0: Option<OsString>, exe: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let argv0 = PathBuf::from(argv0?);
+    if !argv0.as_os_str().as_bytes().contains(&b'/') {
+        return None;
+    }
+    let path = std::path::absolute(&argv0).ok()?;
+    let (named, running) = (std::fs::metadata(&path).ok()?, std::fs::metadata(exe).ok()?);
+    ((named.dev(), named.ino()) == (running.dev(), running.ino())).then_some(path)
 }
 
 fn without_deleted(exe: &Path) -> PathBuf {
@@ -508,10 +526,18 @@ pub struct Handed {
 pub fn take_handed() -> Option<Handed> {
     let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
     // Read once, and no child of ours (a check command) gets them: they name our descriptors.
-    // A stale reason without a state goes too.
-    sys::remove_env(FAILED_ENV);
+    // A stale reason without a state goes too. (Every child's environment leaves them out
+    // anyway: the generations', the checks', the next image's.)
+    let forget = |name: &str| {
+        if let Err(e) = sys::remove_env(name) {
+            log::warn(format!("{name} stays in sockherd's environment: {e}")).emit();
+        }
+    };
+    if failed.is_some() {
+        forget(FAILED_ENV);
+    }
     let value = std::env::var_os(STATE_ENV)?;
-    sys::remove_env(STATE_ENV);
+    forget(STATE_ENV);
     match find_handed(&value, failed) {
         Ok(handed) => Some(handed),
         Err(why) => {
@@ -755,6 +781,23 @@ mod tests {
         assert_eq!(without_deleted(Path::new("/usr/bin/sockherd (deleted)")), Path::new("/usr/bin/sockherd"));
         assert_eq!(without_deleted(Path::new("/usr/bin/sockherd")), Path::new("/usr/bin/sockherd"));
         assert_eq!(without_deleted(Path::new("/opt/a (deleted)/sockherd")), Path::new("/opt/a (deleted)/sockherd"));
+    }
+
+    #[test]
+    fn argv0_is_the_start_path_when_it_is_a_path_to_the_running_file() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("sockherd-started-as-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("sockherd");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).unwrap();
+        assert_eq!(started_as(Some(link.clone().into()), &exe), Some(link.clone()));
+        assert_eq!(started_as(Some("sockherd".into()), &exe), None, "a bare name is looked up in PATH");
+        assert_eq!(started_as(None, &exe), None);
+        std::fs::write(dir.join("other"), b"x").unwrap();
+        assert_eq!(started_as(Some(dir.join("other").into()), &exe), None, "another file");
+        assert_eq!(started_as(Some(dir.join("missing").into()), &exe), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

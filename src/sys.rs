@@ -1443,11 +1443,19 @@ pub fn read_to_end_now(fd: RawFd, limit: usize) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Removes `name` from our environment, so that no child of ours gets it.
-pub fn remove_env(name: &str) {
-    // SAFETY: called by `sockherd run` before it starts any thread (sockherd's supervisor is
-    // single-threaded): nothing reads the environment concurrently.
+/// Removes `name` from our environment, so that no child of ours gets it. Only while this
+/// process has a single thread: libc's getenv, called by any thread (by C code too, which no
+/// lock of std's covers), may read the environment while it changes. With more threads it
+/// changes nothing and says so.
+pub fn remove_env(name: &str) -> io::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!("{threads} threads run (/proc/self/task): the environment stays")));
+    }
+    // SAFETY: this is the process's only thread, checked above; only this thread could start
+    // another one, and it is here.
     unsafe { std::env::remove_var(name) };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -313,6 +313,73 @@ fn a_reexec_during_a_handoff_waits_for_it_to_end() {
     assert!(herd.proc.stderr().contains("reexec: waiting for the handoff in flight to end"), "{}", herd.proc.stderr());
 }
 
+/// A client that gives up before the handoff ends does not cancel the reexec: it says so (not
+/// "failed"), and the supervisor re-executes when the handoff ends.
+#[test]
+fn a_reexec_that_outlasts_its_client_still_happens_when_the_handoff_ends() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-outlast") else { return };
+    let dir = TempDir::new("reexec-outlast-run");
+    let chdir = app().display().to_string();
+    let herd = Herd::start(
+        &builds.a(),
+        dir.path(),
+        &["--chdir", &chdir, "--ready", "delay:3", "--ready-settle", "0"],
+        &["python3", "serve.py"],
+    );
+    let pid = herd.pid().to_string();
+    let reload = sockherd_cmd(&["reload", "--pid", &pid]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || generations_of(&herd) >= 2));
+    let b = builds.b().display().to_string();
+    let out = sockherd_cmd(&["reexec", "--pid", &pid, "--binary", &b, "--timeout", "1s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reexec not done yet: the supervisor") && stderr.contains("performed when the handoff ends"),
+        "{stderr}"
+    );
+    assert_eq!(herd.state().0, VERSION_A, "not yet: the handoff is in flight");
+    let reload = reload.wait_with_output().unwrap();
+    assert!(reload.status.success(), "the reload failed: {}", String::from_utf8_lossy(&reload.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || herd.state().0 == VERSION_B),
+        "the reexec was not performed after the handoff: {}",
+        herd.proc.stderr()
+    );
+    assert_eq!(herd.state().1, 1);
+}
+
+/// An install through a symlink (`/usr/local/bin/sockherd -> /opt/sockherd-1.2/sockherd`), which
+/// an upgrade points at the new version: a plain reexec runs what the link points to now, not
+/// the target the supervisor was started from.
+#[test]
+fn a_plain_reexec_follows_the_symlink_the_supervisor_was_started_through() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-symlink") else { return };
+    let dir = TempDir::new("reexec-symlink-run");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let link = dir.join("bin/sockherd");
+    let point = |target: &Path| {
+        let staged = dir.join("bin/sockherd.new");
+        let _ = std::fs::remove_file(&staged);
+        std::os::unix::fs::symlink(target, &staged).unwrap();
+        std::fs::rename(&staged, &link).unwrap();
+    };
+    point(&builds.a());
+    let chdir = app().display().to_string();
+    let herd = Herd::start(&link, dir.path(), &["--chdir", &chdir], &["python3", "serve.py"]);
+    assert_eq!(herd.state().0, VERSION_A);
+    point(&builds.b());
+    let (ok, stderr) = herd.reexec(None);
+    assert!(ok, "{stderr}");
+    assert_eq!(herd.state().0, VERSION_B, "the link's new target");
+    // And the link again, not b's file, after that exec.
+    point(&builds.a());
+    let (ok, stderr) = herd.reexec(None);
+    assert!(ok, "{stderr}");
+    assert_eq!(herd.state().0, VERSION_A, "the link's target after a second upgrade");
+}
+
 fn generations_of(herd: &Herd) -> usize {
     common::run::generations(herd.pid()).len()
 }
