@@ -869,10 +869,12 @@ fn reexec(args: ReexecArgs) -> Result<u8> {
     };
     let answer = control::request(pid, Request::Reexec { binary }, args.timeout.0).map_err(|e| {
         if e.is::<control::NoAnswer>() {
-            // Taken and not answered: a reexec waiting for a handoff still happens when it ends.
+            // Sent whole and not answered: the supervisor keeps it (a reexec waits for a handoff
+            // in flight), and whether it then succeeds is not ours to know any more.
             anyhow!(
-                "reexec not done yet: {e}; a reexec waiting for the handoff in flight is still \
-                 performed when the handoff ends (`sockherd status --pid {pid}` shows the version running)"
+                "reexec not done yet: {e}; it took the request and carries it out once no handoff \
+                 is in flight, unless the new binary is refused: its log says which (reexec_done or \
+                 reexec_failed), `sockherd status --pid {pid}` the version running"
             )
         } else {
             anyhow!("reexec failed: {e:#}")
@@ -1034,11 +1036,13 @@ fn unit(args: UnitArgs) -> Result<u8> {
             bail!("invalid {what} '{}': a unit needs an absolute path (e.g. /srv/{name}/current)", path.display());
         }
     }
+    // The path this binary was started by (a symlink's, not its target's, so that the unit
+    // runs what an upgrade points the link at), as `sockherd reexec` takes it.
     let sockherd = match args.sockherd {
         Some(path) => path,
-        None => std::env::current_exe().context(
-            "failed to find the path of this sockherd binary; pass --sockherd PATH (e.g. /usr/bin/sockherd)",
-        )?,
+        None => crate::reexec::installed_exe().ok_or_else(|| {
+            anyhow!("failed to find the path of this sockherd binary; pass --sockherd PATH (e.g. /usr/bin/sockherd)")
+        })?,
     };
     let systemd_version = match args.systemd_version {
         Some(version) => version,

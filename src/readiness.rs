@@ -563,7 +563,8 @@ fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<
     for (name, _) in std::env::vars_os() {
         if let Some(name) = name.to_str()
             && (protocol::is_socket_convention_var(name)
-                || matches!(name, protocol::NOTIFY_SOCKET | protocol::WATCHDOG_USEC | protocol::WATCHDOG_PID))
+                || matches!(name, protocol::NOTIFY_SOCKET | protocol::WATCHDOG_USEC | protocol::WATCHDOG_PID)
+                || matches!(name, crate::reexec::STATE_ENV | crate::reexec::FAILED_ENV))
         {
             cmd.env_remove(name);
         }

@@ -74,28 +74,39 @@ pub fn version() -> String {
 
 /// The path this process's binary was started from, which a plain `reexec` runs again (what is
 /// installed there now):
-/// - our `argv[0]`, made absolute, when it is a path (not a bare name looked up in PATH) to this
-///   very file: an install through a symlink (`/usr/local/bin/sockherd` ->
-///   `/opt/sockherd-1.2/sockherd`) re-executes what the link points to now, not the old target;
+/// - our `argv[0]`, when it leads to this very file: as given when it is a path (made absolute),
+///   else the first match in PATH, as the shell or systemd found it. An install through a
+///   symlink (`/usr/local/bin/sockherd` -> `/opt/sockherd-1.2/sockherd`) so re-executes what the
+///   link points to now, not the old target;
 /// - else `/proc/self/exe`, without the " (deleted)" the kernel appends once that file was
 ///   replaced (an upgrade renames a new file over it; an image run again from a descriptor of the
 ///   old file, after a failed takeover, reads so at once).
 pub fn installed_exe() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let started = started_as(std::env::args_os().next(), Path::new("/proc/self/exe"));
+    let started = started_as(
+        std::env::args_os().next(),
+        Path::new("/proc/self/exe"),
+        &std::env::current_dir().ok()?,
+        std::env::var_os("PATH").as_deref(),
+    );
     Some(started.unwrap_or_else(|| without_deleted(&exe)))
 }
 
-/// `argv0` as an absolute path, when it names a path (has a slash) to the file `exe` leads to.
-fn started_as(argv0: Option<OsString>, exe: &Path) -> Option<PathBuf> {
+/// Where `argv0` leads to the file `exe` leads to: a path with a slash relative to `cwd`, a
+/// bare name by `path` (PATH's directories, in order; the first file of that name counts).
+fn started_as(argv0: Option<OsString>, exe: &Path, cwd: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let argv0 = PathBuf::from(argv0?);
-    if !argv0.as_os_str().as_bytes().contains(&b'/') {
-        return None;
-    }
-    let path = std::path::absolute(&argv0).ok()?;
-    let (named, running) = (std::fs::metadata(&path).ok()?, std::fs::metadata(exe).ok()?);
-    ((named.dev(), named.ino()) == (running.dev(), running.ino())).then_some(path)
+    let candidate = if argv0.as_os_str().as_bytes().contains(&b'/') {
+        cwd.join(&argv0)
+    } else {
+        std::env::split_paths(path?)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(&argv0))
+            .find(|p| p.is_file())?
+    };
+    let (named, running) = (std::fs::metadata(&candidate).ok()?, std::fs::metadata(exe).ok()?);
+    ((named.dev(), named.ino()) == (running.dev(), running.ino())).then_some(candidate)
 }
 
 fn without_deleted(exe: &Path) -> PathBuf {
@@ -527,7 +538,7 @@ pub fn take_handed() -> Option<Handed> {
     let failed = std::env::var_os(FAILED_ENV).map(|why| why.to_string_lossy().into_owned());
     // Read once, and no child of ours (a check command) gets them: they name our descriptors.
     // A stale reason without a state goes too. (Every child's environment leaves them out
-    // anyway: the generations', the checks', the next image's.)
+    // anyway: the generations', the readiness and reexec checks', the next image's.)
     let forget = |name: &str| {
         if let Err(e) = sys::remove_env(name) {
             log::warn(format!("{name} stays in sockherd's environment: {e}")).emit();
@@ -784,19 +795,31 @@ mod tests {
     }
 
     #[test]
-    fn argv0_is_the_start_path_when_it_is_a_path_to_the_running_file() {
+    fn argv0_is_the_start_path_when_it_leads_to_the_running_file() {
         let exe = std::env::current_exe().unwrap();
         let dir = std::env::temp_dir().join(format!("sockherd-started-as-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("sockherd");
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let link = dir.join("bin/sockherd");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&exe, &link).unwrap();
-        assert_eq!(started_as(Some(link.clone().into()), &exe), Some(link.clone()));
-        assert_eq!(started_as(Some("sockherd".into()), &exe), None, "a bare name is looked up in PATH");
-        assert_eq!(started_as(None, &exe), None);
         std::fs::write(dir.join("other"), b"x").unwrap();
-        assert_eq!(started_as(Some(dir.join("other").into()), &exe), None, "another file");
-        assert_eq!(started_as(Some(dir.join("missing").into()), &exe), None);
+        let at = |argv0: &str, path: Option<&str>| {
+            started_as(Some(argv0.into()), &exe, &dir, path.map(std::ffi::OsStr::new))
+        };
+        // A path, absolute or relative to the working directory: the link, not its target.
+        assert_eq!(at(&link.display().to_string(), None), Some(link.clone()));
+        assert_eq!(at("bin/sockherd", None), Some(dir.join("bin/sockherd")));
+        // A bare name: by PATH, not by the working directory (which holds `sockherd` too).
+        std::fs::copy(dir.join("other"), dir.join("sockherd")).unwrap();
+        let bin = dir.join("bin").display().to_string();
+        assert_eq!(at("sockherd", Some(&format!("/nonexistent:{bin}"))), Some(link.clone()));
+        assert_eq!(at("sockherd", None), None, "no PATH");
+        assert_eq!(at("sockherd", Some(&dir.display().to_string())), None, "PATH's first match is another file");
+        assert_eq!(at("sockherd", Some("bin")), None, "a relative PATH entry counts for nothing");
+        assert_eq!(at("other", None), None);
+        assert_eq!(at("./other", None), None, "another file");
+        assert_eq!(at("./missing", None), None);
+        assert_eq!(started_as(None, &exe, &dir, None), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

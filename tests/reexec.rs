@@ -335,7 +335,7 @@ fn a_reexec_that_outlasts_its_client_still_happens_when_the_handoff_ends() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("reexec not done yet: the supervisor") && stderr.contains("performed when the handoff ends"),
+        stderr.contains("reexec not done yet: the supervisor") && stderr.contains("carries it out once no handoff"),
         "{stderr}"
     );
     assert_eq!(herd.state().0, VERSION_A, "not yet: the handoff is in flight");
