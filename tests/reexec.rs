@@ -284,22 +284,31 @@ fn binaries_that_cannot_take_over_are_refused_and_change_nothing() {
     assert_eq!(herd.state().0, VERSION_B);
 }
 
-#[test]
-fn a_reexec_during_a_handoff_waits_for_it_to_end() {
-    require!("python3");
-    let Some(builds) = Builds::new("reexec-wait") else { return };
-    let dir = TempDir::new("reexec-wait-run");
+/// Build a supervising with a readiness delay of `delay` seconds, and a `sockherd reload` under
+/// way (its second generation started, not yet ready): the herd, the generation serving before
+/// the reload, the reload's client.
+fn reload_in_flight(builds: &Builds, dir: &TempDir, delay: u32) -> (Herd, Option<(u64, i32)>, std::process::Child) {
     let chdir = app().display().to_string();
+    let ready = format!("delay:{delay}");
     let herd = Herd::start(
         &builds.a(),
         dir.path(),
-        &["--chdir", &chdir, "--ready", "delay:2", "--ready-settle", "0"],
+        &["--chdir", &chdir, "--ready", &ready, "--ready-settle", "0"],
         &["python3", "serve.py"],
     );
     let (_, _, first) = herd.state();
     let pid = herd.pid().to_string();
     let reload = sockherd_cmd(&["reload", "--pid", &pid]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(5), || herd.state().2.is_some() && generations_of(&herd) >= 2));
+    (herd, first, reload)
+}
+
+#[test]
+fn a_reexec_during_a_handoff_waits_for_it_to_end() {
+    require!("python3");
+    let Some(builds) = Builds::new("reexec-wait") else { return };
+    let dir = TempDir::new("reexec-wait-run");
+    let (herd, first, reload) = reload_in_flight(&builds, &dir, 2);
     let asked = Instant::now();
     let (ok, stderr) = herd.reexec(Some(&builds.b()));
     let reload = reload.wait_with_output().unwrap();
@@ -320,16 +329,8 @@ fn a_reexec_that_outlasts_its_client_still_happens_when_the_handoff_ends() {
     require!("python3");
     let Some(builds) = Builds::new("reexec-outlast") else { return };
     let dir = TempDir::new("reexec-outlast-run");
-    let chdir = app().display().to_string();
-    let herd = Herd::start(
-        &builds.a(),
-        dir.path(),
-        &["--chdir", &chdir, "--ready", "delay:3", "--ready-settle", "0"],
-        &["python3", "serve.py"],
-    );
+    let (herd, _, reload) = reload_in_flight(&builds, &dir, 3);
     let pid = herd.pid().to_string();
-    let reload = sockherd_cmd(&["reload", "--pid", &pid]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || generations_of(&herd) >= 2));
     let b = builds.b().display().to_string();
     let out = sockherd_cmd(&["reexec", "--pid", &pid, "--binary", &b, "--timeout", "1s"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
