@@ -1314,4 +1314,52 @@ mod tests {
             assert_eq!(mode.name(), name);
         }
     }
+
+    /// What a reexec hands over comes back whole from the resumed core: a `join` after it gets
+    /// the answer it would have got before, not a reload of its own.
+    #[test]
+    fn a_resumed_core_hands_over_what_it_resumed_from() {
+        let config = Config {
+            flavor: Flavor::Gunicorn,
+            ready_timeout: Duration::from_secs(5),
+            settle: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(5),
+            watchdog: None,
+        };
+        let serving = Generation {
+            number: 3,
+            pid: 4711,
+            release: Some(PathBuf::from("/srv/app/releases/42")),
+            started: Instant::now(),
+            phase: Phase::Serving,
+            exit: None,
+            stop_sent: None,
+            killed: false,
+            released: false,
+            app_status: None,
+            cgroup: None,
+            daemonized: false,
+        };
+        let answer = "ok generation 3 (pid 4711) serves".to_string();
+        let resumed = Resumed {
+            serving,
+            next_number: 4,
+            next_handoff: 2,
+            last_reload: None,
+            latest_signal: Some(answer.clone()),
+        };
+        let mut core = Core::resume(config, resumed);
+        let again = core.to_resume().expect("a resumed core is quiet");
+        assert_eq!(again.latest_signal.as_deref(), Some(answer.as_str()));
+        assert_eq!((again.serving.number, again.next_number, again.next_handoff), (3, 4, 2));
+        core.handle(Instant::now(), Event::Join { conn: 7 });
+        let actions: Vec<Action> = std::iter::from_fn(|| core.next_action()).collect();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Answer { conn: 7, text } if *text == answer)),
+            "{actions:?}"
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Spawn { .. })), "a join started a reload: {actions:?}");
+    }
 }
