@@ -1036,13 +1036,20 @@ fn unit(args: UnitArgs) -> Result<u8> {
             bail!("invalid {what} '{}': a unit needs an absolute path (e.g. /srv/{name}/current)", path.display());
         }
     }
-    // The path this binary was started by (a symlink's, not its target's, so that the unit
-    // runs what an upgrade points the link at), as `sockherd reexec` takes it.
+    // The path this binary was started by, as `sockherd reexec` takes it: a symlink's rather
+    // than its target's, so that the unit runs what an upgrade points the link at; the target's
+    // where the units' sandbox would hide the link and not the target (~/.local/bin/sockherd ->
+    // /opt/sockherd-1.2/sockherd).
     let sockherd = match args.sockherd {
         Some(path) => path,
-        None => crate::reexec::installed_exe().ok_or_else(|| {
-            anyhow!("failed to find the path of this sockherd binary; pass --sockherd PATH (e.g. /usr/bin/sockherd)")
-        })?,
+        None => match (crate::reexec::installed_exe(), std::env::current_exe().ok()) {
+            (Some(started), Some(target)) if unitgen::hidden(&started) && !unitgen::hidden(&target) => target,
+            (Some(started), _) => started,
+            (None, Some(target)) => target,
+            (None, None) => {
+                bail!("failed to find the path of this sockherd binary; pass --sockherd PATH (e.g. /usr/bin/sockherd)")
+            }
+        },
     };
     let systemd_version = match args.systemd_version {
         Some(version) => version,

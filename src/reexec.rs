@@ -86,25 +86,33 @@ pub fn installed_exe() -> Option<PathBuf> {
     let started = started_as(
         std::env::args_os().next(),
         Path::new("/proc/self/exe"),
-        &std::env::current_dir().ok()?,
+        std::env::current_dir().ok().as_deref(),
         std::env::var_os("PATH").as_deref(),
     );
     Some(started.unwrap_or_else(|| without_deleted(&exe)))
 }
 
-/// Where `argv0` leads to the file `exe` leads to: a path with a slash relative to `cwd`, a
-/// bare name by `path` (PATH's directories, in order; the first file of that name counts).
-fn started_as(argv0: Option<OsString>, exe: &Path, cwd: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
+/// Where `argv0` leads to the file `exe` leads to: a path with a slash (relative ones from
+/// `cwd`), made absolute without `.` parts; a bare name by `path` as execvp searches it (PATH's
+/// directories in order, an empty entry meaning `cwd`; the first executable file of that name).
+fn started_as(
+    argv0: Option<OsString>,
+    exe: &Path,
+    cwd: Option<&Path>,
+    path: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let argv0 = PathBuf::from(argv0?);
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     let candidate = if argv0.as_os_str().as_bytes().contains(&b'/') {
-        cwd.join(&argv0)
+        if argv0.is_absolute() { argv0 } else { cwd?.join(argv0) }
     } else {
         std::env::split_paths(path?)
-            .filter(|dir| dir.is_absolute())
+            .filter_map(|dir| if dir.as_os_str().is_empty() { cwd.map(Path::to_path_buf) } else { Some(dir) })
             .map(|dir| dir.join(&argv0))
-            .find(|p| p.is_file())?
+            .find(|p| executable(p))?
     };
+    let candidate = std::path::absolute(&candidate).ok()?;
     let (named, running) = (std::fs::metadata(&candidate).ok()?, std::fs::metadata(exe).ok()?);
     ((named.dev(), named.ino()) == (running.dev(), running.ino())).then_some(candidate)
 }
@@ -725,7 +733,7 @@ mod tests {
             next_number: 4,
             next_handoff: 3,
             last_reload: Some(LastReloadState { at_usec: 5, ok: false, message: "not ready".into(), took_usec: 9 }),
-            latest_signal: None,
+            latest_signal: Some("ok generation 3 (pid 4711) serves".into()),
             metrics: MetricsState { reloads_ok: 1, reloads_failed: 1, queue_peak_max: Some(3) },
             reexecs: 2,
             argv: vec!["/usr/bin/sockherd".into(), "run".into(), OsString::from_vec(b"--x\xff".to_vec())],
@@ -796,6 +804,7 @@ mod tests {
 
     #[test]
     fn argv0_is_the_start_path_when_it_leads_to_the_running_file() {
+        use std::os::unix::fs::PermissionsExt;
         let exe = std::env::current_exe().unwrap();
         let dir = std::env::temp_dir().join(format!("sockherd-started-as-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -804,22 +813,37 @@ mod tests {
         std::os::unix::fs::symlink(&exe, &link).unwrap();
         std::fs::write(dir.join("other"), b"x").unwrap();
         let at = |argv0: &str, path: Option<&str>| {
-            started_as(Some(argv0.into()), &exe, &dir, path.map(std::ffi::OsStr::new))
+            started_as(Some(argv0.into()), &exe, Some(&dir), path.map(std::ffi::OsStr::new))
         };
-        // A path, absolute or relative to the working directory: the link, not its target.
+        // A path, absolute or relative to the working directory: the link, not its target,
+        // without `.` parts.
         assert_eq!(at(&link.display().to_string(), None), Some(link.clone()));
-        assert_eq!(at("bin/sockherd", None), Some(dir.join("bin/sockherd")));
+        assert_eq!(at("bin/sockherd", None), Some(link.clone()));
+        assert_eq!(at("./bin/./sockherd", None), Some(link.clone()));
+        assert_eq!(started_as(Some("bin/sockherd".into()), &exe, None, None), None, "no working directory");
+        assert_eq!(started_as(Some(link.clone().into()), &exe, None, None), Some(link.clone()), "none needed");
         // A bare name: by PATH, not by the working directory (which holds `sockherd` too).
         std::fs::copy(dir.join("other"), dir.join("sockherd")).unwrap();
         let bin = dir.join("bin").display().to_string();
+        let top = dir.display().to_string();
         assert_eq!(at("sockherd", Some(&format!("/nonexistent:{bin}"))), Some(link.clone()));
         assert_eq!(at("sockherd", None), None, "no PATH");
-        assert_eq!(at("sockherd", Some(&dir.display().to_string())), None, "PATH's first match is another file");
-        assert_eq!(at("sockherd", Some("bin")), None, "a relative PATH entry counts for nothing");
-        assert_eq!(at("other", None), None);
+        // A file that is not executable is passed over, as execvp does; one that is, is taken.
+        assert_eq!(at("sockherd", Some(&format!("{top}:{bin}"))), Some(link.clone()));
+        std::fs::set_permissions(dir.join("sockherd"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(at("sockherd", Some(&format!("{top}:{bin}"))), None, "PATH's first match is another file");
+        // An empty entry is the working directory.
+        assert_eq!(at("sockherd", Some(&format!(":{bin}"))), None, "the working directory's file comes first");
+        std::fs::remove_file(dir.join("sockherd")).unwrap();
+        assert_eq!(at("sockherd", Some(&format!(":{bin}"))), Some(link.clone()));
+        std::os::unix::fs::symlink(&exe, dir.join("sockherd")).unwrap();
+        assert_eq!(at("sockherd", Some(&format!(":{bin}"))), Some(dir.join("sockherd")));
+        // Another file, found by PATH or named by a path.
+        std::fs::set_permissions(dir.join("other"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(at("other", Some(&top)), None, "another file");
         assert_eq!(at("./other", None), None, "another file");
         assert_eq!(at("./missing", None), None);
-        assert_eq!(started_as(None, &exe, &dir, None), None);
+        assert_eq!(started_as(None, &exe, Some(&dir), None), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

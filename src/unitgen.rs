@@ -127,6 +127,11 @@ fn under(path: &Path, dir: &str) -> bool {
     path.starts_with(dir)
 }
 
+/// Whether the units' sandbox hides `path` from the service (ProtectHome=, PrivateTmp=).
+pub fn hidden(path: &Path) -> bool {
+    HIDDEN.iter().any(|(dir, _)| under(path, dir))
+}
+
 /// Things that would make the units fail once installed, worth saying before they are.
 pub fn warnings(spec: &UnitSpec) -> Vec<String> {
     let mut out = Vec::new();

@@ -258,6 +258,48 @@ fn unit_warns_when_the_sandbox_would_hide_the_binary() {
     }
 }
 
+/// Without `--sockherd`, ExecStart= names the sockherd run as it was run: through a symlink,
+/// the link (an upgrade that points it at a new version reaches the service), unless the
+/// sandbox would hide the link and not its target; then the target.
+#[test]
+fn unit_names_the_binary_as_it_was_run() {
+    let exec_start = |binary: &Path| {
+        let out = sockherd_cmd_of(binary, &["unit", "web", "-l", "127.0.0.1:1", "--systemd-version", "252", "--", "x"])
+            .output()
+            .expect("run sockherd unit");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let line = stdout.lines().find(|l| l.starts_with("ExecStart=")).expect("an ExecStart= line").to_string();
+        line["ExecStart=".len()..].split(' ').next().unwrap_or("").to_string()
+    };
+    let target = std::fs::canonicalize(sockherd()).unwrap();
+    let hidden = |p: &Path| ["/home", "/root", "/run/user", "/tmp", "/var/tmp"].iter().any(|d| p.starts_with(d));
+    let links = |base: &Path| {
+        let dir = base.join(format!("sockherd-unit-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("sockherd")).unwrap();
+        dir
+    };
+    // A link beside the build, where the sandbox hides nothing: the link's path.
+    let beside = links(target.parent().unwrap());
+    let link = beside.join("sockherd");
+    if hidden(&link) {
+        eprintln!("skipped the visible link's case: the build is under a directory the sandbox hides");
+    } else {
+        assert_eq!(exec_start(&link), link.display().to_string());
+    }
+    std::fs::remove_dir_all(&beside).unwrap();
+    // A link under /tmp (PrivateTmp=) to a target the sandbox does not hide: the target.
+    let in_tmp = links(Path::new("/tmp"));
+    if hidden(&target) {
+        eprintln!("skipped the hidden link's case: the build itself is under a directory the sandbox hides");
+    } else {
+        assert_eq!(exec_start(&in_tmp.join("sockherd")), target.display().to_string());
+    }
+    std::fs::remove_dir_all(&in_tmp).unwrap();
+}
+
 // ----- inside systemd ------------------------------------------------------------------------------
 
 /// Writes the units with `sockherd unit` inside the box, verifies, enables and serves them,
