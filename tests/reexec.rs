@@ -493,7 +493,7 @@ fn a_stale_state_variable_is_ignored_by_a_first_start() {
     require!("python3");
     let cases: [(&str, &str, &[u8]); 6] = [
         ("no descriptor", "7</dev/null; exec 7<&-", b"7"),
-        ("a state for another pid", "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":1}\\n')", b"5"),
+        ("a state for another pid", "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":1}\\n'); wait $!", b"5"),
         ("a pipe with junk", "5< <(echo junk)", b"5"),
         ("a pipe whose writer stays open", "5< <(sleep 60)", b"5,6"),
         ("a regular file", "5</etc/passwd", b"5"),
@@ -513,9 +513,11 @@ fn a_stale_state_variable_is_ignored_by_a_first_start() {
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
     // A state of sockherd's written for this very pid is a handover, even a damaged one: no
-    // first start then, a precise error (bash's `exec` keeps its pid, `$$`).
+    // first start then, a precise error (bash's `exec` keeps its pid, `$$`). Its writer has
+    // exited first (`wait $!` waits for the process substitution), as a handing-over image
+    // always has: a writer still running makes it someone else's pipe, ignored above.
     let dir = TempDir::new("reexec-stale");
-    let redirect = "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":%d}\\n' $$)";
+    let redirect = "5< <(printf 'sockherd-reexec-state 1\\n{\"pid\":%d}\\n' $$); wait $!";
     let (mut proc, _) = run_with_stale_state(dir.path(), redirect, std::ffi::OsStr::new("5"));
     let status = proc.wait_exit(Duration::from_secs(10));
     let stderr = proc.stderr();
