@@ -136,7 +136,7 @@ pub fn environment(launch: &Launch<'_>) -> (Vec<Vec<u8>>, bool) {
                 continue;
             }
             // What a re-executed supervisor was handed is its own.
-            if matches!(name_str, crate::reexec::STATE_ENV | crate::reexec::FAILED_ENV) {
+            if crate::reexec::is_handover_var(name_str) {
                 continue;
             }
             if !launch.pass_notify && matches!(name_str, NOTIFY_SOCKET | WATCHDOG_USEC | WATCHDOG_PID | FDSTORE) {

@@ -564,7 +564,7 @@ fn spawn_check_command(command: &str, pid: Pid, number: u64) -> std::io::Result<
         if let Some(name) = name.to_str()
             && (protocol::is_socket_convention_var(name)
                 || matches!(name, protocol::NOTIFY_SOCKET | protocol::WATCHDOG_USEC | protocol::WATCHDOG_PID)
-                || matches!(name, crate::reexec::STATE_ENV | crate::reexec::FAILED_ENV))
+                || crate::reexec::is_handover_var(name))
         {
             cmd.env_remove(name);
         }

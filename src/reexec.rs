@@ -44,6 +44,15 @@ pub const STATE_VERSION_MIN: u64 = 1;
 pub const STATE_ENV: &str = "SOCKHERD_REEXEC_STATE";
 /// Set when a new image could not resume and ran the old one again: why.
 pub const FAILED_ENV: &str = "SOCKHERD_REEXEC_FAILED";
+/// The handover's own variables: what one image tells the next. They are never passed on to
+/// anything sockherd starts (a generation, a readiness check, a binary's check), and the next
+/// image gets the ones set for it, never those this image was handed.
+const HANDOVER_VARS: [&str; 2] = [STATE_ENV, FAILED_ENV];
+
+/// Whether `name` is one of the handover's own variables ([`HANDOVER_VARS`]).
+pub fn is_handover_var(name: &str) -> bool {
+    HANDOVER_VARS.contains(&name)
+}
 /// The state's first line.
 const MAGIC: &str = "sockherd-reexec-state";
 /// How long the new binary's check mode may take at most. The event loop waits for it, so with
@@ -462,11 +471,12 @@ pub fn check_binary(binary: &Path, timeout: Duration) -> Result<String> {
         .arg(STATE_VERSION.to_string())
         .arg("--")
         .args(std::env::args_os().skip(1))
-        .env_remove(STATE_ENV)
-        .env_remove(FAILED_ENV)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    for name in HANDOVER_VARS {
+        command.env_remove(name);
+    }
     let mut child =
         sys::spawn_clean(&mut command).with_context(|| format!("cannot run {} to check it", binary.display()))?;
     let pid = child.id() as Pid;
@@ -629,7 +639,7 @@ pub fn state_pipe(state: &State) -> Result<OwnedFd> {
 /// `extra`.
 pub fn environment(extra: &[(&str, String)]) -> Vec<Vec<u8>> {
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(name, _)| name != STATE_ENV && name != FAILED_ENV)
+        .filter(|(name, _)| !name.to_str().is_some_and(is_handover_var))
         .map(|(name, value)| [name.as_bytes(), b"=", value.as_bytes()].concat())
         .collect();
     env.extend(extra.iter().map(|(name, value)| format!("{name}={value}").into_bytes()));
@@ -778,6 +788,15 @@ mod tests {
         assert_eq!(check_timeout(None), CHECK_TIMEOUT);
         assert_eq!(check_timeout(Some(Duration::from_secs(4))), Duration::from_secs(1));
         assert_eq!(check_timeout(Some(Duration::from_secs(3600))), CHECK_TIMEOUT);
+    }
+
+    #[test]
+    fn the_handover_variables_are_exactly_the_two() {
+        assert!(is_handover_var(STATE_ENV));
+        assert!(is_handover_var(FAILED_ENV));
+        for name in ["SOCKHERD_REEXEC_STATEX", "SOCKHERD_REEXEC", "sockherd_reexec_state", "LISTEN_FDS", ""] {
+            assert!(!is_handover_var(name), "{name}");
+        }
     }
 
     #[test]
