@@ -320,6 +320,21 @@ class Box:
 SERVERS = ["gunicorn", "unicorn", "puma"]
 # The variant of the sockherd-host-* methods with `--boot-priority on`.
 BOOT_PRIORITY_ON = "boot-priority-on"
+# The sockherd-host-* methods whose server and load run on CPUs of their own.
+PINNED = "pinned"
+
+
+def cpu_split():
+    """(the server's CPUs, the load's CPU): the last CPU we may run on for the load generators,
+    the others for the server; None with fewer than two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return cpus[:-1], cpus[-1]
+
+
+def cpu_list(cpus):
+    return ",".join(str(c) for c in cpus)
 
 
 def server_cmd(server, selfbind=None, conf_dir=CONTRIB):
@@ -379,10 +394,17 @@ def have(prog):
 class SockherdHost(Method):
     sockherd = True
 
-    def __init__(self, server, flavor=None, extra=(), variant=None, label=None, quiet=False):
+    def __init__(self, server, flavor=None, extra=(), variant=None, label=None, quiet=False, pinned=False):
         self.quiet = quiet
+        # pinned: the server (sockherd and every generation) on CPUs the load generators never
+        # run on, as if the clients were on other hosts: what competes for the server's CPU is
+        # then the server's own processes only, a booting generation against the serving one.
+        self.pinned = pinned
+        self.load_prefix = []
+        self.placement = "shared"
         label = label or ("sockherd run (no systemd)" if server != "starman" else "sockherd run --flavor server-starter")
-        super().__init__("sockherd-host-" + server + ("-" + variant if variant else ""), server, label)
+        super().__init__("sockherd-host-" + server + ("-" + PINNED if pinned else "") + ("-" + variant if variant else ""),
+                         server, label)
         self.variant = variant
         self.flavor = flavor or server
         self.extra = list(extra)
@@ -394,6 +416,10 @@ class SockherdHost(Method):
             return "gunicorn (python module) not installed"
         if not have(server_cmd(self.server)[0][0]) and self.server != "gunicorn":
             return "%s not installed" % self.server
+        if self.pinned and not cpu_split():
+            return "one CPU only: the server and the load cannot have CPUs of their own"
+        if self.pinned and not have("taskset"):
+            return "taskset (util-linux) not installed"
         return None
 
     def setup(self, outdir):
@@ -405,6 +431,11 @@ class SockherdHost(Method):
         if self.sock:
             cmd += ["--listen", self.sock]
         cmd += ["--chdir", APP_DIR] + self.extra + ["--"] + argv
+        if self.pinned:
+            server_cpus, load_cpu = cpu_split()
+            cmd = ["taskset", "-c", cpu_list(server_cpus)] + cmd
+            self.load_prefix = ["taskset", "-c", str(load_cpu)]
+            self.placement = "server on CPU %s, load on CPU %d" % (cpu_list(server_cpus), load_cpu)
         self.proc = Proc(cmd, outdir, "sockherd", env=dict(os.environ, **env))
         if not (wait_until(lambda: http_ok(self.tcp), 60) and wait_serving(self.proc.pid, 60)):
             raise RuntimeError("sockherd + %s did not serve within 60 s" % self.server)
@@ -897,6 +928,16 @@ def deploy_methods():
         ms.append(SockherdHost(s, extra=["--boot-priority", "on"], variant=BOOT_PRIORITY_ON,
                                label="sockherd run --boot-priority on (no systemd)", quiet=True))
     for s in SERVERS:
+        # The same pair with the server and its load on CPUs of their own: the load generators
+        # stand for clients on other hosts, and a reload's boot competes with the serving
+        # generation only. Sharing both CPUs, the load generators' session takes half of them
+        # from the server (autogroup), and puma's own gap is longer than the goal with no reload
+        # at all (bench/floor).
+        ms.append(SockherdHost(s, quiet=True, pinned=True,
+                               label="sockherd run, server and load on CPUs of their own (no systemd)"))
+        ms.append(SockherdHost(s, extra=["--boot-priority", "on"], variant=BOOT_PRIORITY_ON, quiet=True, pinned=True,
+                               label="sockherd run --boot-priority on, server and load on CPUs of their own (no systemd)"))
+    for s in SERVERS:
         ms.append(SockherdBox(s, False))
     for s in SERVERS:
         ms.append(SockherdBox(s, True))
@@ -956,7 +997,8 @@ def run_deploy(method, cfg, outroot):
         old_master = ident.get("master")
         # A run that keeps its load as long again after the reloads (below) gets twice the time.
         load_max = cfg.load_max * (2 if getattr(method, "quiet", False) else 1)
-        load = target.popen(["bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(load_max)], "load")
+        result["placement"] = getattr(method, "placement", None)
+        load = target.popen(getattr(method, "load_prefix", []) + ["bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(load_max)], "load")
         wait_until(lambda: os.path.exists(os.path.join(outdir, "started")), 30)
         time.sleep(cfg.steady)
         for i in range(cfg.reloads):
