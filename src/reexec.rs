@@ -44,9 +44,10 @@ pub const STATE_VERSION_MIN: u64 = 1;
 pub const STATE_ENV: &str = "SOCKHERD_REEXEC_STATE";
 /// Set when a new image could not resume and ran the old one again: why.
 pub const FAILED_ENV: &str = "SOCKHERD_REEXEC_FAILED";
-/// The handover's own variables: what one image tells the next. They are never passed on to
-/// anything sockherd starts (a generation, a readiness check, a binary's check), and the next
-/// image gets the ones set for it, never those this image was handed.
+/// The handover's own variables: what one image tells the next. A generation, a readiness check
+/// and a binary's check never get them, and the next image gets the ones set for it, never
+/// those this image was handed. (Every other child goes without them because [`take_handed`]
+/// removes them from our environment at start.)
 const HANDOVER_VARS: [&str; 2] = [STATE_ENV, FAILED_ENV];
 
 /// Whether `name` is one of the handover's own variables ([`HANDOVER_VARS`]).
