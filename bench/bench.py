@@ -435,7 +435,8 @@ class SockherdHost(Method):
             server_cpus, load_cpu = cpu_split()
             cmd = ["taskset", "-c", cpu_list(server_cpus)] + cmd
             self.load_prefix = ["taskset", "-c", str(load_cpu)]
-            self.placement = "server on CPU %s, load on CPU %d" % (cpu_list(server_cpus), load_cpu)
+            self.placement = "server on CPU%s %s, load on CPU %d" % (
+                "s" if len(server_cpus) > 1 else "", cpu_list(server_cpus), load_cpu)
         self.proc = Proc(cmd, outdir, "sockherd", env=dict(os.environ, **env))
         if not (wait_until(lambda: http_ok(self.tcp), 60) and wait_serving(self.proc.pid, 60)):
             raise RuntimeError("sockherd + %s did not serve within 60 s" % self.server)

@@ -454,7 +454,7 @@ def write_results(report, path, plot_rel):
     for where in sorted({placement(off) for _, _, off in bp}):
         pairs = [(srv, on, off) for srv, on, off in bp if placement(off) == where]
         worst = max((min(on, off, key=lambda d: d["gap_ms"]) for _, on, off in pairs), key=lambda d: d["gap_ms"])
-        L.append("| %s (%s) | %s | %s |" % (
+        L.append("| %s; %s | %s | %s |" % (
             TARGETS["gap"], "server and load sharing the CPUs" if where == "shared" else where,
             ", ".join("%s %s with the boot priority, %s without" % (srv, ms(on["gap_ms"]), ms(off["gap_ms"])) for srv, on, off in pairs),
             "yes" if worst["gap_ms"] <= GAP_GOAL_MS else "**no** (%s: %s)" % (worst["server"], ms(worst["gap_ms"]))))
@@ -519,8 +519,9 @@ def write_results(report, path, plot_rel):
                  "clients were on other hosts. Sharing them, the load generators' session takes half of "
                  "the CPUs from the server's (the kernel's autogroup: every systemd service is a session "
                  "of its own), so a server's own gap, with no reload, can exceed the goal; on CPUs of its "
-                 "own, only the server's own processes compete, a booting generation against the serving "
-                 "one, which is what the boot priority is for." % GAP_GOAL_MS)
+                 "own, the load generators never run there, and a booting generation competes with the "
+                 "serving one (and with the benchmark's own probes and clients, which are not pinned), "
+                 "which is what the boot priority is for." % GAP_GOAL_MS)
         L.append("")
         L.extend(bpt)
         L.append("")
