@@ -155,7 +155,18 @@ fn clients_waiting_during_a_slow_handoff_are_counted_and_their_peak_is_logged() 
             proc.fail(&format!("the metrics file lacks {line:?}:\n{text}"));
         }
     }
-    // No temporary file is left beside it (each write renames its own).
+    // No temporary file is left beside it (each write renames its own). Looked for once
+    // sockherd has exited: while it runs, a write may be between its temporary file and the
+    // rename (the draining generation's exit is one), and its last write is the one at exit.
+    proc.signal(libc::SIGTERM);
+    let status = proc.wait_exit(Duration::from_secs(30));
+    if !status.success() {
+        proc.fail(&format!("sockherd should exit 0 on SIGTERM, not {status}"));
+    }
+    let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+    if !text.contains("\nsockherd_up 0\n") {
+        proc.fail(&format!("the metrics file should say sockherd_up 0 once sockherd exited:\n{text}"));
+    }
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
