@@ -618,6 +618,48 @@ fn capistrano_reload_puma() {
     capistrano_reload(Server::Puma);
 }
 
+/// contrib/gunicorn/gunicorn.conf.py ends a worker that exits cleanly without Python's teardown
+/// (bench/RESULTS.md: a drain's old workers took CPU from the serving ones), and must still run
+/// what an exit runs: every drained worker's exit handler (atexit) ran, and the line it printed,
+/// unflushed on a block-buffered stdout, reached sockherd's output. A failing worker keeps its
+/// exit status: `broken_release_rolls_back_gunicorn`.
+#[test]
+fn drained_gunicorn_workers_still_run_their_exit_handlers() {
+    require_server!(Server::Gunicorn);
+    let deploy = Deploy::new("exit-handlers", &["r1", "r2"]);
+    let marks = deploy.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let marks_arg = marks.display().to_string();
+    // PYTHONUNBUFFERED (set on some machines) would flush every print by itself.
+    let env = [("APP_EXIT_MARK", marks_arg.as_str()), ("PYTHONUNBUFFERED", "")];
+    let mut herd = Herd::start_server(&deploy, Server::Gunicorn, &[], &env);
+    herd.wait_serving(Duration::from_secs(30));
+    let g1 = herd.wait_settled(Duration::from_secs(10));
+    let workers: Vec<i32> =
+        descendants(herd.pid()).into_iter().filter(|&p| p != g1.pid && pgid(p) == Some(g1.pid)).collect();
+    if workers.len() != 2 {
+        herd.fail(&format!("generation 1 should have the config's 2 workers: {workers:?}"));
+    }
+
+    deploy.flip("r2");
+    let run = herd.reload(Duration::from_secs(60));
+    if !run.status.success() {
+        herd.fail(&format!("the reload failed: {run:?}"));
+    }
+    herd.wait_settled(Duration::from_secs(30));
+    let stdout = herd.proc.stdout();
+    for worker in &workers {
+        let mark = std::fs::read_to_string(marks.join(format!("exit-{worker}"))).unwrap_or_default();
+        if mark != "exit handler ran\n" {
+            herd.fail(&format!("drained worker {worker} did not run its exit handler (mark {mark:?})"));
+        }
+        if !stdout.contains(&format!("app: exit handler of {worker} ran")) {
+            herd.fail(&format!("what worker {worker}'s exit handler printed was lost; stdout: {stdout:?}"));
+        }
+    }
+    eprintln!("drained workers {workers:?}: exit handlers ran, their output was flushed");
+}
+
 // ----- 2. a broken release rolls back without a failed request ---------------------------------------
 
 const BROKEN_READY_TIMEOUT: Duration = Duration::from_secs(8);

@@ -8,6 +8,8 @@ GET /health      -> "ok"
 The release is the content of a RELEASE file in the working directory, else the directory's name.
 A file named BROKEN in the working directory makes the import fail (a broken deploy);
 APP_BOOT_SLEEP=N delays the import (a slow boot); APP_BOOT_HOLD=PATH holds it while PATH exists.
+APP_EXIT_MARK=DIR: each process that imported the app writes DIR/exit-<pid> from an exit handler
+(atexit) and prints a line saying so, unflushed: both show that its exit ran what an exit runs.
 """
 import os
 import time
@@ -19,6 +21,19 @@ time.sleep(float(os.environ.get("APP_BOOT_SLEEP", "0")))
 # test wants: no race with the machine's speed).
 while os.environ.get("APP_BOOT_HOLD") and os.path.exists(os.environ["APP_BOOT_HOLD"]):
     time.sleep(0.02)
+
+if os.environ.get("APP_EXIT_MARK"):
+    import atexit
+
+    _MARKS = os.environ["APP_EXIT_MARK"]
+
+    def _exit_handler():
+        with open(os.path.join(_MARKS, "exit-%d" % os.getpid()), "w") as f:
+            f.write("exit handler ran\n")
+        # No flush: the line reaches the output only if the exit flushes stdout.
+        print("app: exit handler of %d ran" % os.getpid())
+
+    atexit.register(_exit_handler)
 
 try:
     with open("RELEASE") as f:
