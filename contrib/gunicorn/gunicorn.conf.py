@@ -4,6 +4,7 @@ import gc
 import os
 import sys
 import threading
+import traceback
 
 workers = 2
 # gunicorn >= 25.1 opens a control socket shared by every instance of the user; a second
@@ -17,7 +18,12 @@ graceful_timeout = 20
 # own teardown at exit (a last garbage collection over every object, then every module freed)
 # costs a gunicorn process 40-65 ms of CPU, and, writing to the pages it shares with its master,
 # copies them: the exiting generation takes that CPU from the serving one exactly when it carries
-# the whole load. The two hooks below skip that work; what a normal exit runs still runs.
+# the whole load. The two hooks below skip that work. A worker's clean exit still runs its
+# threads' shutdown, its atexit handlers and the flush of stdout and stderr; what only the
+# teardown does is skipped: objects' __del__ methods and weakref callbacks, the flush of a file
+# the app left open and unflushed, the removal of a NamedTemporaryFile it left open, a database
+# connection's goodbye to its server. An app that needs one of those at exit does it in an atexit
+# handler, or leaves worker_exit out. Merge these with hooks of the same name you already have.
 
 
 def worker_exit(server, worker):
@@ -26,26 +32,45 @@ def worker_exit(server, worker):
     threads joined; the atexit handlers, logging's among them; the standard streams flushed),
     then leaves without the teardown, as multiprocessing's children do: about 1 ms of CPU instead
     of 40-65. A worker that fails (a boot error, an app that does not load) keeps Python's exit
-    and its status, which the master reads to halt."""
+    and its status, which the master reads to halt. An error in a step is printed and the next
+    step runs, as in Python's own exit; a stream that cannot be flushed makes the status 120, as
+    there."""
     ending = sys.exc_info()[1]
-    if not isinstance(ending, SystemExit) or ending.code not in (0, None):
+    clean = isinstance(ending, SystemExit) and (
+        ending.code is None or (isinstance(ending.code, int) and ending.code == 0)
+    )
+    # The master calls this hook too (for a worker that was already gone): only a worker ends here.
+    if not clean or worker.pid != os.getpid():
         return
     # CPython's own steps of an exit; where one is missing, the exit stays Python's.
     shutdown_threads = getattr(threading, "_shutdown", None)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if shutdown_threads is None or run_exit_handlers is None:
         return
-    shutdown_threads()
-    run_exit_handlers()
+    for step in (shutdown_threads, run_exit_handlers):
+        try:
+            step()
+        except BaseException:
+            traceback.print_exc()
+    status = 0
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(0)
+        except Exception as e:
+            status = 120
+            try:
+                os.write(2, ("worker %d: flushing %s failed at exit: %s\n" % (os.getpid(), getattr(stream, "name", "a stream"), e)).encode())
+            except Exception:
+                pass
+    os._exit(status)
 
 
 def on_exit(server):
     """The master's exit: its objects leave the garbage collector's reach, so that its last
-    collection has nothing to visit (exit status and exit handlers unchanged)."""
-    gc.freeze()
+    collection has nothing to visit (exit status and exit handlers unchanged). Python builds
+    without gc.freeze() (PyPy) exit as before."""
+    freeze = getattr(gc, "freeze", None)
+    if freeze is not None:
+        freeze()
