@@ -657,7 +657,11 @@ impl World {
             }
             Step::Reap => self.reap()?,
             Step::ReusePid => {
-                let reused = |p: &&Procs| p.reaped && !p.forgotten;
+                // The kernel gives out again only a pid no process holds: a reaped master's, and
+                // not one a later master got already and still holds (alive, or dead and not
+                // reaped).
+                let held = |pid: i32| self.gens.values().any(|p| p.pid == pid && !p.reaped);
+                let reused = |p: &&Procs| p.reaped && !p.forgotten && !held(p.pid);
                 self.reuse_pid = self.gens.values().find(reused).map(|p| p.pid);
             }
             Step::WorkersGone(k) => {
