@@ -609,13 +609,7 @@ pub fn connect(pid: Pid) -> Result<UnixStream, Unreachable> {
         }
         Err(e) => return Err(Unreachable::Failed { pid, why: format!("cannot be looked for: /proc/{pid}/fd: {e}") }),
     };
-    let table = std::fs::read(format!("/proc/{pid}/net/unix")).unwrap_or_default();
-    let candidates: Vec<PathBuf> = procfs::parse_net_unix(&table)
-        .into_iter()
-        .filter(|s| s.listening && s.stream && inodes.contains(&s.inode))
-        .filter_map(|s| s.path)
-        .filter(|p| is_control_path(p))
-        .collect();
+    let candidates = control_candidates(&inodes, || std::fs::read(format!("/proc/{pid}/net/unix")).unwrap_or_default());
     for path in &candidates {
         match connect_in_root_of(pid, path).and_then(|stream| verify_peer(pid, stream)) {
             Ok(stream) => return Ok(stream),
@@ -634,6 +628,30 @@ pub fn connect(pid: Pid) -> Result<UnixStream, Unreachable> {
         }
         Err(_) => Err(Unreachable::NotSockherd { pid, exe: None }),
     }
+}
+
+/// How many times the socket table is read before a supervisor counts as holding no control
+/// socket.
+const TABLE_READS: usize = 4;
+
+/// The control socket paths among the listening unix sockets `inodes` of a process, from its
+/// network namespace's socket table (`read_table`: /proc/PID/net/unix). The kernel hands that
+/// table out in pieces, one read at a time, and a socket closed meanwhile shifts what follows:
+/// on a host where unix sockets come and go, one reading can miss a socket that is there all
+/// along. A reading without one is read again, [`TABLE_READS`] times in all, before it counts.
+fn control_candidates(inodes: &[u64], mut read_table: impl FnMut() -> Vec<u8>) -> Vec<PathBuf> {
+    for _ in 0..TABLE_READS {
+        let candidates: Vec<PathBuf> = procfs::parse_net_unix(&read_table())
+            .into_iter()
+            .filter(|s| s.listening && s.stream && inodes.contains(&s.inode))
+            .filter_map(|s| s.path)
+            .filter(|p| is_control_path(p))
+            .collect();
+        if !candidates.is_empty() {
+            return candidates;
+        }
+    }
+    Vec::new()
 }
 
 /// `.../sockherd-<...>/control`.
@@ -711,6 +729,46 @@ pub fn request(pid: Pid, request: Request, timeout: Duration) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket table as /proc/PID/net/unix gives it, with the control socket (inode 31337)
+    /// in it or not.
+    fn table(with_control: bool) -> Vec<u8> {
+        let mut text = String::from("Num       RefCount Protocol Flags    Type St Inode Path\n");
+        text += "0000000000000000: 00000002 00000000 00010000 0001 01 4711 /run/app.sock\n";
+        if with_control {
+            text += "0000000000000000: 00000002 00000000 00010000 0001 01 31337 /run/app/sockherd-1-ab/control\n";
+        }
+        text.into_bytes()
+    }
+
+    #[test]
+    fn a_table_that_missed_the_control_socket_is_read_again() {
+        let inodes = [4711, 31337];
+        let control = vec![PathBuf::from("/run/app/sockherd-1-ab/control")];
+        // Found at once: one reading.
+        let mut reads = 0;
+        let found = control_candidates(&inodes, || {
+            reads += 1;
+            table(true)
+        });
+        assert_eq!((found, reads), (control.clone(), 1));
+        // Missed by the first reading (a socket closed while it was read), there in the next.
+        let mut reads = 0;
+        let found = control_candidates(&inodes, || {
+            reads += 1;
+            table(reads > 1)
+        });
+        assert_eq!((found, reads), (control.clone(), 2));
+        // Missed by every reading: none, after TABLE_READS of them.
+        let mut reads = 0;
+        let found = control_candidates(&inodes, || {
+            reads += 1;
+            table(false)
+        });
+        assert_eq!((found, reads), (Vec::new(), TABLE_READS));
+        // In the table but not among the process's sockets: not its control socket.
+        assert_eq!(control_candidates(&[4711], || table(true)), Vec::<PathBuf>::new());
+    }
 
     #[test]
     fn requests() {
