@@ -54,7 +54,7 @@ const FAILED_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogMode {
     /// The serving generation's own `WATCHDOG=1` pings are relayed (puma, sd_notify servers);
-    /// sockherd pings by itself only while a handoff is in flight.
+    /// sockherd pings by itself only while a handoff is in flight and one interval after it.
     Relay,
     /// A ping for every answer of the serving generation's private probe, asked at the ping
     /// interval: a generation whose workers stop answering is restarted by systemd.
@@ -335,6 +335,8 @@ pub struct Resumed {
     pub last_reload: Option<ReloadOutcome>,
     /// The answer a `join` gets about the last reload signal.
     pub latest_signal: Option<String>,
+    /// Until when sockherd pings by itself after the last handoff (see [`Core::resume`]).
+    pub cover_until: Option<Instant>,
 }
 
 pub struct Core {
@@ -401,10 +403,12 @@ impl Core {
             last_reload: resumed.last_reload,
             stop_cause: None,
             primary: None,
-            // Looks at the watchdog at once. The generation's own pings wait in its notify
-            // socket, which crossed the exec: nothing to cover for.
+            // Looks at the watchdog at once. Pings the generation sent meanwhile wait in its
+            // notify socket, which crossed the exec. A handoff that ended less than an interval
+            // before is still covered: the generation it started may not have pinged yet, the
+            // exec does not change that.
             watchdog_next: None,
-            cover_until: None,
+            cover_until: resumed.cover_until,
             actions: VecDeque::new(),
         }
     }
@@ -435,6 +439,7 @@ impl Core {
                 Some(Joinable::Ended(text)) => Some(text.clone()),
                 _ => None,
             },
+            cover_until: self.cover_until,
         })
     }
 
@@ -1349,6 +1354,7 @@ mod tests {
             next_handoff: 2,
             last_reload: None,
             latest_signal: Some(answer.clone()),
+            cover_until: None,
         };
         let mut core = Core::resume(config, resumed);
         let again = core.to_resume().expect("a resumed core is quiet");
@@ -1361,5 +1367,54 @@ mod tests {
             "{actions:?}"
         );
         assert!(!actions.iter().any(|a| matches!(a, Action::Spawn { .. })), "a join started a reload: {actions:?}");
+    }
+
+    /// A reexec less than a watchdog interval after a handoff ended keeps sockherd's own pings
+    /// until that interval is over (the new generation may not have pinged yet), and no longer.
+    #[test]
+    fn a_resumed_core_keeps_covering_the_last_handoff() {
+        let interval = Duration::from_secs(4);
+        let config = Config {
+            flavor: Flavor::Puma,
+            ready_timeout: Duration::from_secs(5),
+            settle: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            stop_signal: Signal::TERM,
+            stop_timeout: Duration::from_secs(5),
+            watchdog: Some((interval, WatchdogMode::Relay)),
+        };
+        let t0 = Instant::now();
+        let serving = Generation {
+            number: 2,
+            pid: 4711,
+            release: None,
+            started: t0,
+            phase: Phase::Serving,
+            exit: None,
+            stop_sent: None,
+            killed: false,
+            released: false,
+            app_status: None,
+            cgroup: None,
+            daemonized: false,
+        };
+        let resumed = Resumed {
+            serving,
+            next_number: 3,
+            next_handoff: 2,
+            last_reload: None,
+            latest_signal: None,
+            cover_until: Some(t0 + interval),
+        };
+        let mut core = Core::resume(config, resumed);
+        assert_eq!(core.to_resume().and_then(|r| r.cover_until), Some(t0 + interval));
+        let pings = |core: &mut Core, at: Instant| {
+            core.handle(at, Event::Tick);
+            std::iter::from_fn(|| core.next_action()).filter(|a| matches!(a, Action::Notify(Notice::Watchdog))).count()
+        };
+        assert_eq!(pings(&mut core, t0), 1, "no ping right after the exec, within the cover");
+        assert_eq!(pings(&mut core, t0 + interval / 2), 1, "no ping half an interval later, within the cover");
+        assert_eq!(pings(&mut core, t0 + interval), 0, "a ping after the cover ended, in relay mode");
+        assert_eq!(pings(&mut core, t0 + interval * 3 / 2), 0, "a ping after the cover ended, in relay mode");
     }
 }

@@ -212,20 +212,30 @@ pub struct State {
     /// The path the supervisor was first started from, which the next reexec without a binary
     /// runs again (None in a state that predates it: the new image's own path then).
     pub exe: Option<PathBuf>,
+    /// CLOCK_MONOTONIC, microseconds: until when the supervisor pings the watchdog by itself
+    /// after the last handoff (None when it does not, and in a state that predates it).
+    pub cover_until_usec: Option<u64>,
 }
 
-/// Microseconds of CLOCK_MONOTONIC at `at`.
+/// Microseconds of CLOCK_MONOTONIC at `at`, past or future (a deadline crosses too).
 pub fn instant_usec(at: Instant) -> u64 {
-    let now_usec = sys::monotonic_usec();
-    let ago = Instant::now().saturating_duration_since(at).as_micros() as u64;
-    now_usec.saturating_sub(ago)
+    let (now, now_usec) = (Instant::now(), sys::monotonic_usec());
+    if at >= now {
+        now_usec.saturating_add((at - now).as_micros() as u64)
+    } else {
+        now_usec.saturating_sub((now - at).as_micros() as u64)
+    }
 }
 
-/// The instant CLOCK_MONOTONIC read `usec` at (now, if that is in the future).
+/// The instant CLOCK_MONOTONIC reads (or read) `usec`; now, if that instant cannot be
+/// represented.
 pub fn usec_instant(usec: u64) -> Instant {
-    let now = Instant::now();
-    let ago = Duration::from_micros(sys::monotonic_usec().saturating_sub(usec));
-    now.checked_sub(ago).unwrap_or(now)
+    let (now, now_usec) = (Instant::now(), sys::monotonic_usec());
+    if usec >= now_usec {
+        now.checked_add(Duration::from_micros(usec - now_usec)).unwrap_or(now)
+    } else {
+        now.checked_sub(Duration::from_micros(now_usec - usec)).unwrap_or(now)
+    }
 }
 
 fn path_bytes(path: &Path) -> Value {
@@ -276,6 +286,7 @@ impl State {
             "reexecs": self.reexecs,
             "argv": self.argv.iter().map(|a| json!(a.as_bytes())).collect::<Vec<_>>(),
             "exe": opt_path(&self.exe),
+            "cover_until_usec": self.cover_until_usec,
         });
         format!("{MAGIC} {STATE_VERSION}\n{value}\n")
     }
@@ -355,6 +366,7 @@ impl State {
             reexecs: int(&v, "reexecs")?,
             argv: argv_of(&v)?,
             exe: opt(&v, "exe", path)?,
+            cover_until_usec: opt(&v, "cover_until_usec", int)?,
         })
     }
 
@@ -749,6 +761,7 @@ mod tests {
             reexecs: 2,
             argv: vec!["/usr/bin/sockherd".into(), "run".into(), OsString::from_vec(b"--x\xff".to_vec())],
             exe: Some("/usr/bin/sockherd".into()),
+            cover_until_usec: Some(77),
         }
     }
 
@@ -769,6 +782,16 @@ mod tests {
         let state = State::decode(&text).unwrap();
         assert_eq!(state.exe, None);
         assert_eq!(State { exe: sample().exe, ..state }, sample());
+    }
+
+    #[test]
+    fn a_state_without_the_watchdog_cover_reads_as_none() {
+        // As builds before it write it: the same version, no "cover_until_usec".
+        let text = sample().encode().replace(",\"cover_until_usec\":77", "");
+        assert!(!text.contains("cover_until"), "{text}");
+        let state = State::decode(&text).unwrap();
+        assert_eq!(state.cover_until_usec, None);
+        assert_eq!(State { cover_until_usec: Some(77), ..state }, sample());
     }
 
     #[test]
@@ -809,10 +832,12 @@ mod tests {
 
     #[test]
     fn instants_cross_as_monotonic_time() {
-        let at = Instant::now() - Duration::from_secs(3);
-        let back = usec_instant(instant_usec(at));
-        let diff = if back > at { back - at } else { at - back };
-        assert!(diff < Duration::from_millis(5), "{diff:?}");
+        // A generation's start and a reload's end are past; the watchdog's cover is a deadline.
+        for at in [Instant::now() - Duration::from_secs(3), Instant::now() + Duration::from_secs(3)] {
+            let back = usec_instant(instant_usec(at));
+            let diff = if back > at { back - at } else { at - back };
+            assert!(diff < Duration::from_millis(5), "{diff:?}");
+        }
     }
 
     #[test]

@@ -1387,6 +1387,7 @@ impl Supervisor {
             reexecs: self.reexecs,
             argv: std::env::args_os().collect(),
             exe: self.exe.clone(),
+            cover_until_usec: resumed.cover_until.map(reexec::instant_usec),
         }
     }
 
@@ -1459,6 +1460,7 @@ impl Supervisor {
                 took: Duration::from_micros(r.took_usec),
             }),
             latest_signal: state.latest_signal.clone(),
+            cover_until: state.cover_until_usec.map(reexec::usec_instant),
         };
         let check = Check::resumed(&config.ready, g.number, runtime_dir.path());
         let inbox = match g.inbox_fd {

@@ -781,9 +781,6 @@ impl World {
                     self.trace.push(format!("  t+{:>5} ms  reexec", (self.now - self.t0).as_millis()));
                 }
                 self.core = Core::resume(self.config.clone(), resumed);
-                // The new image covers no handoff's tail: the serving generation's own pings wait
-                // in its notify socket, which crossed the exec (Core::resume).
-                self.handoff_ended = None;
                 let after = (
                     self.core.serving().map(|g| (g.number, g.pid)),
                     self.core.last_reload().map(|r| r.message.clone()),

@@ -284,3 +284,65 @@ fn ready_from_systemd_notify_counts() {
         proc.fail(&format!("the helper's STATUS= should show in sockherd's; sent:\n{}", systemd.dump()));
     }
 }
+
+/// Relay mode: the app's own pings vouch for it, and sockherd pings by itself during a handoff
+/// and one interval after it, while the new generation may not ping yet. A reexec right after a
+/// reload is inside that interval: the new image keeps pinging until the interval is over (a
+/// silent app here, so every ping is sockherd's), then stops, as without the exec.
+#[test]
+fn a_reexec_right_after_a_reload_keeps_the_watchdog_covered() {
+    require!("python3");
+    let dir = TempDir::new("notify-cover-reexec");
+    let systemd = FakeSystemd::new(dir.path());
+    let interval = Duration::from_secs(8);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = sockherd_cmd(&["run", "--ready", "notify", "--watchdog", "relay", "--listen", &addr, "--"]);
+    cmd.arg(notifier()).arg("plain").arg(dir.join("report.json"));
+    cmd.env("NOTIFY_SOCKET", &systemd.path).env("WATCHDOG_USEC", interval.as_micros().to_string());
+    cmd.env("XDG_RUNTIME_DIR", dir.path()).env_remove("RUNTIME_DIRECTORY");
+    let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
+    wait_ready(&mut proc, &systemd);
+    wait_http_ok(&mut proc, &addr, Duration::from_secs(10));
+    let pings = || systemd.accepted().iter().filter(|tags| tags.iter().any(|t| t == "WATCHDOG=1")).count();
+
+    let out = reload(&proc);
+    let ended = std::time::Instant::now();
+    if !out.status.success() {
+        proc.fail(&format!("reload failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let pid = proc.pid().to_string();
+    let out = sockherd_cmd(&["reexec", "--pid", &pid, "--timeout", "60s"]).output().unwrap();
+    if !out.status.success() {
+        proc.fail(&format!("reexec failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let after_exec = pings();
+    let took = ended.elapsed();
+    if took > interval / 4 {
+        proc.fail(&format!("the reexec took {took:?}: too late to tell its pings from the cover's end"));
+    }
+    // The new image pings every half interval while the cover lasts: at least once more before
+    // it ends.
+    std::thread::sleep(interval - interval / 8 - took);
+    let before_end = pings();
+    if before_end <= after_exec {
+        proc.fail(&format!(
+            "no WATCHDOG=1 from the re-executed supervisor in the {:?} after the reload ended (systemd \
+             would kill the service once the interval passed); sent:\n{}",
+            interval - interval / 8,
+            systemd.dump()
+        ));
+    }
+    // And none after it: the cover ends an interval after the handoff, as it does without an exec.
+    std::thread::sleep(interval / 4);
+    let ended_cover = pings();
+    std::thread::sleep(interval * 3 / 4);
+    if pings() != ended_cover {
+        proc.fail(&format!(
+            "sockherd still pings {:?} after the handoff ended, for an app that never pinged; sent:\n{}",
+            ended.elapsed(),
+            systemd.dump()
+        ));
+    }
+    proc.signal(libc::SIGTERM);
+    proc.wait_exit(Duration::from_secs(30));
+}
