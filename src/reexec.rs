@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -666,13 +666,6 @@ pub fn keep_across_exec(fds: &[BorrowedFd<'_>], keep: bool) -> Result<()> {
             .with_context(|| format!("failed to set close-on-exec of fd {}", fd.as_raw_fd()))?;
     }
     Ok(())
-}
-
-/// Which unix time `usec` of CLOCK_MONOTONIC was, given an instant and its wall-clock time.
-pub fn wall_at(usec: u64, epoch: (Instant, SystemTime)) -> SystemTime {
-    let at = usec_instant(usec);
-    let (instant, wall) = epoch;
-    if at >= instant { wall + (at - instant) } else { wall.checked_sub(instant - at).unwrap_or(UNIX_EPOCH) }
 }
 
 /// This image cannot take over (`why`): back to the image before, which resumes with the state
