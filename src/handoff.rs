@@ -1320,6 +1320,24 @@ mod tests {
         }
     }
 
+    /// A generation serving since `started`, as a reexec hands it over.
+    fn serving_generation(number: u64, pid: Pid, started: Instant) -> Generation {
+        Generation {
+            number,
+            pid,
+            release: None,
+            started,
+            phase: Phase::Serving,
+            exit: None,
+            stop_sent: None,
+            killed: false,
+            released: false,
+            app_status: None,
+            cgroup: None,
+            daemonized: false,
+        }
+    }
+
     /// What a reexec hands over comes back whole from the resumed core: a `join` after it gets
     /// the answer it would have got before, not a reload of its own.
     #[test]
@@ -1334,18 +1352,8 @@ mod tests {
             watchdog: None,
         };
         let serving = Generation {
-            number: 3,
-            pid: 4711,
             release: Some(PathBuf::from("/srv/app/releases/42")),
-            started: Instant::now(),
-            phase: Phase::Serving,
-            exit: None,
-            stop_sent: None,
-            killed: false,
-            released: false,
-            app_status: None,
-            cgroup: None,
-            daemonized: false,
+            ..serving_generation(3, 4711, Instant::now())
         };
         let answer = "ok generation 3 (pid 4711) serves".to_string();
         let resumed = Resumed {
@@ -1384,22 +1392,8 @@ mod tests {
             watchdog: Some((interval, WatchdogMode::Relay)),
         };
         let t0 = Instant::now();
-        let serving = Generation {
-            number: 2,
-            pid: 4711,
-            release: None,
-            started: t0,
-            phase: Phase::Serving,
-            exit: None,
-            stop_sent: None,
-            killed: false,
-            released: false,
-            app_status: None,
-            cgroup: None,
-            daemonized: false,
-        };
         let resumed = Resumed {
-            serving,
+            serving: serving_generation(2, 4711, t0),
             next_number: 3,
             next_handoff: 2,
             last_reload: None,
