@@ -83,8 +83,8 @@ impl Drop for FakeSystemd {
 }
 
 /// `sockherd run --ready notify --listen 127.0.0.1:<free> -- notifier.py MODE REPORT` under the
-/// stand-in systemd.
-fn start(dir: &TempDir, systemd: &FakeSystemd, mode: &str, extra: &[&str]) -> (Proc, String) {
+/// stand-in systemd, not started yet, and its address.
+fn command(dir: &TempDir, systemd: &FakeSystemd, mode: &str, extra: &[&str]) -> (std::process::Command, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut args = vec!["run", "--ready", "notify", "--listen", &addr];
     args.extend_from_slice(extra);
@@ -92,6 +92,12 @@ fn start(dir: &TempDir, systemd: &FakeSystemd, mode: &str, extra: &[&str]) -> (P
     let mut cmd = sockherd_cmd(&args);
     cmd.arg(notifier()).arg(mode).arg(dir.join("report.json"));
     cmd.env("NOTIFY_SOCKET", &systemd.path);
+    (cmd, addr)
+}
+
+/// [`command`], started.
+fn start(dir: &TempDir, systemd: &FakeSystemd, mode: &str, extra: &[&str]) -> (Proc, String) {
+    let (cmd, addr) = command(dir, systemd, mode, extra);
     (Proc::spawn(cmd, dir.path(), "sockherd"), addr)
 }
 
@@ -295,10 +301,8 @@ fn a_reexec_right_after_a_reload_keeps_the_watchdog_covered() {
     let dir = TempDir::new("notify-cover-reexec");
     let systemd = FakeSystemd::new(dir.path());
     let interval = Duration::from_secs(8);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = sockherd_cmd(&["run", "--ready", "notify", "--watchdog", "relay", "--listen", &addr, "--"]);
-    cmd.arg(notifier()).arg("plain").arg(dir.join("report.json"));
-    cmd.env("NOTIFY_SOCKET", &systemd.path).env("WATCHDOG_USEC", interval.as_micros().to_string());
+    let (mut cmd, addr) = command(&dir, &systemd, "plain", &["--watchdog", "relay"]);
+    cmd.env("WATCHDOG_USEC", interval.as_micros().to_string());
     cmd.env("XDG_RUNTIME_DIR", dir.path()).env_remove("RUNTIME_DIRECTORY");
     let mut proc = Proc::spawn(cmd, dir.path(), "sockherd");
     wait_ready(&mut proc, &systemd);
