@@ -401,6 +401,9 @@ class SockherdHost(Method):
         # then the server's own processes only, a booting generation against the serving one.
         self.pinned = pinned
         self.load_prefix = []
+        self.client_cpus = None  # the driver's and its clients' CPUs while this method runs (pinned)
+        # The recorder's priority on the load generators' CPU (load.sh): "rt" when pinned.
+        self.recorder_priority = ""
         self.placement = "shared"
         label = label or ("sockherd run (no systemd)" if server != "starman" else "sockherd run --flavor server-starter")
         super().__init__("sockherd-host-" + server + ("-" + PINNED if pinned else "") + ("-" + variant if variant else ""),
@@ -420,6 +423,8 @@ class SockherdHost(Method):
             return "one CPU only: the server and the load cannot have CPUs of their own"
         if self.pinned and not have("taskset"):
             return "taskset (util-linux) not installed"
+        if self.pinned and not have("chrt"):
+            return "chrt (util-linux) not installed"
         return None
 
     def setup(self, outdir):
@@ -435,6 +440,10 @@ class SockherdHost(Method):
             server_cpus, load_cpu = cpu_split()
             cmd = ["taskset", "-c", cpu_list(server_cpus)] + cmd
             self.load_prefix = ["taskset", "-c", str(load_cpu)]
+            self.client_cpus = {load_cpu}
+            # wrk and hey keep the load CPU busy; the recorder, on it too, would wait behind them
+            # (up to 37 ms between two answers in one run) and count its own wait as the server's gap.
+            self.recorder_priority = "rt"
             self.placement = "server on CPU%s %s, load on CPU %d" % (
                 "s" if len(server_cpus) > 1 else "", cpu_list(server_cpus), load_cpu)
         self.proc = Proc(cmd, outdir, "sockherd", env=dict(os.environ, **env))
@@ -992,6 +1001,13 @@ def run_deploy(method, cfg, outroot):
     started = time.time()
     method.setup(outdir)
     load = None
+    # Where the server has CPUs of its own, this driver and every client it starts (the
+    # reload command, the probes, `sockherd status`) run on the load's CPU as well: clients on
+    # other hosts. A probe's Python start costs tens of ms of CPU; on the server's CPU it would
+    # be a gap of the server's.
+    driver_cpus = os.sched_getaffinity(0)
+    if getattr(method, "client_cpus", None):
+        os.sched_setaffinity(0, method.client_cpus)
     try:
         target = method.target
         ident = probe(target, "ident", method.tcp)
@@ -999,7 +1015,9 @@ def run_deploy(method, cfg, outroot):
         # A run that keeps its load as long again after the reloads (below) gets twice the time.
         load_max = cfg.load_max * (2 if getattr(method, "quiet", False) else 1)
         result["placement"] = getattr(method, "placement", None)
-        load = target.popen(getattr(method, "load_prefix", []) + ["bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(load_max)], "load")
+        load = target.popen(getattr(method, "load_prefix", []) + [
+            "bash", LOAD_SH, outdir, LOADREC, method.tcp, method.sock if method.unix else "", str(load_max),
+            getattr(method, "recorder_priority", "")], "load")
         wait_until(lambda: os.path.exists(os.path.join(outdir, "started")), 30)
         time.sleep(cfg.steady)
         for i in range(cfg.reloads):
@@ -1041,6 +1059,7 @@ def run_deploy(method, cfg, outroot):
             result["quiet_window"] = [q0, time.time()]
         time.sleep(cfg.cooldown)
     finally:
+        os.sched_setaffinity(0, driver_cpus)
         if load:
             open(os.path.join(outdir, "stop"), "w").close()
             try:
@@ -1124,8 +1143,12 @@ def read_requests(path):
     try:
         with open(path) as f:
             for r in csv.DictReader(f):
+                # wait_ms: the recorder's own wait for a CPU up to this completion (empty where
+                # the kernel keeps no run_delay, or from an older loadrec).
+                wait = r.get("wait_ms")
                 rows.append((float(r["start"]), float(r["latency_ms"]), r["outcome"], int(r["spec"]),
-                             r["reused"] == "1", int(r["worker"]), int(r["master"])))
+                             r["reused"] == "1", int(r["worker"]), int(r["master"]),
+                             float(wait) if wait else None))
     except OSError:
         pass
     rows.sort()
@@ -1184,7 +1207,10 @@ def gap_place(rows, specs, reloads, a, b):
     """Where the gap [a, b] fell in its reload: ms after the reload command; the phase (boot:
     before the new generation answered its first request on this transport; overlap: both
     generations answering; drain: the old one answered its last); and which generation the
-    requests in flight across the whole gap were waiting on (old, new)."""
+    requests in flight across the whole gap were waiting on (old, new); and how long the
+    recorder thread whose completion ended the gap had itself waited for a CPU since its previous
+    completion (client_wait_ms: the client's share of the gap, when it shares a CPU with the load
+    generators)."""
     ev = max((e for e in reloads if e["t0"] <= b), key=lambda e: e["t0"], default=None)
     if not ev:
         return None
@@ -1200,7 +1226,10 @@ def gap_place(rows, specs, reloads, a, b):
         phase = "drain"
     waiting = sorted({"new" if r[6] == new else "old" for r in rows
                       if r[3] in specs and r[0] <= a and r[0] + r[1] / 1000.0 >= b})
+    ender = min((r for r in rows if r[3] in specs and outcome_class(r[2]) == "ok"),
+                key=lambda r: abs(r[0] + r[1] / 1000.0 - b), default=None)
     return dict(reload=ev.get("i"), offset_ms=(a - ev["t0"]) * 1000.0, phase=phase, waiting=waiting,
+                client_wait_ms=ender[7] if ender else None,
                 reload_returned_ms=(ev["t1"] - ev["t0"]) * 1000.0 if ev.get("t1") else None)
 
 
@@ -1230,7 +1259,7 @@ def analyze_deploy(outdir, result, crit):
     first = reloads[0]["t0"] if reloads else None
     last = windows[-1][1] if windows else None
     load_start = float(open(os.path.join(outdir, "started")).read()) if os.path.exists(os.path.join(outdir, "started")) else (rows[0][0] if rows else 0)
-    steady, during = [], []
+    steady, during, waits = [], [], []
     wi = 0
     for r in rows:
         if outcome_class(r[2]) != "ok":
@@ -1244,6 +1273,8 @@ def analyze_deploy(outdir, result, crit):
                 wi += 1
             if wi < len(windows) and end >= windows[wi][0] and t <= windows[wi][1]:
                 during.append(lat)
+                if r[7] is not None:
+                    waits.append(r[7])
     # Longest gap with no completed request, per transport, over the reload phase, and where it
     # fell; the same over the no-reload window of as long, if the method had one.
     gaps, gap_at = {}, {}
@@ -1302,6 +1333,8 @@ def analyze_deploy(outdir, result, crit):
         failed=failed, errors=errors, recorder_failed=rec_failed, error_samples=samples,
         steady=dict(n=len(steady), p50=pct(steady, 50), p99=pct(steady, 99), max=max(steady) if steady else None),
         during=dict(n=len(during), p50=pct(during, 50), p99=pct(during, 99), max=max(during) if during else None),
+        # The recorder's longest wait for a CPU between two of its completions during reloads.
+        recorder_wait_ms=max(waits) if waits else None,
         gaps=gaps, gap_ms=max([g for g in gaps.values() if g is not None] or [0]), gap_at=gap_at,
         quiet=dict(seconds=quiet[1] - quiet[0], gaps=quiet_gaps,
                    gap_ms=max([g for g in quiet_gaps.values() if g is not None] or [0]),

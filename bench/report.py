@@ -67,10 +67,12 @@ def gap_place(d):
     if transport is None:
         return "-"
     p = at[transport]
-    return "%s, %s%s into reload %s: %s; waiting on the %s generation" % (
+    wait = p.get("client_wait_ms")
+    return "%s, %s%s into reload %s: %s; waiting on the %s generation%s" % (
         transport.upper() if transport == "tcp" else transport, "+" if p["offset_ms"] >= 0 else "-",
         ms(abs(p["offset_ms"])), p["reload"], p["phase"],
-        " and the ".join(p["waiting"]) or "no")
+        " and the ".join(p["waiting"]) or "no",
+        "; the client that ended it had waited %s for a CPU" % ms(wait) if wait is not None else "")
 
 
 def med(v):
@@ -516,11 +518,13 @@ def write_results(report, path, plot_rel):
                  "(*reload adds*: the difference of the longer of TCP and unix). *CPUs*: each pair runs "
                  "twice, with the server and the load generators sharing every CPU, and with the server "
                  "(sockherd and its generations) on CPUs the load never runs on (`taskset`), as if the "
-                 "clients were on other hosts. Sharing them, the load generators' session takes half of "
+                 "clients were on other hosts, and the recorder runs `SCHED_FIFO` on the load's CPU, so "
+                 "that it never waits behind wrk and hey there (the client's own wait, where it is "
+                 "counted, is shown with the gap it ended). Sharing them, the load generators' session takes half of "
                  "the CPUs from the server's (the kernel's autogroup: every systemd service is a session "
                  "of its own), so a server's own gap, with no reload, can exceed the goal; on CPUs of its "
                  "own, the load generators never run there, and a booting generation competes with the "
-                 "serving one (and with the benchmark's own probes and clients, which are not pinned), "
+                 "serving one only (the benchmark's own probes and clients run on the load's CPU too), "
                  "which is what the boot priority is for." % GAP_GOAL_MS)
         L.append("")
         L.extend(bpt)

@@ -8,10 +8,14 @@
 //!
 //! Each of the N connections of a SPEC is a thread sending GET requests back to back until
 //! the stop file appears or max-seconds pass. Output, one CSV line per request:
-//!   start (unix seconds), latency_ms, outcome, spec, reused, worker pid, master pid
+//!   start (unix seconds), latency_ms, outcome, spec, reused, worker pid, master pid, wait_ms
 //! outcome: the HTTP status code, or refused | reset | timeout | eof | noent | error.
 //! `reused` is 1 when the request went out on a kept-alive connection that had served before
 //! (a failure there is the classic keep-alive close race).
+//! `wait_ms` is the time the thread spent runnable but waiting for a CPU since its previous
+//! record ended (the kernel's run_delay, /proc/thread-self/schedstat), empty where the kernel
+//! does not keep it: the part of a gap between completions that was the client's own doing,
+//! when the load generators share its CPU.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -45,6 +49,27 @@ struct Record {
     reused: bool,
     worker: u32,
     master: u32,
+    wait_ms: Option<f64>,
+}
+
+/// The calling thread's time spent waiting on a run queue, as the kernel counts it.
+struct RunDelay {
+    file: Option<std::fs::File>,
+}
+
+impl RunDelay {
+    /// Opened by the thread it measures: thread-self names the opening thread.
+    fn open() -> RunDelay {
+        RunDelay { file: std::fs::File::open("/proc/thread-self/schedstat").ok() }
+    }
+
+    /// Nanoseconds waited so far ("cpu_ns run_delay_ns timeslices"), re-read from offset 0.
+    fn now_ns(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 fn parse_spec(text: &str) -> Result<Spec, String> {
@@ -191,6 +216,8 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
     let mut conn: Option<Box<dyn Stream>> = None;
     let mut served = 0u64; // requests answered on the current connection
     let mut buf = Vec::with_capacity(8192);
+    let run_delay = RunDelay::open();
+    let mut waited = run_delay.now_ns();
     while !stop.load(Ordering::Relaxed) {
         let start = now_unix();
         let t0 = Instant::now();
@@ -203,6 +230,12 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
             exchange(conn.as_mut().unwrap().as_mut(), request.as_bytes(), &mut buf)
         })();
         let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let now_waited = run_delay.now_ns();
+        let wait_ms = match (waited, now_waited) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e6),
+            _ => None,
+        };
+        waited = now_waited;
         match result {
             Ok(a) => {
                 served += 1;
@@ -218,6 +251,7 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
                         reused,
                         worker: a.worker,
                         master: a.master,
+                        wait_ms,
                     },
                 );
             }
@@ -225,7 +259,15 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
                 conn = None;
                 push(
                     &records,
-                    Record { start, latency_ms, outcome: classify(&e).to_string(), reused, worker: 0, master: 0 },
+                    Record {
+                        start,
+                        latency_ms,
+                        outcome: classify(&e).to_string(),
+                        reused,
+                        worker: 0,
+                        master: 0,
+                        wait_ms,
+                    },
                 );
                 // Do not spin on an address that refuses: a client would back off a little too.
                 std::thread::sleep(Duration::from_millis(1));
@@ -277,7 +319,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
-    let mut text = String::from("start,latency_ms,outcome,spec,reused,worker,master\n");
+    let mut text = String::from("start,latency_ms,outcome,spec,reused,worker,master,wait_ms\n");
     let mut total = 0usize;
     let mut panicked = 0usize;
     for (index, records, thread) in threads {
@@ -288,8 +330,15 @@ fn main() {
         total += records.len();
         for r in records {
             text.push_str(&format!(
-                "{:.6},{:.3},{},{},{},{},{}\n",
-                r.start, r.latency_ms, r.outcome, index, r.reused as u8, r.worker, r.master
+                "{:.6},{:.3},{},{},{},{},{},{}\n",
+                r.start,
+                r.latency_ms,
+                r.outcome,
+                index,
+                r.reused as u8,
+                r.worker,
+                r.master,
+                r.wait_ms.map(|w| format!("{w:.3}")).unwrap_or_default()
             ));
         }
     }
