@@ -425,6 +425,8 @@ class SockherdHost(Method):
             return "taskset (util-linux) not installed"
         if self.pinned and not have("chrt"):
             return "chrt (util-linux) not installed"
+        if self.pinned and subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode != 0:
+            return "chrt -f 1 is not allowed here (the recorder runs SCHED_FIFO: needs CAP_SYS_NICE)"
         return None
 
     def setup(self, outdir):
@@ -1006,9 +1008,9 @@ def run_deploy(method, cfg, outroot):
     # other hosts. A probe's Python start costs tens of ms of CPU; on the server's CPU it would
     # be a gap of the server's.
     driver_cpus = os.sched_getaffinity(0)
-    if getattr(method, "client_cpus", None):
-        os.sched_setaffinity(0, method.client_cpus)
     try:
+        if getattr(method, "client_cpus", None):
+            os.sched_setaffinity(0, method.client_cpus)
         target = method.target
         ident = probe(target, "ident", method.tcp)
         old_master = ident.get("master")
@@ -1143,15 +1145,15 @@ def read_requests(path):
     try:
         with open(path) as f:
             for r in csv.DictReader(f):
-                # wait_ms: the recorder's own wait for a CPU up to this completion (empty where
-                # the kernel keeps no run_delay, or from an older loadrec).
+                # wait_ms: the recorder thread's own wait for a CPU since its previous request
+                # ended (empty where the kernel keeps no run_delay, or from an older loadrec).
                 wait = r.get("wait_ms")
                 rows.append((float(r["start"]), float(r["latency_ms"]), r["outcome"], int(r["spec"]),
                              r["reused"] == "1", int(r["worker"]), int(r["master"]),
                              float(wait) if wait else None))
     except OSError:
         pass
-    rows.sort()
+    rows.sort(key=lambda r: r[:7])
     return rows
 
 
@@ -1207,10 +1209,10 @@ def gap_place(rows, specs, reloads, a, b):
     """Where the gap [a, b] fell in its reload: ms after the reload command; the phase (boot:
     before the new generation answered its first request on this transport; overlap: both
     generations answering; drain: the old one answered its last); and which generation the
-    requests in flight across the whole gap were waiting on (old, new); and how long the
-    recorder thread whose completion ended the gap had itself waited for a CPU since its previous
-    completion (client_wait_ms: the client's share of the gap, when it shares a CPU with the load
-    generators)."""
+    requests in flight across the whole gap were waiting on (old, new); and, where a completion
+    ended the gap (not the window's end), how long the recorder thread that completed it had
+    itself waited for a CPU since its previous request ended (client_wait_ms: at most the
+    client's part of the gap, when it shares a CPU with the load generators)."""
     ev = max((e for e in reloads if e["t0"] <= b), key=lambda e: e["t0"], default=None)
     if not ev:
         return None
@@ -1226,8 +1228,7 @@ def gap_place(rows, specs, reloads, a, b):
         phase = "drain"
     waiting = sorted({"new" if r[6] == new else "old" for r in rows
                       if r[3] in specs and r[0] <= a and r[0] + r[1] / 1000.0 >= b})
-    ender = min((r for r in rows if r[3] in specs and outcome_class(r[2]) == "ok"),
-                key=lambda r: abs(r[0] + r[1] / 1000.0 - b), default=None)
+    ender = next((r for r in rows if r[3] in specs and outcome_class(r[2]) == "ok" and r[0] + r[1] / 1000.0 == b), None)
     return dict(reload=ev.get("i"), offset_ms=(a - ev["t0"]) * 1000.0, phase=phase, waiting=waiting,
                 client_wait_ms=ender[7] if ender else None,
                 reload_returned_ms=(ev["t1"] - ev["t0"]) * 1000.0 if ev.get("t1") else None)
@@ -1259,7 +1260,7 @@ def analyze_deploy(outdir, result, crit):
     first = reloads[0]["t0"] if reloads else None
     last = windows[-1][1] if windows else None
     load_start = float(open(os.path.join(outdir, "started")).read()) if os.path.exists(os.path.join(outdir, "started")) else (rows[0][0] if rows else 0)
-    steady, during, waits = [], [], []
+    steady, during = [], []
     wi = 0
     for r in rows:
         if outcome_class(r[2]) != "ok":
@@ -1273,8 +1274,6 @@ def analyze_deploy(outdir, result, crit):
                 wi += 1
             if wi < len(windows) and end >= windows[wi][0] and t <= windows[wi][1]:
                 during.append(lat)
-                if r[7] is not None:
-                    waits.append(r[7])
     # Longest gap with no completed request, per transport, over the reload phase, and where it
     # fell; the same over the no-reload window of as long, if the method had one.
     gaps, gap_at = {}, {}
@@ -1333,8 +1332,6 @@ def analyze_deploy(outdir, result, crit):
         failed=failed, errors=errors, recorder_failed=rec_failed, error_samples=samples,
         steady=dict(n=len(steady), p50=pct(steady, 50), p99=pct(steady, 99), max=max(steady) if steady else None),
         during=dict(n=len(during), p50=pct(during, 50), p99=pct(during, 99), max=max(during) if during else None),
-        # The recorder's longest wait for a CPU between two of its completions during reloads.
-        recorder_wait_ms=max(waits) if waits else None,
         gaps=gaps, gap_ms=max([g for g in gaps.values() if g is not None] or [0]), gap_at=gap_at,
         quiet=dict(seconds=quiet[1] - quiet[0], gaps=quiet_gaps,
                    gap_ms=max([g for g in quiet_gaps.values() if g is not None] or [0]),

@@ -14,8 +14,8 @@
 //! (a failure there is the classic keep-alive close race).
 //! `wait_ms` is the time the thread spent runnable but waiting for a CPU since its previous
 //! record ended (the kernel's run_delay, /proc/thread-self/schedstat), empty where the kernel
-//! does not keep it: the part of a gap between completions that was the client's own doing,
-//! when the load generators share its CPU.
+//! does not keep it: a bound on the part of a gap between completions that was the client's
+//! own doing, when the load generators share its CPU.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
