@@ -13,7 +13,7 @@ use sockherd::status::Json;
 use common::*;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
@@ -618,20 +618,22 @@ fn capistrano_reload_puma() {
     capistrano_reload(Server::Puma);
 }
 
-/// contrib/gunicorn/gunicorn.conf.py ends a worker that exits cleanly without Python's teardown
-/// (bench/RESULTS.md: a drain's old workers took CPU from the serving ones), and must still run
-/// what an exit runs: every drained worker's exit handler (atexit) ran, and the line it printed,
-/// unflushed on a block-buffered stdout, reached sockherd's output. A failing worker keeps its
+/// contrib/gunicorn/gunicorn.conf.py ends a worker that exits cleanly, and the master, without
+/// Python's teardown (bench/RESULTS.md: a drain's old processes took CPU from the serving ones),
+/// and each must still run what an exit runs: every drained process's exit handler (atexit) ran,
+/// the line it printed, unflushed on a block-buffered stdout, reached sockherd's output, and the
+/// old master exited with the status gunicorn's halt() had for it (0). The app is preloaded
+/// (`--preload`), so that the master has the app's exit handler too. A failing worker keeps its
 /// exit status: `broken_release_rolls_back_gunicorn`.
 #[test]
-fn drained_gunicorn_workers_still_run_their_exit_handlers() {
+fn a_drained_gunicorn_generation_still_runs_its_exit_handlers() {
     require_server!(Server::Gunicorn);
     let deploy = Deploy::new("exit-handlers", &["r1", "r2"]);
     let marks = deploy.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
     let marks_arg = marks.display().to_string();
     // PYTHONUNBUFFERED (set on some machines) would flush every print by itself.
-    let env = [("APP_EXIT_MARK", marks_arg.as_str()), ("PYTHONUNBUFFERED", "")];
+    let env = [("APP_EXIT_MARK", marks_arg.as_str()), ("PYTHONUNBUFFERED", ""), ("GUNICORN_CMD_ARGS", "--preload")];
     let mut herd = Herd::start_server(&deploy, Server::Gunicorn, &[], &env);
     herd.wait_serving(Duration::from_secs(30));
     let g1 = herd.wait_settled(Duration::from_secs(10));
@@ -648,16 +650,67 @@ fn drained_gunicorn_workers_still_run_their_exit_handlers() {
     }
     herd.wait_settled(Duration::from_secs(30));
     let stdout = herd.proc.stdout();
-    for worker in &workers {
-        let mark = std::fs::read_to_string(marks.join(format!("exit-{worker}"))).unwrap_or_default();
+    for (what, pid) in workers.iter().map(|&w| ("worker", w)).chain([("master", g1.pid)]) {
+        let mark = std::fs::read_to_string(marks.join(format!("exit-{pid}"))).unwrap_or_default();
         if mark != "exit handler ran\n" {
-            herd.fail(&format!("drained worker {worker} did not run its exit handler (mark {mark:?})"));
+            herd.fail(&format!("drained {what} {pid} did not run its exit handler (mark {mark:?})"));
         }
-        if !stdout.contains(&format!("app: exit handler of {worker} ran")) {
-            herd.fail(&format!("what worker {worker}'s exit handler printed was lost; stdout: {stdout:?}"));
+        if !stdout.contains(&format!("app: exit handler of {pid} ran")) {
+            herd.fail(&format!("what {what} {pid}'s exit handler printed was lost; stdout: {stdout:?}"));
         }
     }
-    eprintln!("drained workers {workers:?}: exit handlers ran, their output was flushed");
+    let master_exit = format!("generation 1 (pid {}", g1.pid);
+    let logged = herd.proc.stderr();
+    let line = logged.lines().find(|l| l.contains(&master_exit) && l.contains(" exited: "));
+    if !line.is_some_and(|l| l.contains("exited: exit status 0 after")) {
+        herd.fail(&format!("the old master should have exited with status 0: {line:?}"));
+    }
+    eprintln!("drained workers {workers:?} and master {}: exit handlers ran, their output was flushed", g1.pid);
+}
+
+/// The master's `on_exit` hook (contrib/gunicorn/gunicorn.conf.py) reads the status gunicorn's
+/// `halt()` is about to exit with from halt's frame, as gunicorn gives the hook none. Called from
+/// a function named `halt`, it ends the process with that status, after the exit handlers and
+/// with stdout flushed, and nothing after the hook runs; called from anywhere else, it returns
+/// and the exit stays Python's. The config is run as Python runs it, with stand-ins for halt.
+#[test]
+fn the_gunicorn_masters_exit_hook_ends_it_with_halts_status_only_from_halt() {
+    require_server!(Server::Gunicorn);
+    let script = r#"
+import atexit, runpy, sys
+conf = runpy.run_path(sys.argv[1])
+atexit.register(lambda: print("exit handler ran"))
+def halt(reason=None, exit_status=0):
+    conf["on_exit"](None)
+    print("went on after the hook")
+def stop(exit_status=0):
+    conf["on_exit"](None)
+    print("went on after the hook")
+{"halt": halt, "stop": stop}[sys.argv[2]](exit_status=int(sys.argv[3]))
+sys.exit(7)
+"#;
+    let config = contrib("gunicorn/gunicorn.conf.py");
+    for (caller, status, code, printed) in [
+        ("halt", "3", 3, "exit handler ran\n"),
+        ("halt", "0", 0, "exit handler ran\n"),
+        ("stop", "3", 7, "went on after the hook\nexit handler ran\n"),
+    ] {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&config)
+            .args([caller, status])
+            .env_remove("PYTHONUNBUFFERED")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            (out.status.code(), stdout.as_ref()),
+            (Some(code), printed),
+            "on_exit called from {caller}() with exit_status {status}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 // ----- 2. a broken release rolls back without a failed request ---------------------------------------
