@@ -55,12 +55,15 @@ struct Record {
 /// The calling thread's time spent waiting on a run queue, as the kernel counts it.
 struct RunDelay {
     file: Option<std::fs::File>,
+    last_ns: Option<u64>,
 }
 
 impl RunDelay {
     /// Opened by the thread it measures: thread-self names the opening thread.
     fn open() -> RunDelay {
-        RunDelay { file: std::fs::File::open("/proc/thread-self/schedstat").ok() }
+        let mut delay = RunDelay { file: std::fs::File::open("/proc/thread-self/schedstat").ok(), last_ns: None };
+        delay.last_ns = delay.now_ns();
+        delay
     }
 
     /// Nanoseconds waited so far ("cpu_ns run_delay_ns timeslices"), re-read from offset 0.
@@ -69,6 +72,13 @@ impl RunDelay {
         let mut buf = [0u8; 96];
         let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
         std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Milliseconds waited since the previous call (or since it was opened).
+    fn since_last_ms(&mut self) -> Option<f64> {
+        let (last, now) = (self.last_ns, self.now_ns());
+        self.last_ns = now;
+        Some(now?.saturating_sub(last?) as f64 / 1e6)
     }
 }
 
@@ -216,8 +226,7 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
     let mut conn: Option<Box<dyn Stream>> = None;
     let mut served = 0u64; // requests answered on the current connection
     let mut buf = Vec::with_capacity(8192);
-    let run_delay = RunDelay::open();
-    let mut waited = run_delay.now_ns();
+    let mut run_delay = RunDelay::open();
     while !stop.load(Ordering::Relaxed) {
         let start = now_unix();
         let t0 = Instant::now();
@@ -230,12 +239,7 @@ fn worker(spec: Spec, path: String, timeout: Duration, stop: Arc<AtomicBool>, re
             exchange(conn.as_mut().unwrap().as_mut(), request.as_bytes(), &mut buf)
         })();
         let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let now_waited = run_delay.now_ns();
-        let wait_ms = match (waited, now_waited) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e6),
-            _ => None,
-        };
-        waited = now_waited;
+        let wait_ms = run_delay.since_last_ms();
         match result {
             Ok(a) => {
                 served += 1;
