@@ -262,7 +262,8 @@ impl Activator {
 
     /// Everything a flavor promises about the handed-over sockets, checked in one report: the
     /// exact convention variables, fds 3 and 4 (same inodes as the activator's sockets, not
-    /// close-on-exec, listening, right addresses), no other descriptor, and who the probe is.
+    /// close-on-exec, listening, right addresses, blocking as the activator made them but for
+    /// nginx), no other descriptor, and who the probe is.
     fn check_handover(&self, mode: Mode, flavor: &str, report: &Report) -> Vec<String> {
         let mut problems = Vec::new();
         let pid = report.pid();
@@ -275,6 +276,12 @@ impl Activator {
             problems.push(format!("descriptors from 3 up: got {:?}, want exactly 3,4 (no leaks)", report.get("fds")));
         }
         let sock = self.sock.display().to_string();
+        // nginx polls, then accepts, on an inherited socket as it finds it (it makes only the
+        // sockets it binds itself non-blocking): on a blocking one, a worker that loses a
+        // connection to another process blocks in accept(), and every connection it holds waits.
+        // Every other flavor gets the socket's mode untouched, as the socket unit's NonBlocking=
+        // set it.
+        let nonblocking = if flavor == "nginx" { "1" } else { "0" };
         for (fd, inode, family, address) in
             [(3, self.tcp_inode, "inet", self.addr.as_str()), (4, self.unix_inode, "unix", sock.as_str())]
         {
@@ -282,6 +289,7 @@ impl Activator {
             for (key, want) in [
                 ("socket", "1"),
                 ("cloexec", "0"),
+                ("nonblocking", nonblocking),
                 ("listening", "1"),
                 ("inode", inode.as_str()),
                 ("family", family),

@@ -7,7 +7,8 @@ Writes to the path in argv[1] (atomically, via rename), one entry per line:
     pidfdid=<its pidfd's inode id>   pidfd_ids=1|0 (whether the kernel gives each process its own)
     env.<NAME>=<value>   every environment variable
     fds=3,4              every open descriptor from 3 up
-    fd.<n>.cloexec=0|1   fd.<n>.inode=<st_ino>   fd.<n>.socket=0|1
+    fd.<n>.cloexec=0|1   fd.<n>.nonblocking=0|1 (O_NONBLOCK, as inherited)
+    fd.<n>.inode=<st_ino>   fd.<n>.socket=0|1
     fd.<n>.family=inet|inet6|unix|<number>       fd.<n>.address=127.0.0.1:8080 or /path
     fd.<n>.listening=0|1
 
@@ -25,6 +26,7 @@ def escape(value):
 def describe(fd):
     st = os.fstat(fd)
     info = {"cloexec": int(bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)),
+            "nonblocking": int(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)),
             "inode": st.st_ino, "socket": int(stat.S_ISSOCK(st.st_mode))}
     if info["socket"]:
         s = socket.socket(fileno=os.dup(fd))
