@@ -167,10 +167,25 @@ fn entry(name: &[u8], value: &[u8]) -> Vec<u8> {
 
 fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecImage> {
     use std::os::fd::{AsFd, AsRawFd};
+    prepare_sockets(launch)?;
     let (env, listen_pid) = environment(launch);
     let args: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
     let fds = launch.sockets.iter().map(|s| s.as_fd().as_raw_fd()).collect();
     ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds).context("failed to prepare the command line")
+}
+
+/// Puts the sockets in the mode the flavor needs ([`Flavor::needs_nonblocking_sockets`]). The
+/// mode belongs to each socket, so it holds from now on for every process that shares it:
+/// systemd's copy, and every later generation.
+fn prepare_sockets(launch: &Launch<'_>) -> Result<()> {
+    use std::os::fd::AsFd;
+    if launch.flavor.needs_nonblocking_sockets() {
+        for socket in &launch.sockets {
+            sys::set_nonblocking(socket.as_fd(), true)
+                .with_context(|| format!("failed to make {socket} non-blocking for {}", launch.flavor))?;
+        }
+    }
+    Ok(())
 }
 
 /// Starts the server as a child in its own process group (and its cgroup, if it has one).

@@ -98,6 +98,18 @@ impl Flavor {
         }
     }
 
+    /// Whether the server needs its listening sockets non-blocking and takes them as it finds
+    /// them. nginx makes the sockets it binds non-blocking but adopts an inherited one as it is,
+    /// and its workers poll, then accept. systemd hands sockets over blocking (NonBlocking=no),
+    /// and during every reload another generation shares them: a worker that loses a connection
+    /// to it blocks in accept() until it wins another, and every connection it holds waits
+    /// (seen as requests unanswered for 20 s in binary upgrades). The other servers make their
+    /// sockets non-blocking themselves, or accept blocking by design; theirs stay as the socket
+    /// unit's NonBlocking= made them.
+    pub fn needs_nonblocking_sockets(self) -> bool {
+        matches!(self, Flavor::Nginx)
+    }
+
     /// The variables describing `sockets`, placed at fds 3.. in order.
     pub fn socket_env(self, sockets: &[&Socket], generation: u64) -> SocketEnv {
         let n = sockets.len();
