@@ -158,3 +158,75 @@ fn a_new_master_without_the_workers_asked_for_is_killed_and_the_old_one_serves()
         proc.fail(&format!("the new master and its workers should be gone: {extra:?}"));
     }
 }
+
+/// Sends QUIT to the nginx master its pid file names when dropped: `sockherd exec` hands nginx
+/// over and exits, so no test process is its parent and a failed check must not leave it.
+struct NginxMaster(std::path::PathBuf);
+
+impl NginxMaster {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for NginxMaster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            quit(pid);
+        }
+    }
+}
+
+/// The O_NONBLOCK flag of descriptor `fd` of `pid`, from /proc/PID/fdinfo (octal `flags:`).
+fn fd_nonblocking(pid: i32, fd: i32) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+    Some(i64::from_str_radix(flags, 8).ok()? & 0o4000 != 0)
+}
+
+/// `sockherd exec --flavor nginx` with `--listen` on TCP and on a unix socket: sockherd starts
+/// nginx, hands it over and exits. nginx then serves on both, so the socket file sockherd
+/// created is nginx's from then on and stays; and nginx holds both sockets non-blocking (it
+/// uses inherited sockets as it finds them, and blocks in accept() on a blocking one).
+#[test]
+fn exec_nginx_leaves_its_sockets_to_nginx_non_blocking() {
+    require!("nginx");
+    let dir = TempDir::new("nginx-exec");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sock = dir.join("app.sock");
+    let d = dir.path().display().to_string();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {d}/nginx.pid;\nworker_processes 2;\nerror_log stderr;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
+             server {{ listen {addr}; listen unix:{}; location / {{ return 200 \"nginx\\n\"; }} }}\n}}\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let master = NginxMaster(dir.join("nginx.pid"));
+    let (conf, sock_arg) = (conf.display().to_string(), sock.display().to_string());
+    let args = ["exec", "--flavor", "nginx", "--listen", &addr, "--listen", &sock_arg, "--", "nginx", "-c", &conf];
+    let (status, _, err) = run_sockherd(&args, dir.path(), PATIENCE);
+    let pid = master.pid();
+    let report = format!("sockherd exec: {status}, nginx master {pid:?}\n--- stderr:\n{err}");
+    assert!(status.success() && pid.is_some(), "nginx was not handed over:\n{report}");
+    let pid = pid.unwrap();
+    assert!(sock.exists(), "the socket file nginx listens on is gone after sockherd exec left:\n{report}");
+    for (what, answer) in [("TCP", http_get(&addr, "/")), ("unix", http_get_unix(&sock, "/"))] {
+        assert!(
+            matches!(&answer, Ok(r) if r.status == 200 && r.body == "nginx\n"),
+            "nginx does not answer over {what}: {answer:?}\n{report}"
+        );
+    }
+    let workers = descendants(pid);
+    assert!(!workers.is_empty(), "nginx master {pid} has no workers:\n{report}");
+    for p in std::iter::once(pid).chain(workers) {
+        for fd in [3, 4] {
+            assert_eq!(fd_nonblocking(p, fd), Some(true), "fd {fd} of nginx process {p} is not non-blocking:\n{report}");
+        }
+    }
+}
