@@ -724,7 +724,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             Supervisor::start(config, sockets)?.run()
         }
         Command::Exec(args) => {
-            let sockets = acquire_sockets(&args.sockets, false)?;
+            let mut sockets = acquire_sockets(&args.sockets, false)?;
             let dir = args.launch.chdir.as_deref().map(command::resolve_dir).transpose()?;
             let launch = Launch {
                 flavor: args.launch.flavor,
@@ -737,7 +737,10 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 cgroup_procs: None,
             };
             if args.launch.flavor == Flavor::Nginx {
-                return crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60));
+                let code = crate::native::start_nginx(&args.launch.command, &launch, Duration::from_secs(60))?;
+                // nginx serves on them and outlives us: a socket file we made is its own now.
+                sockets.iter_mut().for_each(Socket::leave_file);
+                return Ok(code);
             }
             Err(command::exec(&args.launch.command, &launch))
         }

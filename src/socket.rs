@@ -53,6 +53,14 @@ impl Socket {
         sys::fstat(self.fd.as_fd()).ok().map(|(_, _, ino)| ino)
     }
 
+    /// Gives the unix socket file we created to the server that now serves on it, which
+    /// outlives us (`sockherd exec --flavor nginx`): it is no longer ours to remove.
+    pub fn leave_file(&mut self) {
+        if let Origin::Bound { created } = &mut self.origin {
+            *created = None;
+        }
+    }
+
     /// Removes the unix socket file we created, if it is still ours.
     fn remove_created_file(&self) {
         if let Origin::Bound { created: Some((path, dev, ino)) } = &self.origin {
@@ -69,7 +77,7 @@ impl Socket {
 
 /// A socket file we created goes away with the socket, on every path: a clean exit, an error
 /// before the server started, a failed exec. (A successful `sockherd exec` never drops it: the
-/// server owns the file from then on.)
+/// server owns the file from then on. Nor does an nginx handed over: see [`Socket::leave_file`].)
 impl Drop for Socket {
     fn drop(&mut self) {
         self.remove_created_file();
