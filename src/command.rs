@@ -167,21 +167,20 @@ fn entry(name: &[u8], value: &[u8]) -> Vec<u8> {
 
 fn image(program: &Path, argv: &[OsString], launch: &Launch<'_>) -> Result<ExecImage> {
     use std::os::fd::{AsFd, AsRawFd};
-    prepare_sockets(launch)?;
     let (env, listen_pid) = environment(launch);
     let args: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
     let fds = launch.sockets.iter().map(|s| s.as_fd().as_raw_fd()).collect();
     ExecImage::new(program.as_os_str(), &args, &env, listen_pid, fds).context("failed to prepare the command line")
 }
 
-/// Puts the sockets in the mode the flavor needs ([`Flavor::needs_nonblocking_sockets`]). The
-/// mode belongs to each socket, so it holds from now on for every process that shares it:
-/// systemd's copy, and every later generation.
+/// Puts the sockets in the mode the flavor needs ([`Flavor::needs_nonblocking_sockets`]); for
+/// every other flavor they stay as they are. The mode belongs to each socket, not to a
+/// descriptor: a generation still serving on it sees the change at once.
 fn prepare_sockets(launch: &Launch<'_>) -> Result<()> {
     use std::os::fd::AsFd;
     if launch.flavor.needs_nonblocking_sockets() {
         for socket in &launch.sockets {
-            sys::set_nonblocking(socket.as_fd(), true)
+            sys::set_nonblocking(socket.as_fd())
                 .with_context(|| format!("failed to make {socket} non-blocking for {}", launch.flavor))?;
         }
     }
@@ -192,6 +191,7 @@ fn prepare_sockets(launch: &Launch<'_>) -> Result<()> {
 /// Returns its pid.
 pub fn spawn(argv: &[OsString], launch: &Launch<'_>) -> Result<Pid> {
     let program = resolve_program(&argv[0], launch.dir.as_deref())?;
+    prepare_sockets(launch)?;
     let mut image = image(&program, argv, launch)?;
     if let Some(priority) = launch.boot_priority {
         image.set_boot_priority(priority);
@@ -208,6 +208,9 @@ pub fn exec(argv: &[OsString], launch: &Launch<'_>) -> anyhow::Error {
         Ok(p) => p,
         Err(e) => return e.into(),
     };
+    if let Err(e) = prepare_sockets(launch) {
+        return e;
+    }
     let mut image = match image(&program, argv, launch) {
         Ok(i) => i,
         Err(e) => return e,

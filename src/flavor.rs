@@ -1,7 +1,8 @@
 //! Each app server's dialect: how it wants inherited sockets described, and how it stops.
 //!
 //! Sockets always arrive at fds 3, 4, ... in the order given (activation order, or `--listen`
-//! order) with FD_CLOEXEC cleared. What differs is the environment that describes them:
+//! order) with FD_CLOEXEC cleared, blocking or not as they came, but non-blocking for nginx
+//! ([`Flavor::needs_nonblocking_sockets`]). What differs is the environment that describes them:
 //!
 //! | flavor         | environment                                                   |
 //! |----------------|---------------------------------------------------------------|
@@ -101,11 +102,11 @@ impl Flavor {
     /// Whether the server needs its listening sockets non-blocking and takes them as it finds
     /// them. nginx makes the sockets it binds non-blocking but adopts an inherited one as it is,
     /// and its workers poll, then accept. systemd hands sockets over blocking (NonBlocking=no),
-    /// and during every reload another generation shares them: a worker that loses a connection
-    /// to it blocks in accept() until it wins another, and every connection it holds waits
-    /// (seen as requests unanswered for 20 s in binary upgrades). The other servers make their
-    /// sockets non-blocking themselves, or accept blocking by design; theirs stay as the socket
-    /// unit's NonBlocking= made them.
+    /// and other processes share them (the other generation during every reload): a worker
+    /// that finds the connection taken blocks in accept() until another one comes, and every
+    /// connection it holds waits (seen as requests unanswered until hey gave up after 20 s, in
+    /// binary upgrades). gunicorn, unicorn and puma make the sockets non-blocking themselves;
+    /// for every flavor but nginx sockherd leaves the mode as it is.
     pub fn needs_nonblocking_sockets(self) -> bool {
         matches!(self, Flavor::Nginx)
     }
@@ -189,6 +190,13 @@ mod tests {
             err,
             "unknown flavor 'uwsgi' (expected one of: systemd, gunicorn, unicorn, puma, server-starter, einhorn, nginx)"
         );
+    }
+
+    #[test]
+    fn only_nginx_needs_its_sockets_made_non_blocking() {
+        for flavor in Flavor::ALL {
+            assert_eq!(flavor.needs_nonblocking_sockets(), flavor == Flavor::Nginx, "{flavor}");
+        }
     }
 
     #[test]

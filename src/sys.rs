@@ -47,14 +47,13 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets or clears O_NONBLOCK: a flag of the open file description, so it holds for every
-/// process sharing it, not this descriptor alone.
-pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+/// Sets O_NONBLOCK: a flag of the open file description, so it holds for every process sharing
+/// it, not this descriptor alone.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain fcntl on a descriptor kept alive by the borrow.
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
     Ok(())
 }
 

@@ -226,7 +226,11 @@ fn exec_nginx_leaves_its_sockets_to_nginx_non_blocking() {
     assert!(!workers.is_empty(), "nginx master {pid} has no workers:\n{report}");
     for p in std::iter::once(pid).chain(workers) {
         for fd in [3, 4] {
-            assert_eq!(fd_nonblocking(p, fd), Some(true), "fd {fd} of nginx process {p} is not non-blocking:\n{report}");
+            assert_eq!(
+                fd_nonblocking(p, fd),
+                Some(true),
+                "fd {fd} of nginx process {p} is not non-blocking:\n{report}"
+            );
         }
     }
 }
