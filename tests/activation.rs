@@ -279,8 +279,8 @@ impl Activator {
         // nginx polls, then accepts, on an inherited socket as it finds it (it makes only the
         // sockets it binds itself non-blocking): on a blocking one, a worker that loses a
         // connection to another process blocks in accept(), and every connection it holds waits.
-        // Every other flavor gets the socket's mode untouched, as the socket unit's NonBlocking=
-        // set it.
+        // Every other flavor gets the socket's mode untouched: blocking, as the activator (like
+        // systemd without NonBlocking=yes) hands it over.
         let nonblocking = if flavor == "nginx" { "1" } else { "0" };
         for (fd, inode, family, address) in
             [(3, self.tcp_inode, "inet", self.addr.as_str()), (4, self.unix_inode, "unix", sock.as_str())]
